@@ -1,0 +1,264 @@
+"""The trash directory, the background reaper that empties it, and the sweep of orphaned job dirs.
+
+The Epilog only renames a job directory into `<mount_point>/.slurm-scratch-trash` (same
+filesystem, so it is one rename however many files it holds) and starts the reaper.
+
+The reaper is started by a double fork from the Epilog: it runs in its own session with stdio on
+/dev/null (so slurmd does not wait for it), at nice 19 and idle I/O priority. It is bounded:
+only one runs per node at a time (a lock in /run/slurm-scratch), it stops after
+`[jobs] reaper_max_seconds`, and it exits when the trash is empty. Whatever it leaves is picked up
+by the next Epilog, health check, `slurm-scratch reap` or `sweep`. It deletes with
+`rm -rf --one-file-system`, which never follows symlinks and never crosses into another filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from slurm_scratch import log
+from slurm_scratch.config import Config
+from slurm_scratch.errors import ScratchError
+
+TRASH_NAME = ".slurm-scratch-trash"
+RUN_DIR = "/run/slurm-scratch"
+REAPER_LOCK = f"{RUN_DIR}/reaper.lock"
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_trash(root_fd: int, mount_point: str, create: bool) -> int | None:
+    """The trash directory's descriptor; refuses one that is not root's own 0700 directory."""
+    if create:
+        try:
+            os.mkdir(TRASH_NAME, 0o700, dir_fd=root_fd)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(TRASH_NAME, DIR_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not a directory ({exc.strerror}): remove it by hand") from None
+    st = os.fstat(fd)
+    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not root's private directory (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): remove it by hand")
+    return fd
+
+
+def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: str, owner: int | None, job: object) -> str | None:
+    """Rename parent/name into the trash; returns its name there, or None when nothing was moved.
+
+    `owner` set: the entry must belong to that uid (an Epilog retiring its own job's directory).
+    """
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if owner is not None and st.st_uid != owner:
+        log.warning(f"{path} belongs to uid {st.st_uid}, not the job's uid {owner}: leaving it alone", job=job)
+        return None
+    if stat.S_ISDIR(st.st_mode) and config.jobs.kill_processes:
+        from slurm_scratch import processes
+
+        processes.end_holders(path, st.st_uid, job=job)
+    trash_fd = open_trash(root_fd, config.volume.mount_point, create=True)
+    assert trash_fd is not None
+    try:
+        target = f"{name}.{time.time_ns()}"
+        os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+    finally:
+        os.close(trash_fd)
+    return target
+
+
+# ---- the reaper ------------------------------------------------------------------------------
+
+
+def spawn_reaper(config: Config) -> None:
+    """Start a detached reaper and return at once (the caller's exit does not wait for it)."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the intermediate child exits right after forking the reaper
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        _detach_stdio()
+        _lower_priority()
+        log.configure("slurm-scratch-reaper", stderr=False)
+        reap(config, wait=False)
+    except BaseException as exc:  # noqa: BLE001 - a detached process has nobody else to tell
+        log.error(f"reaper failed: {exc}")
+    finally:
+        os._exit(0)
+
+
+def _detach_stdio() -> None:
+    """Let go of every descriptor inherited from slurmd (its pipes would make it wait for us)."""
+    import syslog
+
+    syslog.closelog()  # its socket is among the descriptors closed below; log.configure reopens it
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
+
+def _lower_priority() -> None:
+    import psutil
+
+    os.nice(19)
+    psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+
+
+def _trash_entries(config: Config) -> list[str]:
+    from slurm_scratch import jobdir
+
+    try:
+        root_fd = jobdir.open_mount_point(config)
+    except jobdir.VolumeNotMounted:
+        return []
+    try:
+        trash_fd = open_trash(root_fd, config.volume.mount_point, create=False)
+        if trash_fd is None:
+            return []
+        try:
+            return sorted(os.listdir(trash_fd))
+        finally:
+            os.close(trash_fd)
+    finally:
+        os.close(root_fd)
+
+
+def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
+    """Empty the trash; returns how many entries were deleted.
+
+    wait=False (the background reaper): give up at once if another reaper holds the lock.
+    wait=True (`slurm-scratch reap`): wait for it, then empty what is left.
+    """
+    import filelock
+
+    from slurm_scratch import run
+
+    budget = config.jobs.reaper_max_seconds if max_seconds is None else max_seconds
+    deadline = time.monotonic() + budget
+    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    lock = filelock.FileLock(REAPER_LOCK)
+    deleted = 0
+    while True:
+        try:
+            lock.acquire(timeout=max(0.0, deadline - time.monotonic()) if wait else 0)
+        except filelock.Timeout:
+            return deleted
+        try:
+            while time.monotonic() < deadline:
+                entries = _trash_entries(config)
+                if not entries:
+                    break
+                for entry in entries:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    timer = log.Timer()
+                    target = f"{config.volume.mount_point}/{TRASH_NAME}/{entry}"
+                    try:
+                        run.run(["rm", "-rf", "--one-file-system", "--", target], timeout=remaining, quiet=True)
+                    except ScratchError as exc:
+                        log.error(f"reaper: could not delete {target}: {exc}")
+                        return deleted
+                    deleted += 1
+                    log.info(f"reaper deleted {target}", ms=timer.ms())
+        finally:
+            lock.release()
+        # An Epilog may have trashed something after our last look but before we let go of the lock,
+        # and its own reaper found the lock taken: look once more now that the lock is free.
+        if time.monotonic() >= deadline or not _trash_entries(config):
+            return deleted
+        wait = False
+
+
+# ---- the sweep of orphans --------------------------------------------------------------------
+
+
+class SweepReport:
+    __slots__ = ("retired", "running", "young", "unattributed")
+
+    def __init__(self) -> None:
+        self.retired: list[str] = []
+        self.running: list[str] = []
+        self.young: list[str] = []
+        self.unattributed: list[str] = []
+
+
+def _component_regex(component: str, node: str):
+    import re
+
+    pieces = []
+    for index, literal in enumerate(component.split("%%")):
+        if index:
+            pieces.append("%")
+        for position, part in enumerate(literal.split("%")):
+            if position == 0:
+                pieces.append(re.escape(part))
+                continue
+            code, rest = part[:1], part[1:]
+            pieces.append({"j": "(?P<job>[0-9]+)", "u": "[^/]+", "n": re.escape(node)}[code])
+            pieces.append(re.escape(rest))
+    return re.compile("".join(pieces) + r"\Z")
+
+
+def sweep(config: Config, node: str, running_jobs: set[int]) -> SweepReport:
+    """Retire job directories of jobs not in `running_jobs` whose last change is older than the guard age."""
+    from slurm_scratch import jobdir
+
+    report = SweepReport()
+    patterns = [_component_regex(c, node) for c in config.jobs.dir[len(config.volume.mount_point) + 1 :].split("/")]
+    now = time.time()
+    root_fd = jobdir.open_mount_point(config)
+    try:
+        _sweep_level(config, root_fd, root_fd, config.volume.mount_point, patterns, running_jobs, now, report)
+    finally:
+        os.close(root_fd)
+    return report
+
+
+def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, report) -> None:
+    last_level = len(patterns) == 1
+    for name in sorted(os.listdir(dir_fd)):
+        entry_path = f"{path}/{name}"
+        if dir_fd == root_fd and name in (TRASH_NAME, "lost+found"):
+            continue
+        match = patterns[0].match(name)
+        if match is None:
+            report.unattributed.append(entry_path)
+            continue
+        if not last_level:
+            child_fd = None
+            try:
+                child_fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                st = os.fstat(child_fd)
+                if st.st_uid != 0 or st.st_mode & 0o022:
+                    report.unattributed.append(entry_path)
+                    continue
+                _sweep_level(config, root_fd, child_fd, entry_path, patterns[1:], running_jobs, now, report)
+            except OSError:
+                report.unattributed.append(entry_path)
+            finally:
+                if child_fd is not None:
+                    os.close(child_fd)
+            continue
+        job_id = int(match.group("job"))
+        if job_id in running_jobs:
+            report.running.append(entry_path)
+            continue
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if now - max(st.st_mtime, st.st_ctime) < config.jobs.sweep_guard:
+            report.young.append(entry_path)
+            continue
+        trashed = retire_entry(config, root_fd, dir_fd, name, entry_path, None, job_id)
+        if trashed is not None:
+            report.retired.append(entry_path)
+            log.info(f"sweep retired orphan {entry_path} (job {job_id} no longer runs here)", job=job_id)

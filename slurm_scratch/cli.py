@@ -1,0 +1,184 @@
+"""Command line and hook entry points; thin: each command loads only the modules it needs.
+
+`hook(name)` serves the executables in hooks/ (no argparse: the Prolog, Epilog and TaskProlog run
+for every job). `main()` is the `slurm-scratch` console script and `python3 -m slurm_scratch`.
+Exit codes: 0 ok, 1 failed (the message says why), 2 usage, 3 configuration error, 4 the job
+environment from Slurm is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from slurm_scratch import log
+from slurm_scratch.config import Config, load_config
+from slurm_scratch.errors import EXIT_OK, EXIT_USAGE, ConfigError, ScratchError
+
+
+def _node_name(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("SLURMD_NODENAME"):
+        return os.environ["SLURMD_NODENAME"]
+    return os.uname().nodename.split(".")[0]
+
+
+def cmd_prolog(config_path: str | None) -> int:
+    from slurm_scratch import jobdir, job
+
+    config = load_config(config_path)
+    context = job.from_slurm_env()
+    try:
+        jobdir.create(config, context)
+    except jobdir.VolumeNotMounted as not_mounted:
+        from slurm_scratch import health, volume
+
+        log.warning(f"prolog: {not_mounted}; running setup", job=context.job_id)
+        try:
+            volume.ensure_mounted(config)
+        except ScratchError as exc:
+            health.record_prolog_finding(config, str(exc))
+            raise
+        jobdir.create(config, context)
+    return EXIT_OK
+
+
+def cmd_epilog(config_path: str | None) -> int:
+    from slurm_scratch import jobdir, job
+
+    config = load_config(config_path)
+    jobdir.retire(config, job.from_slurm_env())
+    return EXIT_OK
+
+
+def cmd_task_prolog(config_path: str | None) -> int:
+    """Never fails the job: any problem becomes a `print` line in the job's output."""
+    from slurm_scratch import jobdir, job
+
+    log.configure(stderr=False)
+    try:
+        config = load_config(config_path)
+        lines = jobdir.export_lines(config, job.for_current_user())
+    except ScratchError as exc:
+        lines = [f"print slurm-scratch: {line}" for line in str(exc).splitlines()]
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    return EXIT_OK
+
+
+def cmd_healthcheck(config_path: str | None, node: str | None = None) -> int:
+    from slurm_scratch import health
+
+    return health.main(load_config(config_path), _node_name(node))
+
+
+def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
+    from slurm_scratch import volume
+
+    return volume.setup_main(load_config(config_path), dry_run)
+
+
+def cmd_status(config_path: str | None, as_json: bool = False) -> int:
+    from slurm_scratch import volume
+
+    return volume.status_main(load_config(config_path), as_json)
+
+
+def cmd_reap(config_path: str | None) -> int:
+    from slurm_scratch import cleanup
+
+    deleted = cleanup.reap(load_config(config_path), wait=True)
+    print(f"reaped {deleted} trash entr{'y' if deleted == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def cmd_sweep(config_path: str | None, node: str | None = None) -> int:
+    from slurm_scratch import cleanup, slurm
+
+    config = load_config(config_path)
+    node = _node_name(node)
+    report = cleanup.sweep(config, node, slurm.running_jobs(config, node))
+    for path in report.unattributed:
+        print(f"left alone (not a job directory of this tool): {path}")
+    print(
+        f"swept {len(report.retired)} orphaned job directories; kept {len(report.running)} of running jobs "
+        f"and {len(report.young)} younger than {config.jobs.sweep_guard:g} s; {len(report.unattributed)} left alone"
+    )
+    cleanup.reap(config, wait=True)
+    return EXIT_OK
+
+
+def cmd_check_config(config_path: str | None) -> int:
+    from slurm_scratch.config import render
+
+    config: Config = load_config(config_path)
+    sys.stdout.write(render(config))
+    return EXIT_OK
+
+
+HOOK_COMMANDS = {
+    "prolog": cmd_prolog,
+    "epilog": cmd_epilog,
+    "task_prolog": cmd_task_prolog,
+    "healthcheck": cmd_healthcheck,
+}
+
+
+def _guarded(name: str, call) -> int:
+    try:
+        return call()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error(f"{name}: configuration: {problem}")
+        return exc.exit_code
+    except ScratchError as exc:
+        log.error(f"{name}: {exc}")
+        return exc.exit_code
+
+
+def hook(name: str) -> int:
+    """Entry point of hooks/<name>, as slurm.conf runs it (empty environment, no arguments)."""
+    if name not in HOOK_COMMANDS:
+        sys.stderr.write(f"slurm-scratch: unknown hook {name!r} (expected one of {', '.join(HOOK_COMMANDS)})\n")
+        return EXIT_USAGE
+    log.configure(f"slurm-scratch-{name.replace('_', '-')}", stderr=name != "task_prolog")
+    return _guarded(name, lambda: HOOK_COMMANDS[name](None))
+
+
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="slurm-scratch", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE", help="config file (default: $SLURM_SCRATCH_CONF or /etc/slurm-scratch/slurm-scratch.conf)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    setup = commands.add_parser("setup", help="build and mount the scratch volume (idempotent)")
+    setup.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    commands.add_parser("prolog", help="create the job's directory (Slurm Prolog)")
+    commands.add_parser("epilog", help="retire the job's directory (Slurm Epilog)")
+    commands.add_parser("task-prolog", help="print export lines for the job's tasks (Slurm TaskProlog)")
+    health = commands.add_parser("healthcheck", help="check the volume; drain or resume the node")
+    health.add_argument("--node", help="Slurm node name (default: $SLURMD_NODENAME or the short host name)")
+    status = commands.add_parser("status", help="show disks, volume, mount and space")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("reap", help="empty the trash now")
+    sweep = commands.add_parser("sweep", help="retire directories of jobs that no longer run here")
+    sweep.add_argument("--node", help="Slurm node name (default: $SLURMD_NODENAME or the short host name)")
+    commands.add_parser("check-config", help="validate the config file and print the effective configuration")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.configure(f"slurm-scratch-{args.command}", stderr=args.command != "task-prolog")
+    calls = {
+        "setup": lambda: cmd_setup(args.config, args.dry_run),
+        "prolog": lambda: cmd_prolog(args.config),
+        "epilog": lambda: cmd_epilog(args.config),
+        "task-prolog": lambda: cmd_task_prolog(args.config),
+        "healthcheck": lambda: cmd_healthcheck(args.config, args.node),
+        "status": lambda: cmd_status(args.config, args.json),
+        "reap": lambda: cmd_reap(args.config),
+        "sweep": lambda: cmd_sweep(args.config, args.node),
+        "check-config": lambda: cmd_check_config(args.config),
+    }
+    return _guarded(args.command, calls[args.command])

@@ -1,0 +1,407 @@
+"""Load and validate /etc/slurm-scratch/slurm-scratch.conf into frozen records.
+
+The file is an INI subset: `[section]` headers, `key = value` lines, whole-line `#`/`;` comments.
+It is parsed here rather than by configparser because the Prolog reads it for every job and
+configparser (with `re`) costs ~6.5 ms to import; the subset also makes mistakes loud: an unknown
+section or key, a duplicate key, or a line that is neither is an error naming file, line and key.
+Every problem in the file is reported at once, not just the first.
+"""
+
+from __future__ import annotations
+
+import os
+
+from slurm_scratch.errors import ConfigError
+from slurm_scratch.record import Record
+
+DEFAULT_PATH = "/etc/slurm-scratch/slurm-scratch.conf"
+ENV_VAR = "SLURM_SCRATCH_CONF"
+
+
+class VolumeConfig(Record):
+    mount_point: str
+    devices: tuple[str, ...]  # ("auto",), ("aws",), ("gcp",), ("azure",) or absolute paths/globs
+    backend: str
+    filesystem: str
+    mount_options: str
+    mount_mode: int
+    vg_name: str
+    lv_name: str
+    md_name: str
+    stripe_kb: int
+    label: str
+    wipe: bool
+    on_degraded: str
+    command_timeout: float
+
+
+class JobsConfig(Record):
+    dir: str  # absolute pattern below mount_point, with %j (last component), %u, %n, %%
+    mode: int
+    export: tuple[str, ...]
+    kill_processes: bool
+    sweep_guard: float
+    reaper_max_seconds: float
+
+
+class HealthConfig(Record):
+    probe_timeout: float
+    check_timeout: float
+    min_free_percent: float
+    min_free_inodes_percent: float
+    repair: bool
+    housekeeping_seconds: float
+
+
+class SlurmConfig(Record):
+    drain_prefix: str
+    api: str
+    scontrol: str
+    squeue: str
+    slurm_conf: str  # "" = $SLURM_CONF, else /etc/slurm/slurm.conf
+    timeout: float
+
+
+class Config(Record):
+    path: str  # the file read, or "" when the default file does not exist (all defaults)
+    volume: VolumeConfig
+    jobs: JobsConfig
+    health: HealthConfig
+    slurm: SlurmConfig
+    effective: tuple[tuple[str, str, str, bool], ...]  # (section, key, value, from_file)
+
+
+# ---- value parsers: each returns the value or raises ValueError saying what is wrong ----------
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
+_ENV_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _no_space(value: str) -> str:
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    return value
+
+
+def parse_abs_path(value: str) -> str:
+    _no_space(value)
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    if value != "/" and value.endswith("/"):
+        value = value.rstrip("/")
+    if os.path.normpath(value) != value or "/../" in value + "/":
+        raise ValueError("must be a normalised path (no '.', '..' or '//')")
+    return value
+
+
+def parse_mount_point(value: str) -> str:
+    value = parse_abs_path(value)
+    if value == "/":
+        raise ValueError("must not be /")
+    return value
+
+
+def parse_optional_path(value: str) -> str:
+    return parse_abs_path(value) if value else ""
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def parse_mode(value: str) -> int:
+    if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
+        raise ValueError("must be an octal mode such as 0700 or 1777")
+    return int(value, 8)
+
+
+def integer(minimum: int, maximum: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not minimum <= number <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}")
+        return number
+
+    return parse
+
+
+def number(minimum: float, maximum: float):
+    def parse(value: str) -> float:
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not minimum <= parsed <= maximum or parsed != parsed:
+            raise ValueError(f"must be between {minimum:g} and {maximum:g}")
+        return parsed
+
+    return parse
+
+
+def choice(*options: str):
+    def parse(value: str) -> str:
+        if value.lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value.lower()
+
+    return parse
+
+
+def name(max_length: int):
+    def parse(value: str) -> str:
+        if not value or len(value) > max_length or value[0] == "-" or not set(value) <= _NAME_CHARS:
+            raise ValueError(f"must be 1-{max_length} characters of A-Z a-z 0-9 . _ + - (not starting with -)")
+        return value
+
+    return parse
+
+
+def parse_env_names(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names:
+        raise ValueError("must name at least one environment variable")
+    for env_name in names:
+        if not set(env_name) <= _ENV_CHARS or env_name[0].isdigit():
+            raise ValueError(f"{env_name!r} is not a valid environment variable name")
+    return names
+
+
+def parse_devices(value: str) -> tuple[str, ...]:
+    parts = tuple(value.replace(",", " ").split())
+    if not parts:
+        raise ValueError("must be auto, aws, gcp, azure, or device paths/globs")
+    if len(parts) == 1 and parts[0].lower() in ("auto", "aws", "gcp", "azure"):
+        return (parts[0].lower(),)
+    for part in parts:
+        if not part.startswith("/dev/") or "/../" in part + "/":
+            raise ValueError(f"{part!r}: explicit devices must be paths or globs under /dev/ (or auto, aws, gcp, azure)")
+    return parts
+
+
+def parse_mount_options(value: str) -> str:
+    _no_space(value)
+    if not value or any(not option for option in value.split(",")):
+        raise ValueError("must be a comma-separated list of mount options")
+    return value
+
+
+def parse_prefix(value: str) -> str:
+    if not value or len(value) > 32 or any(ord(ch) < 32 or ch in "\"'\\" for ch in value):
+        raise ValueError("must be 1-32 printable characters without quotes or backslashes")
+    return value
+
+
+def parse_text(value: str) -> str:
+    return _no_space(value)
+
+
+# ---- the schema: every key, its parser and its default (as it would be written in the file) ----
+
+SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
+    "volume": {
+        "mount_point": (parse_mount_point, "/scratch"),
+        "devices": (parse_devices, "auto"),
+        "backend": (choice("lvm", "mdadm", "single", "btrfs", "auto"), "lvm"),
+        "filesystem": (choice("ext4", "xfs", "btrfs"), "ext4"),
+        "mount_options": (parse_mount_options, "noatime,nodiratime"),
+        "mount_mode": (parse_mode, "1777"),
+        "vg_name": (name(64), "vg.01"),
+        "lv_name": (name(64), "lv_ephemeral"),
+        "md_name": (name(32), "scratch"),
+        "stripe_kb": (integer(4, 4096), "64"),
+        "label": (name(12), "scratch"),
+        "wipe": (parse_bool, "no"),
+        "on_degraded": (choice("fail", "rebuild"), "fail"),
+        "command_timeout": (number(1, 86400), "600"),
+    },
+    "jobs": {
+        "dir": (parse_text, "job_%j"),
+        "mode": (parse_mode, "0700"),
+        "export": (parse_env_names, "SCRATCH"),
+        "kill_processes": (parse_bool, "yes"),
+        "sweep_guard": (number(0, 86400 * 30), "60"),
+        "reaper_max_seconds": (number(1, 86400 * 7), "3600"),
+    },
+    "health": {
+        "probe_timeout": (number(0.1, 3600), "10"),
+        "check_timeout": (number(0.1, 3600), "30"),
+        "min_free_percent": (number(0, 100), "3"),
+        "min_free_inodes_percent": (number(0, 100), "3"),
+        "repair": (parse_bool, "no"),
+        "housekeeping_seconds": (number(0, 3600), "20"),
+    },
+    "slurm": {
+        "drain_prefix": (parse_prefix, "scratch:"),
+        "api": (choice("auto", "scontrol", "pyslurm"), "auto"),
+        "scontrol": (parse_abs_path, "/usr/bin/scontrol"),
+        "squeue": (parse_abs_path, "/usr/bin/squeue"),
+        "slurm_conf": (parse_optional_path, ""),
+        "timeout": (number(0.5, 600), "10"),
+    },
+}
+
+_RECORDS = {"volume": VolumeConfig, "jobs": JobsConfig, "health": HealthConfig, "slurm": SlurmConfig}
+
+
+def config_path(environ: dict[str, str] | None = None) -> tuple[str, bool]:
+    """The config file to read and whether it was named explicitly (then it must exist)."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(ENV_VAR, "")
+    return (named, True) if named else (DEFAULT_PATH, False)
+
+
+def load_config(path: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate the config; raises ConfigError listing every problem found."""
+    explicit = path is not None
+    if path is None:
+        path, explicit = config_path(environ)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            _check_ownership(path, os.fstat(stream.fileno()))
+            text = stream.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError([f"{path}: no such file (named by {ENV_VAR} or --config)"]) from None
+        return parse_config("", "")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, path)
+
+
+def _check_ownership(path: str, st: os.stat_result) -> None:
+    # Root hooks act on what this file says; a file others can change would let them steer root.
+    if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+        raise ConfigError([f"{path}: must be owned by root and not writable by group or others"])
+
+
+def _read_ini(text: str, path: str, problems: list[str]) -> dict[str, dict[str, tuple[str, int]]]:
+    sections: dict[str, dict[str, tuple[str, int]]] = {}
+    current: str | None = None
+    in_bad_section = False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        where = f"{path}:{lineno}"
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[":
+            current = None
+            in_bad_section = True
+            if not line.endswith("]"):
+                problems.append(f"{where}: malformed section header {line!r}")
+                continue
+            section = line[1:-1].strip().lower()
+            if section not in SCHEMA:
+                problems.append(f"{where}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            elif section in sections:
+                problems.append(f"{where}: section [{section}] appears twice")
+            else:
+                sections[section] = {}
+                current = section
+                in_bad_section = False
+            continue
+        if "=" not in line:
+            problems.append(f"{where}: expected 'key = value', got {line!r}")
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        key = key.lower()
+        if current is None:
+            if not in_bad_section:  # keys of a bad section were reported with its header
+                problems.append(f"{where}: key {key!r} before any [section]")
+            continue
+        if key not in SCHEMA[current]:
+            problems.append(f"{where}: [{current}] {key}: unknown key (known: {', '.join(SCHEMA[current])})")
+        elif key in sections[current]:
+            problems.append(f"{where}: [{current}] {key}: set twice")
+        else:
+            sections[current][key] = (value, lineno)
+    return sections
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Validate INI text (as read from `path`, "" for built-in defaults) into a Config."""
+    shown = path or "<defaults>"
+    problems: list[str] = []
+    given = _read_ini(text, shown, problems)
+    records = {}
+    effective = []
+    for section, keys in SCHEMA.items():
+        values = {}
+        for key, (parser, default) in keys.items():
+            raw, lineno = given.get(section, {}).get(key, (default, 0))
+            try:
+                values[key] = parser(raw)  # type: ignore[operator]
+            except ValueError as exc:
+                values[key] = None
+                problems.append(f"{shown}:{lineno}: [{section}] {key} = {raw!r}: {exc}")
+            effective.append((section, key, raw, lineno > 0))
+        records[section] = values
+    if not problems:
+        _check_jobs_dir(records, shown, given, problems)
+        _check_volume(records, shown, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path,
+        volume=VolumeConfig(**records["volume"]),
+        jobs=JobsConfig(**records["jobs"]),
+        health=HealthConfig(**records["health"]),
+        slurm=SlurmConfig(**records["slurm"]),
+        effective=tuple(effective),
+    )
+
+
+def _check_jobs_dir(records: dict, shown: str, given: dict, problems: list[str]) -> None:
+    mount_point = records["volume"]["mount_point"]
+    raw = records["jobs"]["dir"]
+    lineno = given.get("jobs", {}).get("dir", ("", 0))[1]
+    where = f"{shown}:{lineno}: [jobs] dir = {raw!r}"
+    pattern = raw if raw.startswith("/") else f"{mount_point}/{raw}"
+    relative = pattern[len(mount_point) + 1 :] if pattern.startswith(mount_point + "/") else None
+    if relative is None:
+        problems.append(f"{where}: must resolve to a path below [volume] mount_point {mount_point}")
+        return
+    components = relative.split("/")
+    for component in components:
+        if component in ("", ".", ".."):
+            problems.append(f"{where}: must not contain empty, '.' or '..' components")
+            return
+        rest = component.replace("%%", "")
+        for index, char in enumerate(rest):
+            if char == "%" and rest[index + 1 : index + 2] not in ("j", "u", "n"):
+                problems.append(f"{where}: unknown placeholder in {component!r} (use %j job id, %u user, %n node, %% for %)")
+                return
+    if "%j" not in components[-1].replace("%%", ""):
+        problems.append(f"{where}: the last component must contain %j, so that every job has its own directory")
+        return
+    records["jobs"]["dir"] = pattern
+
+
+def _check_volume(records: dict, shown: str, problems: list[str]) -> None:
+    volume = records["volume"]
+    if (volume["backend"] == "btrfs") != (volume["filesystem"] == "btrfs") and volume["backend"] != "single":
+        problems.append(f"{shown}: [volume] backend = {volume['backend']} and filesystem = {volume['filesystem']}: "
+                        "the btrfs backend stripes with btrfs itself, so it needs filesystem = btrfs (and only it does)")
+
+
+def render(config: Config) -> str:
+    """The effective configuration as INI text; keys not set in the file are marked as defaults."""
+    lines = [f"# effective configuration ({config.path or 'built-in defaults: no config file'})"]
+    current = None
+    for section, key, value, from_file in config.effective:
+        if section != current:
+            lines.append(f"\n[{section}]")
+            current = section
+        if key == "dir" and section == "jobs":
+            value = config.jobs.dir
+        lines.append(f"{key} = {value}" + ("" if from_file else "    # default"))
+    return "\n".join(lines) + "\n"
