@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (host, cluster); the VM guest has its own."""
