@@ -32,11 +32,11 @@ deps:
 
 # The test command (README): every suite, as root; the tests make their own private mount namespace.
 # pytest's exit code 5 (no test ran) is a failure here, not a pass.
-test:
+test: deps
 	@$(PYTHON) -m pytest -ra -p no:cacheprovider $(PYTEST_ARGS) tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no test ran" >&2; exit 1; fi; exit $$status
 
-bench:
+bench: deps
 	$(PYTHON) bench/run_all.py
 
 demo:
