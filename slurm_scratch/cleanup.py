@@ -86,6 +86,7 @@ def spawn_reaper(config: Config) -> None:
         os.setsid()
         if os.fork():
             os._exit(0)
+        os.chdir("/")  # hold no directory busy (slurmd's cwd, or a filesystem someone wants to unmount)
         _detach_stdio()
         _lower_priority()
         log.configure("slurm-scratch-reaper", stderr=False)
@@ -194,24 +195,40 @@ class SweepReport:
 
 
 def _component_regex(component: str, node: str):
+    """A regex for one level of `[jobs] dir`: %j captures the job id, %u a user name (group `user`)."""
     import re
 
     pieces = []
-    for index, literal in enumerate(component.split("%%")):
-        if index:
-            pieces.append("%")
-        for position, part in enumerate(literal.split("%")):
-            if position == 0:
-                pieces.append(re.escape(part))
-                continue
-            code, rest = part[:1], part[1:]
-            pieces.append({"j": "(?P<job>[0-9]+)", "u": "[^/]+", "n": re.escape(node)}[code])
-            pieces.append(re.escape(rest))
+    seen = set()
+    index = 0
+    while index < len(component):
+        char, code = component[index], component[index + 1 : index + 2]
+        if char == "%" and code in ("j", "u", "n", "%"):
+            if code == "%":
+                pieces.append("%")
+            elif code == "n":
+                pieces.append(re.escape(node))
+            else:
+                group = "job" if code == "j" else "user"
+                # Repeats must match what the first one captured; %u is lazy so that in `%u_%j`
+                # the user "a_1" of job 42 is read as a_1 / 42, not a_1_4 / 2.
+                pattern = "(?P<job>[0-9]+)" if code == "j" else "(?P<user>[^/]+?)"
+                pieces.append(f"(?P={group})" if group in seen else pattern)
+                seen.add(group)
+            index += 2
+        else:
+            pieces.append(re.escape(char))
+            index += 1
     return re.compile("".join(pieces) + r"\Z")
 
 
 def sweep(config: Config, node: str, running_jobs: set[int]) -> SweepReport:
-    """Retire job directories of jobs not in `running_jobs` whose last change is older than the guard age."""
+    """Retire job directories of jobs not in `running_jobs` not modified for [jobs] sweep_guard seconds.
+
+    An entry is a job directory only if its name fits `[jobs] dir` on this node and it is a directory
+    owned by a non-root user (by the user the name carries, with %u); anything else is reported in
+    `unattributed` and left alone.
+    """
     from slurm_scratch import jobdir
 
     report = SweepReport()
@@ -219,13 +236,14 @@ def sweep(config: Config, node: str, running_jobs: set[int]) -> SweepReport:
     now = time.time()
     root_fd = jobdir.open_mount_point(config)
     try:
-        _sweep_level(config, root_fd, root_fd, config.volume.mount_point, patterns, running_jobs, now, report)
+        _sweep_level(config, root_fd, root_fd, config.volume.mount_point, patterns, running_jobs, now, report, None)
     finally:
         os.close(root_fd)
     return report
 
 
-def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, report) -> None:
+def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, report, user) -> None:
+    """One level of the pattern below dir_fd; `user` is the user name a %u level above captured."""
     last_level = len(patterns) == 1
     for name in sorted(os.listdir(dir_fd)):
         entry_path = f"{path}/{name}"
@@ -243,7 +261,8 @@ def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, rep
                 if st.st_uid != 0 or st.st_mode & 0o022:
                     report.unattributed.append(entry_path)
                     continue
-                _sweep_level(config, root_fd, child_fd, entry_path, patterns[1:], running_jobs, now, report)
+                level_user = match.groupdict().get("user") or user
+                _sweep_level(config, root_fd, child_fd, entry_path, patterns[1:], running_jobs, now, report, level_user)
             except OSError:
                 report.unattributed.append(entry_path)
             finally:
@@ -254,11 +273,33 @@ def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, rep
         if job_id in running_jobs:
             report.running.append(entry_path)
             continue
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if now - max(st.st_mtime, st.st_ctime) < config.jobs.sweep_guard:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not _is_job_dir(st, match.groupdict().get("user") or user):
+            report.unattributed.append(entry_path)
+            continue
+        if now - st.st_mtime < config.jobs.sweep_guard:
             report.young.append(entry_path)
             continue
         trashed = retire_entry(config, root_fd, dir_fd, name, entry_path, None, job_id)
         if trashed is not None:
             report.retired.append(entry_path)
             log.info(f"sweep retired orphan {entry_path} (job {job_id} no longer runs here)", job=job_id)
+
+
+def _is_job_dir(st: os.stat_result, user: str | None) -> bool:
+    """Only what a Prolog makes: a directory owned by a job's (non-root) user — and by that user, when
+    the name carries one. A file, a symlink or a root-owned directory that merely fits the pattern is
+    somebody else's, to be reported rather than deleted."""
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid == 0:
+        return False
+    if user is None:
+        return True
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid == st.st_uid
+    except KeyError:
+        return False

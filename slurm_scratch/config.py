@@ -388,6 +388,9 @@ def _check_jobs_dir(records: dict, shown: str, given: dict, problems: list[str])
 
 def _check_volume(records: dict, shown: str, problems: list[str]) -> None:
     volume = records["volume"]
+    if volume["mount_mode"] & 0o022 and not volume["mount_mode"] & 0o1000:
+        problems.append(f"{shown}: [volume] mount_mode = {volume['mount_mode']:04o}: a mount point others can write to "
+                        "needs the sticky bit (e.g. 1777), or users could rename and replace each other's job directories")
     if (volume["backend"] == "btrfs") != (volume["filesystem"] == "btrfs") and volume["backend"] != "single":
         problems.append(f"{shown}: [volume] backend = {volume['backend']} and filesystem = {volume['filesystem']}: "
                         "the btrfs backend stripes with btrfs itself, so it needs filesystem = btrfs (and only it does)")

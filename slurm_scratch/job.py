@@ -46,8 +46,8 @@ def _number(env_name: str, value: str, maximum: int) -> int:
 
 def check_name(env_name: str, value: str) -> str:
     """A user or node name that is safe inside a path component."""
-    if value in (".", "..") or "/" in value or "\0" in value or any(ch.isspace() for ch in value):
-        raise JobContextError(f"{env_name}={value!r} contains '/', '..', NUL or whitespace")
+    if value == "." or ".." in value or "/" in value or any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in value):
+        raise JobContextError(f"{env_name}={value!r} contains '/', '..', NUL, whitespace or a control character")
     if value.startswith("-") or len(value) > 255:
         raise JobContextError(f"{env_name}={value!r} is not a valid name")
     return value

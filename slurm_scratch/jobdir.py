@@ -26,9 +26,18 @@ class VolumeNotMounted(ScratchError):
 
 def expand(component: str, job: JobContext) -> str:
     """One path component of `[jobs] dir` with %j, %u, %n and %% replaced."""
-    parts = component.split("%%")
-    parts = [part.replace("%j", str(job.job_id)).replace("%u", job.user).replace("%n", job.node) for part in parts]
-    return "%".join(parts)
+    # One pass, so that a '%' inside a user or node name is never read as a placeholder.
+    values = {"j": str(job.job_id), "u": job.user, "n": job.node, "%": "%"}
+    out, index = [], 0
+    while index < len(component):
+        char = component[index]
+        if char == "%" and component[index + 1 : index + 2] in values:
+            out.append(values[component[index + 1]])
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 def relative_components(config: Config, job: JobContext) -> list[str]:
@@ -131,6 +140,10 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
         st = os.fstat(fd)
         if st.st_dev != device:
             raise ScratchError(f"{path} is not on the scratch volume: leaving it alone")
+        if created and (st.st_uid != 0 or st.st_mode & 0o077):
+            # Not the root-only directory we just made: someone swapped it (possible only under a
+            # mount point without the sticky bit). Give nothing away.
+            raise ScratchError(f"{path} was replaced while it was being created: leaving it alone")
         if not created:
             if (st.st_uid, st.st_gid) != (job.uid, job.gid):
                 raise ScratchError(f"{path} already exists, owned by {st.st_uid}:{st.st_gid}, not {job.uid}:{job.gid}: leaving it alone")
