@@ -1,14 +1,590 @@
-"""Health checks and drain/resume (issue 4 fills this in)."""
+"""The health check (HealthCheckProgram, NHC, cron): check the scratch volume for real, drain or
+resume the node, and do the housekeeping (sweep orphans, empty the trash).
+
+Checks, in this order; each returns a Finding (check name, healthy?, one line of text):
+  mount     mounted at [volume] mount_point, from the device and with the filesystem recorded when
+            the volume was built (/var/lib/slurm-scratch/volume.json), else those config implies
+  writable  not mounted (or remounted) read-only
+  layers    (the recorded backend's) LV active, not partial, with the recorded number of disks
+            (sysfs + `lvs --readonly`); md array active, not degraded, with the recorded disks
+  statvfs   free space and free inodes above [health] min_free_percent / min_free_inodes_percent
+  probe     write + fsync + drop cache + read back + unlink a 4 KiB file in the root-owned trash dir
+            (<mount_point>/.slurm-scratch-trash), within [health] probe_timeout
+  errors    ext4's error count (/sys/fs/ext4/<dev>/errors_count) is 0
+Every check that touches the filesystem (statvfs, probe) runs in a forked child that is killed at
+its timeout ([health] check_timeout, probe_timeout), so a stuck disk cannot hang the health check;
+a hung child is itself a finding. While a killed probe is still stuck in the kernel, no new one is
+started (the finding stays the same). The rest reads /proc and /sys only.
+
+Output: one line per problem on stdout (or one "ok:" line when healthy); exit 0 healthy, 1 not.
+`[health] repair = yes` lets it run volume setup when the volume is not mounted (default: only
+observe and report).
+
+Drain reasons (`[slurm] drain_prefix` + the first problem, in this priority order), e.g. with
+mount_point /scratch and the defaults:
+  scratch: /scratch not mounted
+  scratch: /scratch is xfs, expected ext4
+  scratch: /scratch mounted from /dev/loop3, expected /dev/vg.01/lv_ephemeral
+  scratch: /scratch read-only
+  scratch: LV vg.01/lv_ephemeral not active | partial (a disk is missing) | has 3 disks, 4 recorded
+  scratch: md array md127 inactive | degraded | has 3 disks, 4 recorded
+  scratch: probe timed out after 10 s
+  scratch: statvfs timed out after 30 s
+  scratch: /scratch 98% full (min free 3%)
+  scratch: /scratch inodes 99% used (min free 3%)
+  scratch: /scratch probe failed: write: Input/output error
+  scratch: /scratch has 2 ext4 errors
+Drain/resume rules and the no-RPC-when-healthy rule: see drain.py. The Prolog only calls
+`record_prolog_finding` (a file in /run/slurm-scratch) and never waits on slurmctld.
+
+After the checks, a healthy node sweeps orphaned job directories and empties the trash, within
+[health] housekeeping_seconds. The sweep asks slurmctld (squeue) only when a candidate exists: a job
+directory older than [jobs] sweep_guard whose job has no processes on this node (`scontrol
+listpids`, local).
+"""
 
 from __future__ import annotations
 
+import os
+import time
+
+from slurm_scratch import log, mounts
+from slurm_scratch.cleanup import RUN_DIR, TRASH_NAME
 from slurm_scratch.config import Config
-from slurm_scratch.errors import ScratchError
+from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
+from slurm_scratch.record import Record
+
+LOCK_FILE = f"{RUN_DIR}/health.lock"
+STUCK_FILE = f"{RUN_DIR}/probe-stuck"
+PROBE_PREFIX = ".health-probe."
+PROBE_SIZE = 4096
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Which problem names the drain reason when there are several (lower first).
+_RANK = {"mount": 0, "writable": 1, "layers": 2, "hung": 3, "statvfs": 4, "probe": 5, "errors": 6}
+
+
+class Finding(Record):
+    check: str  # mount, writable, layers, statvfs, probe, errors ("hung": a check that timed out)
+    healthy: bool
+    text: str
+
+
+def ok(check: str, text: str) -> Finding:
+    return Finding(check=check, healthy=True, text=text)
+
+
+def bad(check: str, text: str) -> Finding:
+    return Finding(check=check, healthy=False, text=text)
+
+
+# ---- running a filesystem probe in a child, under a timeout ------------------------------------
+
+
+class ChildResult(Record):
+    status: str  # "ok", "error" or "timeout"
+    text: str
+    pid: int
+
+
+def in_child(work, timeout: float) -> ChildResult:
+    """Run `work()` (returning a str) in a forked child; kill it at `timeout` seconds.
+
+    The child lets go of stdin/stdout/stderr first: a child stuck in the kernel must not hold
+    slurmd's pipes open. A killed child that is stuck in uninterruptible sleep is not waited for.
+    """
+    import select
+    import signal
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.close(read_fd)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            try:
+                message = "ok\n" + work()
+            except OSError as exc:
+                message = f"error\n{exc.strerror or exc}"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                message = f"error\n{exc}"
+            os.write(write_fd, message.encode("utf-8", errors="replace"))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                return ChildResult(status="timeout", text="", pid=pid)
+            ready, _, _ = select.select([read_fd], [], [], remaining)
+            if not ready:
+                continue
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(read_fd)
+    os.waitpid(pid, 0)
+    status, _, text = b"".join(chunks).decode("utf-8", errors="replace").partition("\n")
+    if status not in ("ok", "error"):
+        return ChildResult(status="error", text="the check ended without a result", pid=pid)
+    return ChildResult(status=status, text=text, pid=pid)
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+            return stream.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _remember_stuck(pid: int) -> None:
+    start = _start_time(pid)
+    if start is not None:
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        with open(STUCK_FILE, "w", encoding="ascii") as stream:
+            stream.write(f"{pid} {start}\n")
+
+
+def _still_stuck() -> bool:
+    """A probe killed by an earlier check that is still stuck in the kernel (so start no other)."""
+    try:
+        with open(STUCK_FILE, encoding="ascii") as stream:
+            pid_text, start = stream.read().split()
+    except (OSError, ValueError):
+        return False
+    if _start_time(int(pid_text)) == start:
+        return True
+    try:
+        os.unlink(STUCK_FILE)
+    except FileNotFoundError:
+        pass
+    return False
+
+
+# ---- the checks -----------------------------------------------------------------------------
+
+
+def _recorded() -> dict | None:
+    """The volume record (what setup built), or None when there is none (or no volume module yet)."""
+    try:
+        from slurm_scratch import volume
+
+        recorded = getattr(volume, "recorded", None)
+        value = recorded() if recorded is not None else None
+    except ScratchError as exc:
+        log.warning(f"healthcheck: cannot read the volume record: {exc}")
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _field(record: dict | None, *names: str):
+    if not record:
+        return None
+    for name in names:
+        if record.get(name) not in (None, "", [], ()):
+            return record[name]
+    return None
+
+
+def expected_volume(config: Config, record: dict | None) -> tuple[str, str | None, list[str] | None]:
+    """(backend, device or None, member disks or None) from the record, else from config."""
+    backend = _field(record, "backend") or config.volume.backend
+    device = _field(record, "device", "volume_device", "dev")
+    members = _field(record, "disks", "members", "devices", "member_devices")
+    if device is None and record is None:
+        if backend == "lvm":
+            device = f"/dev/{config.volume.vg_name}/{config.volume.lv_name}"
+        elif backend == "mdadm":
+            device = f"/dev/md/{config.volume.md_name}"
+    if members is not None and not isinstance(members, (list, tuple)):
+        members = None
+    return str(backend), (str(device) if device else None), ([str(m) for m in members] if members else None)
+
+
+def _same_device(mount: mounts.Mount, device: str) -> bool:
+    try:
+        rdev = os.stat(device).st_rdev
+        if rdev and f"{os.major(rdev)}:{os.minor(rdev)}" == mount.major_minor:
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(device) == os.path.realpath(mount.source) or device == mount.source
+
+
+def check_mount(config: Config, mount: mounts.Mount | None, record: dict | None) -> Finding:
+    mount_point = config.volume.mount_point
+    if mount is None:
+        return bad("mount", f"{mount_point} not mounted")
+    fstype = _field(record, "filesystem", "fstype", "fs") or config.volume.filesystem
+    if mount.fstype != fstype:
+        return bad("mount", f"{mount_point} is {mount.fstype}, expected {fstype}")
+    backend, device, _ = expected_volume(config, record)
+    if device and backend != "btrfs" and not _same_device(mount, device):
+        return bad("mount", f"{mount_point} mounted from {mount.source}, expected {device}")
+    return ok("mount", f"{mount_point} is {mount.fstype} on {mount.source}")
+
+
+def check_writable(config: Config, mount: mounts.Mount) -> Finding:
+    if "ro" in mount.options:
+        return bad("writable", f"{config.volume.mount_point} read-only")
+    return ok("writable", "read-write")
+
+
+def _statvfs_work(mount_point: str):
+    def work() -> str:
+        st = os.statvfs(mount_point)
+        return f"{st.f_blocks} {st.f_bavail} {st.f_files} {st.f_favail}"
+
+    return work
+
+
+def space_findings(config: Config, numbers: str) -> list[Finding]:
+    """Free space and inode findings from the statvfs child's "blocks bavail files favail"."""
+    mount_point = config.volume.mount_point
+    blocks, bavail, files, favail = (int(value) for value in numbers.split())
+    found = []
+    if blocks > 0:
+        free = 100.0 * bavail / blocks
+        text = f"{mount_point} {100 - free:.0f}% full (min free {config.health.min_free_percent:g}%)"
+        found.append(bad("statvfs", text) if free < config.health.min_free_percent else ok("statvfs", text))
+    if files > 0:  # btrfs reports no inode limit
+        free = 100.0 * favail / files
+        text = f"{mount_point} inodes {100 - free:.0f}% used (min free {config.health.min_free_inodes_percent:g}%)"
+        found.append(bad("statvfs", text) if free < config.health.min_free_inodes_percent else ok("statvfs", text))
+    return found
+
+
+def _probe_work(mount_point: str, major_minor: str):
+    def work() -> str:
+        from slurm_scratch.cleanup import open_trash
+
+        step = "open"
+        started = time.monotonic()
+        try:
+            root_fd = os.open(mount_point, DIR_FLAGS)
+            st = os.fstat(root_fd)
+            if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" != major_minor:
+                raise ScratchError(f"{mount_point} is no longer the mounted filesystem")
+            step = "trash dir"
+            trash_fd = open_trash(root_fd, mount_point, create=True)
+            assert trash_fd is not None
+            name = f"{PROBE_PREFIX}{os.getpid()}"
+            payload = (f"slurm-scratch health probe {os.getpid()} {time.time()}\n".encode() * 100)[:PROBE_SIZE]
+            step = "create"
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=trash_fd)
+            try:
+                step = "write"
+                if os.write(fd, payload) != len(payload):
+                    raise ScratchError("short write")
+                step = "fsync"
+                os.fsync(fd)
+                step = "read"
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read from the disk, not the page cache
+                if os.pread(fd, len(payload), 0) != payload:
+                    raise ScratchError("read back different data")
+            finally:
+                os.close(fd)
+            step = "unlink"
+            try:
+                os.unlink(name, dir_fd=trash_fd)
+            except FileNotFoundError:
+                pass  # the reaper empties this directory and may have been quicker
+        except OSError as exc:
+            raise ScratchError(f"{step}: {exc.strerror or exc}") from None
+        except ScratchError as exc:
+            raise ScratchError(f"{step}: {exc}") from None
+        return f"{(time.monotonic() - started) * 1000:.1f}"
+
+    return work
+
+
+def run_probe(config: Config, mount: mounts.Mount) -> Finding:
+    timeout = config.health.probe_timeout
+    if _still_stuck():
+        return bad("hung", f"probe timed out after {timeout:g} s")
+    result = in_child(_probe_work(config.volume.mount_point, mount.major_minor), timeout)
+    if result.status == "timeout":
+        _remember_stuck(result.pid)
+        return bad("hung", f"probe timed out after {timeout:g} s")
+    if result.status == "error":
+        return bad("probe", f"{config.volume.mount_point} probe failed: {result.text}")
+    return ok("probe", f"probe {result.text} ms")
+
+
+def _block_name(major_minor: str) -> str | None:
+    try:
+        return os.path.basename(os.path.realpath(f"/sys/dev/block/{major_minor}"))
+    except OSError:
+        return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as stream:
+            return stream.read().strip()
+    except OSError:
+        return None
+
+
+def check_fs_errors(config: Config, mount: mounts.Mount, sysfs: str = "/sys") -> Finding | None:
+    if mount.fstype != "ext4":
+        return None
+    name = _block_name(mount.major_minor)
+    count = _read(f"{sysfs}/fs/ext4/{name}/errors_count") if name else None
+    if count is None or not count.isdigit():
+        return None
+    if int(count):
+        return bad("errors", f"{config.volume.mount_point} has {count} ext4 errors")
+    return ok("errors", "no ext4 errors")
+
+
+def check_md(sysfs_block: str, name: str, members: list[str] | None) -> list[Finding]:
+    """An md array from its sysfs directory (e.g. /sys/block/md127)."""
+    state = _read(f"{sysfs_block}/md/array_state")
+    if state is None:
+        return [bad("layers", f"md array {name} not found")]
+    if state in ("clear", "inactive", "suspended", "readonly", "broken"):
+        return [bad("layers", f"md array {name} {state}")]
+    degraded = _read(f"{sysfs_block}/md/degraded")
+    if degraded and degraded.isdigit() and int(degraded):
+        return [bad("layers", f"md array {name} degraded ({degraded} disks missing)")]
+    try:
+        present = [entry for entry in os.listdir(f"{sysfs_block}/md") if entry.startswith("dev-")]
+    except OSError:
+        present = []
+    raid_disks = _read(f"{sysfs_block}/md/raid_disks")
+    if members is not None and len(present) != len(members):
+        return [bad("layers", f"md array {name} has {len(present)} disks, {len(members)} recorded")]
+    if raid_disks and raid_disks.isdigit() and len(present) < int(raid_disks):
+        return [bad("layers", f"md array {name} has {len(present)} of {raid_disks} disks")]
+    return [ok("layers", f"md array {name} {state}, {len(present)} disks")]
+
+
+def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
+    """`lvs --noheadings --separator '|' -o lv_attr,pv_count,vg_missing_pv_count VG/LV` -> findings."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    fields = [field.strip() for field in line.split("|")]
+    if len(fields) < 3 or len(fields[0]) < 9:
+        return [bad("layers", f"LV {lv} not found")]
+    attr, pv_count, missing = fields[0], fields[1], fields[2]
+    if attr[8] == "p" or (missing.isdigit() and int(missing)):
+        return [bad("layers", f"LV {lv} partial (a disk is missing)")]
+    if attr[4] != "a":
+        return [bad("layers", f"LV {lv} not active")]
+    if members is not None and pv_count.isdigit() and int(pv_count) != len(members):
+        return [bad("layers", f"LV {lv} has {pv_count} disks, {len(members)} recorded")]
+    return [ok("layers", f"LV {lv} active, {pv_count} disks")]
+
+
+def check_lvm(config: Config, mount: mounts.Mount | None, members: list[str] | None) -> list[Finding]:
+    from slurm_scratch import run
+
+    lv = f"{config.volume.vg_name}/{config.volume.lv_name}"
+    found = []
+    if mount is not None:  # sysfs first: every disk of the mounted LV still there
+        name = _block_name(mount.major_minor)
+        if name and os.path.isdir(f"/sys/block/{name}/dm"):
+            if _read(f"/sys/block/{name}/dm/suspended") == "1":
+                found.append(bad("layers", f"LV {lv} suspended"))
+    try:
+        result = run.run(
+            ["lvs", "--readonly", "--noheadings", "--separator", "|", "-o", "lv_attr,pv_count,vg_missing_pv_count", lv],
+            timeout=config.health.check_timeout, check=False, quiet=True,
+        )
+    except ScratchError as exc:
+        return found + [bad("hung" if "timed out" in str(exc) else "layers", f"lvs: {exc}")]
+    if result.returncode != 0 and not result.stdout.strip():
+        return found + [bad("layers", f"LV {lv} not found")]
+    return found + parse_lvs(result.stdout, lv, members)
+
+
+def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None) -> list[Finding]:
+    """The layers below the filesystem, for the backend the volume was recorded with."""
+    if record is None:
+        return []
+    backend, device, members = expected_volume(config, record)
+    if backend == "lvm":
+        return check_lvm(config, mount, members)
+    if backend == "mdadm":
+        name = _block_name(mount.major_minor) if mount is not None else None
+        if name is None and device:
+            name = os.path.basename(os.path.realpath(device))
+        if not name:
+            return [bad("layers", f"md array {config.volume.md_name} not found")]
+        return check_md(f"/sys/block/{name}", name, members)
+    return []
+
+
+def run_checks(config: Config) -> list[Finding]:
+    mount_point = config.volume.mount_point
+    record = _recorded()
+    mount = mounts.find_mount(mount_point)
+    findings = [check_mount(config, mount, record)]
+    findings += check_layers(config, mount, record)
+    if mount is None or mount.mount_point != mount_point:
+        return findings
+    writable = check_writable(config, mount)
+    findings.append(writable)
+    result = in_child(_statvfs_work(mount_point), config.health.check_timeout)
+    if result.status == "ok":
+        findings += space_findings(config, result.text)
+    elif result.status == "timeout":
+        findings.append(bad("hung", f"statvfs timed out after {config.health.check_timeout:g} s"))
+    else:
+        findings.append(bad("statvfs", f"{mount_point} statvfs failed: {result.text}"))
+    if writable.healthy and findings[0].healthy:
+        findings.append(run_probe(config, mount))
+    errors = check_fs_errors(config, mount)
+    if errors is not None:
+        findings.append(errors)
+    return findings
+
+
+def problems_of(findings: list[Finding]) -> list[Finding]:
+    """The unhealthy findings, the one that names the drain reason first."""
+    return sorted((f for f in findings if not f.healthy), key=lambda f: _RANK.get(f.check, 9))
+
+
+# ---- housekeeping -----------------------------------------------------------------------------
+
+
+class _EveryJobRunning:
+    """A stand-in for the running-jobs set: `cleanup.sweep` with it moves nothing and lists every
+    job directory (in `report.running`), in the order of the job ids asked about here."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def __contains__(self, job_id: object) -> bool:
+        self.asked.append(int(job_id))  # type: ignore[arg-type]
+        return True
+
+
+def sweep_orphans(config: Config, node: str) -> int:
+    """Retire orphaned job dirs; slurmctld is asked only when a local candidate exists."""
+    import stat
+
+    from slurm_scratch import cleanup, slurm
+
+    listing = _EveryJobRunning()
+    report = cleanup.sweep(config, node, listing)  # type: ignore[arg-type]
+    now = time.time()
+    old = set()
+    for job_id, path in zip(listing.asked, report.running):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid != 0 and now - st.st_mtime >= config.jobs.sweep_guard:
+            old.add(job_id)
+    if not old:
+        return 0
+    try:
+        local = slurm.local_jobs(config, node)
+    except ScratchError as exc:
+        log.warning(f"healthcheck: scontrol listpids failed ({exc}); asking slurmctld")
+        local = set()
+    if not old - local:
+        return 0
+    running = slurm.running_jobs(config, node)
+    report = cleanup.sweep(config, node, running | local)
+    return len(report.retired)
+
+
+def housekeeping(config: Config, node: str, seconds: float) -> None:
+    from slurm_scratch import cleanup
+
+    deadline = time.monotonic() + seconds
+    mount_point = config.volume.mount_point
+    try:
+        entries = [name for name in os.listdir(mount_point) if name not in (TRASH_NAME, "lost+found")]
+        if entries:
+            swept = sweep_orphans(config, node)
+            if swept:
+                log.info(f"healthcheck: swept {swept} orphaned job directories")
+        trash = f"{mount_point}/{TRASH_NAME}"
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and os.path.isdir(trash) and any(not name.startswith(PROBE_PREFIX) for name in os.listdir(trash)):
+            cleanup.reap(config, wait=False, max_seconds=remaining)
+    except (ScratchError, OSError) as exc:
+        log.error(f"healthcheck: housekeeping: {exc}")
+
+
+# ---- entry points ---------------------------------------------------------------------------
 
 
 def record_prolog_finding(config: Config, finding: str) -> None:
-    """Remember why a Prolog failed, for the next health check's drain reason."""
+    """Remember why a Prolog failed, for the next health check's drain reason (no Slurm call)."""
+    from slurm_scratch import drain
+
+    try:
+        drain.record_prolog_finding(finding)
+    except OSError as exc:
+        log.error(f"prolog: cannot record the finding in {drain.PROLOG_FILE}: {exc.strerror}")
+
+
+def _lock():
+    """This check's lock (a descriptor), or None when another health check holds it."""
+    import fcntl
+
+    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def main(config: Config, node: str) -> int:
-    raise ScratchError("healthcheck is not implemented yet")
+    from slurm_scratch import drain
+
+    timer = log.Timer()
+    lock_fd = _lock()
+    if lock_fd is None:
+        print("skipped: another health check is running")
+        return EXIT_OK
+    try:
+        findings = run_checks(config)
+        problems = problems_of(findings)
+        if problems and problems[0].check == "mount" and config.health.repair:
+            from slurm_scratch import volume
+
+            log.warning(f"healthcheck: {problems[0].text}; repairing ([health] repair = yes)")
+            try:
+                volume.ensure_mounted(config)
+            except ScratchError as exc:
+                log.error(f"healthcheck: repair failed: {exc}")
+            findings = run_checks(config)
+            problems = problems_of(findings)
+        if problems:
+            print("\n".join(problem.text for problem in problems))
+        else:
+            print("ok: " + "; ".join(finding.text for finding in findings))
+        try:
+            drain.reconcile(config, node, problems[0].text if problems else None)
+        except ScratchError as exc:
+            log.error(f"healthcheck: could not update the node's state in Slurm: {exc}")
+        if not problems and config.health.housekeeping_seconds > 0:
+            housekeeping(config, node, config.health.housekeeping_seconds)
+        if problems:
+            log.warning(f"healthcheck: {len(problems)} problem(s): {problems[0].text}", ms=timer.ms())
+        return EXIT_FAILURE if problems else EXIT_OK
+    finally:
+        os.close(lock_fd)
