@@ -1,19 +1,129 @@
-"""The striped scratch volume (issue 3 fills this in): observe -> plan -> apply, per backend."""
+"""The striped scratch volume: discover disks -> observe -> plan (pure) -> apply under a lock.
+
+`setup` is idempotent: a mounted volume is a fast no-op; an existing volume is activated and
+mounted, never reformatted; a half-built one (a crash) is completed; blank disks are built from
+scratch; a volume with a disk missing is a failure naming the disk (or, with on_degraded =
+rebuild, rebuilt). Concurrent runs serialise on /run/slurm-scratch/setup.lock and each re-observes
+after taking it, so exactly one assembles and all succeed.
+"""
 
 from __future__ import annotations
 
-from slurm_scratch.config import Config
-from slurm_scratch.errors import ScratchError
+import os
+import stat
+
+from slurm_scratch import log
+from slurm_scratch.config import Config, VolumeConfig
+from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
+
+
+def recorded() -> dict | None:
+    """The state file: what setup built (backend, filesystem, device, fs_uuid, members, ...), or None."""
+    from slurm_scratch.volume import state
+
+    return state.read()
+
+
+def _mounted_as_recorded(volume: VolumeConfig) -> bool:
+    """Fast path: mounted from the device setup recorded, trash and mode in place (no udev, no tools)."""
+    from slurm_scratch import mounts
+    from slurm_scratch.cleanup import TRASH_NAME
+    from slurm_scratch.volume import state
+
+    data = state.read()
+    if not data or data.get("status") != "ready" or data.get("mount_point") != volume.mount_point:
+        return False
+    mount = mounts.find_mount(volume.mount_point)
+    if mount is None or mount.source != data.get("mount_source"):
+        return False
+    try:
+        root = os.lstat(volume.mount_point)
+        trash = os.lstat(os.path.join(volume.mount_point, TRASH_NAME))
+    except OSError:
+        return False
+    return (stat.S_IMODE(root.st_mode) == volume.mount_mode and stat.S_ISDIR(trash.st_mode)
+            and trash.st_uid == 0 and not trash.st_mode & 0o077)
+
+
+def make_plan(volume: VolumeConfig):
+    """Discover, observe and plan (read-only). Returns (discovery, observed, plan)."""
+    from slurm_scratch import devices
+    from slurm_scratch.volume import state
+    from slurm_scratch.volume.observe import observe
+    from slurm_scratch.volume.plan import effective_backend, plan
+
+    data = state.read()
+    discovery = devices.discover(volume, data)
+    backend = effective_backend(volume, discovery, data)
+    observed = observe(volume, discovery, data, backend)
+    return discovery, observed, plan(volume, discovery, observed)
+
+
+def setup(config: Config, dry_run: bool = False):
+    """Bring the volume to mounted; returns the Plan carried out (None for the fast path)."""
+    volume = config.volume
+    timer = log.Timer()
+    if not dry_run and _mounted_as_recorded(volume):
+        log.info(f"setup: {volume.mount_point} is mounted as recorded: nothing to do", ms=timer.ms())
+        return None
+    if dry_run:
+        return make_plan(volume)[2]
+    from slurm_scratch.volume import state
+    from slurm_scratch.volume.apply import apply
+
+    import filelock
+
+    os.makedirs(state.RUN_DIR, mode=0o755, exist_ok=True)
+    wait = max(volume.command_timeout * 4, 60.0)
+    try:
+        with filelock.FileLock(state.LOCK_FILE, timeout=wait):
+            log.info("setup: holding the setup lock", ms=timer.ms())
+            _, _, plan = make_plan(volume)
+            for note in plan.notes:
+                log.warning(f"setup: {note}")
+            if plan.failure:
+                raise ScratchError(plan.failure)
+            apply(volume, plan)
+    except filelock.Timeout:
+        raise ScratchError(f"{state.LOCK_FILE}: another setup held the lock for more than {wait:g} s") from None
+    return plan
 
 
 def ensure_mounted(config: Config) -> None:
     """Make sure the volume is mounted at [volume] mount_point (the Prolog's self-heal)."""
-    raise ScratchError(f"{config.volume.mount_point} is not mounted and volume setup is not implemented yet")
+    setup(config)
 
 
 def setup_main(config: Config, dry_run: bool) -> int:
-    raise ScratchError("setup is not implemented yet")
+    plan = setup(config, dry_run)
+    volume = config.volume
+    if dry_run:
+        print(f"# backend {plan.backend}: {plan.state}" + (f", device {plan.device}" if plan.device else ""))
+        for note in plan.notes:
+            print(f"# {note}")
+        if plan.failure:
+            print(f"# would fail: {plan.failure}")
+            return EXIT_FAILURE
+        for line in plan.lines():
+            print(line)
+        if not plan.steps:
+            print("# nothing to do")
+        return EXIT_OK
+    if plan is None or not plan.steps:
+        print(f"{volume.mount_point}: mounted, nothing to do")
+    else:
+        print(f"{volume.mount_point}: {plan.state} done: {plan.device} ({plan.backend}, {len(plan.members)} disk(s))")
+    return EXIT_OK
 
 
 def status_main(config: Config, as_json: bool) -> int:
-    raise ScratchError("status is not implemented yet")
+    from slurm_scratch.volume.status import collect, render
+
+    report = collect(config.volume)
+    if as_json:
+        import json
+
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render(report))
+    return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE
