@@ -1,0 +1,217 @@
+"""Disk selection per cloud and the safety rules, on fake device records; output parsers. No root."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_scratch.config import parse_config
+from slurm_scratch.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
+                                   recorded_member, select_cloud, signature_from_blkid)
+from slurm_scratch.volume.observe import Lv, parse_btrfs_show, parse_lvs, parse_vgs
+
+AWS = "Amazon EC2 NVMe Instance Storage"
+
+
+def volume(**keys: str):
+    return parse_config("[volume]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()), "t.conf").volume
+
+
+def disk(name="nvme1n1", model=AWS, serial="AWS1234", **extra) -> Disk:
+    fields = dict(path=f"/dev/{name}", name=name, devnum="259:1", model=model, serial=serial, size_bytes=10**12)
+    fields.update(extra)
+    return Disk(**fields)
+
+
+@pytest.mark.parametrize(
+    "cloud, model, links, expected",
+    [
+        ("aws", AWS, (), True),
+        ("aws", "Amazon Elastic Block Store", (), False),
+        ("aws", "Amazon EC2 NVMe Instance Storage v2", (), False),
+        ("gcp", "nvme_card", (), True),
+        ("gcp", "nvme_card-pd", (), False),
+        ("gcp", "nvme_card-pd", ("/dev/disk/by-id/google-local-nvme-ssd-0",), False),
+        ("gcp", "", ("/dev/disk/by-id/google-local-nvme-ssd-3",), True),
+        ("gcp", "", ("/dev/disk/by-id/google-local-ssd-0",), True),
+        ("gcp", "", ("/dev/disk/by-id/google-persistent-disk-1",), False),
+        ("azure", "Microsoft NVMe Direct Disk", (), True),
+        ("azure", "Microsoft NVMe Direct Disk v2", (), True),
+        ("azure", "MSFT NVMe Accelerator v1.0", (), False),
+        ("azure", AWS, (), False),
+    ],
+)
+def test_cloud_identities(cloud, model, links, expected) -> None:
+    assert matches_cloud(cloud, disk(model=model, by_id=links)) is expected
+
+
+def test_auto_takes_the_first_cloud_that_matches_and_never_ebs() -> None:
+    disks = [disk("nvme0n1", "Amazon Elastic Block Store"), disk("nvme1n1"), disk("nvme2n1"), disk("nvme3n1", "Microsoft NVMe Direct Disk")]
+    selector, chosen = select_cloud("auto", disks)
+    assert selector == "auto->aws" and [d.name for d in chosen] == ["nvme1n1", "nvme2n1"]
+    selector, chosen = select_cloud("auto", [disks[0], disks[3]])
+    assert selector == "auto->azure" and [d.name for d in chosen] == ["nvme3n1"]
+    assert select_cloud("aws", [disks[0]]) == ("aws", [])
+
+
+FACTS = Facts(root_devnums=frozenset({"259:0", "259:5"}), swap_devnums=frozenset({"259:7"}),
+              mounts={"259:0": "/", "259:5": "/", "259:3": "/data", "259:9": "/scratch"}, mounted_btrfs_uuids=frozenset({"busy-fs"}))
+EXT4_THEIRS = Signature(type="ext4", usage="filesystem", label="data", uuid="u")
+
+
+@pytest.mark.parametrize(
+    "candidate, signature, reason",
+    [
+        (disk("nvme0n1", devnum="259:0"), None, "holds the root filesystem"),
+        (disk("nvme0n1", devnum="259:4", partitions=("nvme0n1p1",), partition_devnums=("259:5",)), None, "holds the root filesystem"),
+        (disk(devnum="259:7"), None, "holds active swap"),
+        (disk(devnum="259:3"), EXT4_THEIRS, "is mounted at /data"),
+        (disk(read_only=True), None, "is read-only"),
+        (disk(size_bytes=0), None, "has no media"),
+        (disk(holders=("dm-3",)), Signature(type="LVM2_member", usage="raid", vg_name="vg_other"), "is in use by dm-3"),
+        (disk(), Signature(type="btrfs", usage="filesystem", label="x", uuid="busy-fs"), "mounted btrfs filesystem busy-fs"),
+    ],
+)
+def test_never_used_even_with_wipe(candidate, signature, reason) -> None:
+    for wipe in ("no", "yes"):
+        verdict = assess(volume(wipe=wipe), candidate, signature, FACTS, None)
+        assert isinstance(verdict, Skipped) and reason in verdict.reason
+
+
+@pytest.mark.parametrize(
+    "candidate, signature, reason",
+    [
+        (disk(), EXT4_THEIRS, "carries a ext4 filesystem labelled 'data'"),
+        (disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg_other"), "LVM physical volume of VG 'vg_other'"),
+        (disk(), Signature(type="LVM2_member", usage="raid", vg_name=""), "LVM physical volume (no VG)"),
+        (disk(), Signature(type="linux_raid_member", usage="raid", label="host:other"), "md RAID member of array 'host:other'"),
+        (disk(), Signature(pttype="gpt"), "a gpt partition table"),
+        (disk(partitions=("nvme1n1p1",), partition_devnums=("259:11",)), None, "has partitions (nvme1n1p1)"),
+        (disk(), Signature(ambivalent=True), "more than one signature"),
+    ],
+)
+def test_foreign_content_is_skipped_unless_wipe(candidate, signature, reason) -> None:
+    verdict = assess(volume(), candidate, signature, FACTS, None)
+    assert isinstance(verdict, Skipped) and reason in verdict.reason and "wipe = yes" in verdict.reason
+    wiped = assess(volume(wipe="yes"), candidate, signature, FACTS, None)
+    assert wiped == Candidate(candidate, signature, ours=False, wipe=True)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        Signature(type="LVM2_member", usage="raid", vg_name="vg.01"),
+        Signature(type="linux_raid_member", usage="raid", label="node7:scratch"),
+        Signature(type="ext4", usage="filesystem", label="scratch"),
+        Signature(type="btrfs", usage="filesystem", label="scratch", uuid="f"),
+    ],
+)
+def test_our_own_signatures_are_used(signature) -> None:
+    verdict = assess(volume(), disk(), signature, FACTS, None)
+    assert verdict == Candidate(disk(), signature, ours=True, wipe=False)
+
+
+def test_ours_mounted_at_our_mount_point_is_fine_elsewhere_not() -> None:
+    sig = Signature(type="ext4", usage="filesystem", label="scratch")
+    assert isinstance(assess(volume(), disk(devnum="259:9"), sig, FACTS, None), Candidate)
+    assert isinstance(assess(volume(mount_point="/other"), disk(devnum="259:9"), sig, FACTS, None), Skipped)
+    # ours, held by our own LV (dm) is fine
+    pv = Signature(type="LVM2_member", usage="raid", vg_name="vg.01")
+    assert isinstance(assess(volume(), disk(holders=("dm-0",)), pv, FACTS, None), Candidate)
+
+
+def test_blank_disk_is_a_plain_candidate() -> None:
+    assert assess(volume(), disk(), None, FACTS, None) == Candidate(disk(), None, ours=False, wipe=False)
+
+
+def test_state_file_membership() -> None:
+    state = {"fs_uuid": "fs-1", "members": [{"path": "/dev/nvme1n1", "serial": "AWS1234"}, {"path": "/dev/loop5", "serial": ""}]}
+    orphan = Signature(type="LVM2_member", usage="raid", vg_name="")
+    assert recorded_member(disk("nvme7n1"), orphan, state)["serial"] == "AWS1234"  # by serial, whatever the name
+    assert recorded_member(disk(serial="OTHER"), orphan, state) is None
+    loop = disk("loop5", model="", serial="")
+    assert recorded_member(loop, orphan, state) is not None
+    assert recorded_member(loop, Signature(type="ext4", usage="filesystem", uuid="fs-1"), state) is not None
+    # a serial-less disk at a recorded path but with someone else's filesystem is not ours
+    assert recorded_member(loop, Signature(type="ext4", usage="filesystem", uuid="other"), state) is None
+    verdict = assess(volume(), disk("nvme7n1"), orphan, FACTS, state)
+    assert isinstance(verdict, Candidate) and verdict.ours
+
+
+def test_blkid_export_parsing() -> None:
+    assert signature_from_blkid(2, "") is None
+    assert signature_from_blkid(8, "").ambivalent
+    sig = signature_from_blkid(0, "DEVNAME=/dev/nvme1n1\nUUID=abc\nUUID_SUB=def\nLABEL=host:scratch\nTYPE=linux_raid_member\nUSAGE=raid\n")
+    assert (sig.type, sig.uuid, sig.uuid_sub, sig.md_name, sig.usage) == ("linux_raid_member", "abc", "def", "scratch", "raid")
+    assert signature_from_blkid(0, "PTUUID=x\nPTTYPE=gpt\n").describe() == "a gpt partition table"
+
+
+class FakeAttributes(dict):
+    def get(self, key, default=None):
+        value = dict.get(self, key, default)
+        return value.encode() if isinstance(value, str) else value
+
+
+class FakeDevice:
+    def __init__(self, sys_name, attributes=None, parent=None, properties=None, children=(), device_type="disk", links=()):
+        self.sys_name, self.parent, self.device_type = sys_name, parent, device_type
+        self.attributes = FakeAttributes(attributes or {})
+        self.properties = properties or {}
+        self.children = list(children)
+        self.device_node = f"/dev/{sys_name}"
+        self.device_number = (259 << 8) | 1 if device_type == "disk" else (259 << 8) | 2
+        self.sys_path = f"/nonexistent/{sys_name}"
+        self.subsystem = "block"
+        self.device_links = list(links)
+
+
+def test_disk_from_sysfs_reads_the_nvme_controller_when_udev_data_is_missing() -> None:
+    controller = FakeDevice("nvme1", {"model": AWS + "                ", "serial": "AWS22ABCDEF0123456789  "}, device_type="")
+    namespace = FakeDevice("nvme1n1", {"size": "7812500000", "ro": "0"}, parent=controller)
+    found = disk_from_udev(namespace)
+    assert (found.model, found.serial, found.size_bytes, found.path) == (AWS, "AWS22ABCDEF0123456789", 7812500000 * 512, "/dev/nvme1n1")
+    assert found.by_id == () and found.partitions == ()
+
+
+def test_disk_from_udev_properties_and_links() -> None:
+    controller = FakeDevice("nvme2", {}, device_type="")
+    partition = FakeDevice("nvme2n1p1", device_type="partition")
+    namespace = FakeDevice(
+        "nvme2n1", {"size": "100", "ro": "1"}, parent=controller,
+        properties={"ID_MODEL_ENC": "Microsoft\\x20NVMe\\x20Direct\\x20Disk\\x20v2", "ID_SERIAL_SHORT": "abc123"},
+        children=[partition], links=["/dev/disk/by-id/nvme-Microsoft_NVMe_Direct_Disk_v2_abc123", "/dev/disk/by-path/x"],
+    )
+    found = disk_from_udev(namespace)
+    assert found.model == "Microsoft NVMe Direct Disk v2" and found.serial == "abc123" and found.read_only
+    assert found.by_id == ("/dev/disk/by-id/nvme-Microsoft_NVMe_Direct_Disk_v2_abc123",)
+    assert found.partitions == ("nvme2n1p1",)
+
+
+VGS = '{"report": [{"vg": [{"vg_name": "vg.01", "pv_count": "4", "vg_missing_pv_count": "1"}, {"vg_name": "other", "pv_count": "1", "vg_missing_pv_count": "0"}]}]}'
+PVS = '{"report": [{"pv": [{"pv_name": "/dev/nvme1n1", "vg_name": "vg.01"}, {"pv_name": "[unknown]", "vg_name": "vg.01"}, {"pv_name": "/dev/sdb", "vg_name": "other"}]}]}'
+LVS = '{"report": [{"lv": [{"vg_name": "vg.01", "lv_name": "lv_ephemeral", "lv_attr": "-wi-----p-", "stripes": "4"}]}]}'
+
+
+def test_lvm_report_parsing() -> None:
+    vg = parse_vgs(VGS, "vg.01", PVS)
+    assert (vg.pv_count, vg.missing_pv_count, vg.pvs) == (4, 1, ("/dev/nvme1n1", "[unknown]"))
+    assert parse_vgs(VGS, "vg.02") is None
+    lv = parse_lvs(LVS, "vg.01", "lv_ephemeral")
+    assert lv.path == "/dev/vg.01/lv_ephemeral" and lv.stripes == 4 and not lv.active and lv.partial
+    assert Lv("v", "l", "/dev/v/l", "-wi-a-----").active
+    assert parse_lvs(LVS, "vg.01", "other") is None
+
+
+def test_btrfs_show_parsing() -> None:
+    text = """Label: 'scratch'  uuid: 11111111-2222-3333-4444-555555555555
+\tTotal devices 3 FS bytes used 144.00KiB
+\tdevid    1 size 335544320 used 8388608 path /dev/loop3
+\tdevid    3 size 335544320 used 8388608 path /dev/loop5
+\t*** Some devices missing
+
+Label: none  uuid: 66666666-2222-3333-4444-555555555555
+\tTotal devices 1 FS bytes used 1.00KiB
+\tdevid    1 size 1 used 1 path /dev/vdb
+"""
+    first, second = parse_btrfs_show(text)
+    assert (first.label, first.total_devices, first.present) == ("scratch", 3, ("/dev/loop3", "/dev/loop5"))
+    assert first.uuid.startswith("1111") and second.total_devices == 1 and second.label == ""
