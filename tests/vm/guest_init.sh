@@ -10,6 +10,7 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/null >/dev/console 2>&1
 say() { echo "[vm-init $(cut -d' ' -f1 /proc/uptime 2>/dev/null)] $*"; }
 power_off() { sync; echo o >/proc/sysrq-trigger; sleep 30; }
+say "init started"
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -22,6 +23,7 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 hostname "$(cat /etc/hostname)"
 
 modprobe -a $(cat /etc/vm-modules) || say "modprobe failed"
+say "modules loaded"
 mount -t configfs configfs /sys/kernel/config
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro src /src || say "no src share"
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /results; then

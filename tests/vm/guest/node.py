@@ -1,0 +1,186 @@
+"""The guest as a node: run the project's CLI, write its config, take volumes down as a
+shutdown would, and reset the node between tests. Runs as root inside the test VM only.
+
+Only the standard library: the host imports this module when it collects the guest tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from nvme_disks import DiskRig, sh
+
+SOURCE = Path(__file__).resolve().parents[3]  # the project checkout (/src in the guest)
+STATE_DIRS = (Path("/var/lib/slurm-scratch"), Path("/run/slurm-scratch"))
+RUN_STATE = Path("/run/slurm-scratch")
+# LVM's and mdadm's own runtime state (pvs_online, vgs_online, map), lost at a real reboot.
+BOOT_CLEARED_RUN_DIRS = (Path("/run/lvm"), Path("/run/mdadm"))
+VM_MARKER = Path("/etc/slurm-scratch-test-vm")
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+VOLUME_SOURCES = ("/dev/mapper/", "/dev/md", "/dev/nvme", "/dev/dm-")
+
+
+def in_test_vm() -> bool:
+    return VM_MARKER.exists()
+
+
+def write_config(path: Path, volume: dict[str, str] | None = None,
+                 sections: dict[str, dict[str, str]] | None = None) -> Path:
+    """An INI file for SLURM_SCRATCH_CONF, root-owned and 0644 as the tool requires."""
+    all_sections = {"volume": dict(volume or {})}
+    all_sections.update(sections or {})
+    lines = []
+    for section, keys in all_sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value}" for key, value in keys.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    path.chmod(0o644)
+    return path
+
+
+def tool_env(conf: Path) -> dict[str, str]:
+    return {"PATH": TOOL_PATH, "HOME": "/root", "LANG": "C.UTF-8",
+            "PYTHONPATH": str(SOURCE), "PYTHONDONTWRITEBYTECODE": "1",
+            "SLURM_SCRATCH_CONF": str(conf)}
+
+
+def slurm_scratch_argv(*args: str) -> list[str]:
+    return ["/usr/bin/python3", "-m", "slurm_scratch", *args]
+
+
+def slurm_scratch(conf: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python3 -m slurm_scratch ARGS` from the shared source, as the guest's root."""
+    return subprocess.run(slurm_scratch_argv(*args), env=tool_env(conf), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_slurm_scratch(conf: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(slurm_scratch_argv(*args), env=tool_env(conf),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def status_json(conf: Path) -> dict:
+    result = slurm_scratch(conf, "status", "--json")
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError as error:
+        raise AssertionError(f"status --json printed no JSON (exit {result.returncode}): "
+                             f"{result.stdout!r} {result.stderr!r}") from error
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return (f"exit {result.returncode}\n--- stdout ---\n{result.stdout}\n"
+            f"--- stderr ---\n{result.stderr}")
+
+
+# -- what is on the node ---------------------------------------------------------------------
+def mounts() -> list[tuple[str, str, str]]:
+    """(source, mount point, fstype) of every mount, from /proc/self/mountinfo."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        point = fields[4].encode().decode("unicode_escape")
+        found.append((fields[separator + 2], point, fields[separator + 1]))
+    return found
+
+
+def mount_of(point: str) -> tuple[str, str, str] | None:
+    for mount in reversed(mounts()):
+        if mount[1] == point:
+            return mount
+    return None
+
+
+def lvm_report(command: str, fields: str, *args: str) -> list[dict[str, str]]:
+    result = sh(command, "--reportformat", "json", "-o", fields, *args, check=False)
+    if result.returncode != 0 and not result.stdout.strip():
+        return []
+    report = json.loads(result.stdout)["report"][0]
+    return next(iter(report.values()), [])
+
+
+def md_arrays() -> list[str]:
+    return sorted(str(Path("/dev") / entry.name) for entry in Path("/sys/block").glob("md*"))
+
+
+def fs_type(device: str | Path) -> str:
+    return sh("blkid", "-p", "-s", "TYPE", "-o", "value", str(device), check=False).stdout.strip()
+
+
+# -- taking things down ----------------------------------------------------------------------
+def release_volumes() -> list[str]:
+    """Unmount every volume mount and stop every LV/array, as a clean shutdown does.
+    Returns what could not be undone."""
+    problems = []
+    for source, point, _ in sorted(mounts(), key=lambda m: -len(m[1])):
+        if os.path.realpath(source).startswith(VOLUME_SOURCES):
+            result = sh("umount", point, check=False)
+            if result.returncode != 0:
+                result = sh("umount", "-l", point, check=False)
+                problems.append(f"umount {point}: busy, detached lazily")
+    if Path("/dev/mapper/control").exists():
+        for vg in lvm_report("vgs", "vg_name"):
+            sh("vgchange", "-an", vg["vg_name"], check=False)
+        remaining = sh("dmsetup", "ls", check=False).stdout
+        if remaining.strip() and "No devices found" not in remaining:
+            sh("dmsetup", "remove_all", "--force", check=False)
+    for array in md_arrays():
+        result = sh("mdadm", "--stop", array, check=False)
+        if result.returncode != 0:
+            problems.append(f"mdadm --stop {array}: {result.stderr.strip()}")
+    sh("udevadm", "settle", "--timeout=60", check=False)
+    return problems
+
+
+def reboot(rig: DiskRig, autoactivate: bool = True) -> None:
+    """What a reboot does to the node: volumes stopped, disks gone and back with their data,
+    /run emptied (the tool's state and LVM's and mdadm's), /var/lib kept.
+
+    As on a real boot, udev then assembles md arrays and LVM's udev rule auto-activates a
+    complete VG (69-lvm.rules runs `vgchange -aay` when there is no systemd). With
+    `autoactivate=False` the VGs are deactivated again: a node whose boot does not activate
+    them (event_activation=0, an activation list, or a slow udev)."""
+    release_volumes()
+    rig.disconnect_all()
+    for directory in (RUN_STATE, *BOOT_CLEARED_RUN_DIRS):
+        clear_dir(directory)
+    rig.reconnect_all()
+    sh("udevadm", "settle", "--timeout=60")
+    if not autoactivate:
+        for vg in lvm_report("vgs", "vg_name"):
+            sh("vgchange", "-q", "-an", vg["vg_name"], check=False)
+
+
+def stop_start(rig: DiskRig) -> None:
+    """EC2 stop/start: volumes stopped, every instance-store disk new and blank, /run emptied;
+    /var/lib (on the root volume) kept."""
+    release_volumes()
+    for directory in (RUN_STATE, *BOOT_CLEARED_RUN_DIRS):
+        clear_dir(directory)
+    rig.replace_all()
+
+
+def clear_dir(directory: Path) -> None:
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def reset_node(mount_points: tuple[str, ...] = ("/scratch",)) -> list[str]:
+    """After a test: nothing mounted, no LV/array, no tool state."""
+    problems = release_volumes()
+    for directory in STATE_DIRS:
+        clear_dir(directory)
+    for point in mount_points:
+        if os.path.isdir(point) and not os.path.ismount(point):
+            shutil.rmtree(point, ignore_errors=True)
+    return problems
