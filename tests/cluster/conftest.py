@@ -1,0 +1,130 @@
+"""Fixtures for the real-Slurm tests: one cluster per test module (see harness.py).
+
+`cluster` (per test) hands out the module's cluster and, after the test, puts it back as it was:
+leftover jobs cancelled, nodes resumed, every node's config restored and /scratch mounted, so
+that one failing test does not fail the next ones.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cluster.harness import Cluster, HarnessError, in_private_mount_namespace, wait_for
+
+# Build each node's /scratch with the project's own `slurm-scratch setup` (single backend on the
+# node's loop device). False: harness.Cluster._setup_scratch_directly (mkfs + mount) stands in.
+SETUP_BY_PROJECT = False
+
+REPO = Path(__file__).resolve().parents[2]
+HEALTH_INTERVAL = 5  # seconds; slurm.conf HealthCheckInterval
+NODES = ("n1", "n2")
+SCRATCH_SETTINGS = {
+    "volume": {"mount_point": "/scratch", "backend": "single", "filesystem": "ext4"},
+    "jobs": {"export": "SCRATCH"},
+    "health": {"probe_timeout": "3", "check_timeout": "10"},
+    "slurm": {"timeout": "10"},
+}
+SLURM_PROGRAMS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/munged")
+
+
+def _missing_programs() -> list[str]:
+    return [p for p in SLURM_PROGRAMS if not os.access(p, os.X_OK)]
+
+
+@pytest.fixture(scope="session")
+def cluster_prefix():
+    """`make install PREFIX=` for the nodes. Not the session's `installed` fixture: that lives
+    below /tmp (private to each node here) in a root-only directory, and the TaskProlog runs
+    as the job's user, who must be able to reach it (as under /usr/local on a real node)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    prefix = Path(tempfile.mkdtemp(prefix="slurm-scratch-cluster-prefix-", dir="/var/tmp"))
+    try:
+        prefix.chmod(0o755)
+        made = subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, f"make install failed:\n{made.stdout}{made.stderr}"
+        yield prefix
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster_module(cluster_prefix: Path):
+    missing = _missing_programs()
+    if missing:
+        pytest.skip(f"Slurm/munge not installed: {', '.join(missing)} "
+                    "(apt-get install slurmctld slurmd slurm-client munge)")
+    if not in_private_mount_namespace():
+        pytest.skip("needs tests/conftest.py's private mount namespace")
+    cluster = Cluster(cluster_prefix, SCRATCH_SETTINGS, nodes=NODES, health_interval=HEALTH_INTERVAL,
+                      use_project_setup=SETUP_BY_PROJECT)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        problems = cluster.stop()
+        assert not problems, f"cluster teardown left: {problems}"
+
+
+@pytest.fixture
+def cluster(cluster_module: Cluster):
+    yield cluster_module
+    restore(cluster_module)
+
+
+def restore(cluster: Cluster) -> None:
+    """Undo what a test may have left: jobs, drains, config overrides, a broken /scratch."""
+    jobs = cluster.client(["squeue", "-h", "-o", "%A"], check=False).stdout.split()
+    if jobs:
+        cluster.client(["scancel", *jobs], check=False)
+        wait_for("leftover jobs to end", lambda: not cluster.client(
+            ["squeue", "-h", "-t", "PD,R,CG,S,CF", "-o", "%A"]).stdout.split(), 60, 0.5)
+    for node in cluster.nodes:
+        cluster.run_on_node(node, ["fsfreeze", "--unfreeze", "/scratch"], check=False)
+        cluster.write_scratch_conf(node)
+        if not cluster.scratch_mounted(node) or not _writable(cluster, node):
+            cluster.run_on_node(node, ["umount", "/scratch"], check=False)
+            remount_scratch(cluster, node)
+        if cluster.node_drained(node):
+            cluster.resume(node)
+    wait_for("nodes idle after the test", lambda: all(
+        cluster.node_state(n) == "IDLE" for n in cluster.nodes), 60, 0.5)
+
+
+def _writable(cluster: Cluster, node: str) -> bool:
+    options = cluster.run_on_node(node, ["findmnt", "-n", "-o", "OPTIONS", "/scratch"],
+                                  check=False).stdout
+    return options.split(",")[0] == "rw"
+
+
+def remount_scratch(cluster: Cluster, node: str) -> None:
+    """Mount the node's volume again (what an admin's repair would do)."""
+    device = cluster.nodes[node].loop_device
+    cluster.run_on_node(node, ["mount", "-o", "noatime,nodiratime", device, "/scratch"])
+    if not cluster.scratch_mounted(node):
+        raise HarnessError(f"{node}: /scratch did not come back")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing cluster test reports the tails of slurmctld's and each slurmd's log."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(cluster, Cluster) and cluster.workdir is not None:
+        try:
+            report.sections.append(("slurmctld.log", _tail(cluster.slurmctld_log())))
+            for node in cluster.nodes:
+                report.sections.append((f"{node} slurmd.log", _tail(cluster.slurmd_log(node))))
+        except Exception as exc:  # a report must not fail because a log is missing
+            report.sections.append(("cluster logs", f"unavailable: {exc}"))
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])

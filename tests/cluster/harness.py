@@ -1,0 +1,778 @@
+"""A real multi-node Slurm cluster (Debian's Slurm 22.05 packages) on one machine, for tests.
+
+What `Cluster.start()` builds, all of it private to the test and removed by `Cluster.stop()`:
+- a tmpfs work dir (slurm.conf, munge key, logs, spool dirs, the users' job dirs, disk images);
+- munged with its own key, its socket on a tmpfs mounted over /run/munge in this process's
+  mount namespace (the test session runs in a private one), so no host munged is disturbed;
+- a bridge, and per host (`ctl` for slurmctld, `n1`, `n2`, ... for slurmd) a PID + network + UTS
+  + mount namespace made by `unshare`, joined to the bridge by a veth pair moved into it by PID.
+  Nothing is named: a namespace disappears with its last process. PID 1 of each is
+  `node_init.py`, which reaps orphans and ends every process of the node when told to stop;
+- on each node: private tmpfs over /run/slurm-scratch, /var/lib/slurm-scratch and /tmp, the
+  cluster's /etc/hosts, the node's own slurm-scratch config bound over /etc/slurm-scratch,
+  and its own /scratch: an ext4 on a loop device, built inside the node's mount namespace;
+- slurmctld and one slurmd per node, with the installed hooks as Prolog, Epilog, TaskProlog
+  and HealthCheckProgram.
+
+Slurm client commands run in the controller's network namespace (`nsenter --net`) but this
+process's mount namespace, so all traffic stays between namespaces the harness created.
+Teardown runs every step even when an earlier one fails, stops daemons by the PIDs it
+recorded, detaches only the loop devices it attached (checked by backing file), and reports
+what it could not undo.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+NODE_INIT = Path(__file__).with_name("node_init.py")
+MUNGE_DIR = Path("/run/munge")
+MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
+SUBNET = "10.77.0"  # only ever inside the namespaces below: the host side has no address
+CONTROLLER = "ctl"
+SLURM_USER = "slurm"
+MUNGE_USER = "munge"
+DISK_MIB = 1024  # sparse; 64k inodes, room for a 20,000-file job directory
+PRIVATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch", "/tmp")
+TERMINAL_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
+})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL if the test process dies, so no daemon outlives it."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60, input: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a host command, capture text output; a failure names the command and its stderr."""
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
+                          env=env if env is not None else {"PATH": TOOL_PATH, "LANG": "C.UTF-8"},
+                          cwd="/")
+    if check and proc.returncode != 0:
+        raise HarnessError(f"{shlex.join(argv)} exited {proc.returncode}: "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.2):
+    """Poll `predicate` until it returns something truthy; HarnessError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise HarnessError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs: a zombie (state Z/X) counts as gone, unlike `kill -0`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def stop_process(pid: int, popen: subprocess.Popen | None = None, grace: float = 10) -> bool:
+    """TERM, bounded wait, KILL, bounded wait; reap `popen` if it is our child. True if gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not process_alive(pid):
+            break
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while process_alive(pid) and time.monotonic() < deadline:
+            if popen is not None and popen.poll() is not None:
+                break
+            time.sleep(0.05)
+    if popen is not None:
+        try:
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    return not process_alive(pid)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _ns_inode(pid: int | str, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def in_private_mount_namespace() -> bool:
+    """True when this process's mount namespace is not the one of PID 1."""
+    return _ns_inode("self", "mnt") != _ns_inode(1, "mnt")
+
+
+class Host:
+    """One simulated host: PID + network + UTS + mount namespaces, PID 1 = node_init.py."""
+
+    def __init__(self, name: str, addr: str, workdir: Path):
+        self.name = name
+        self.addr = addr
+        self.dir = workdir / "hosts" / name
+        self.unshare: subprocess.Popen | None = None
+        self.init_pid: int | None = None
+        self.mnt_ns: str | None = None
+        self.daemon: subprocess.Popen | None = None  # nsenter running slurmctld/slurmd
+        self.daemon_pid: int | None = None          # the daemon itself (host PID)
+        self.veth: str | None = None
+        self.loop_device: str | None = None
+        self.disk_image: Path | None = None
+
+    def start_namespaces(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.dir / "init.log", "wb")
+        self.unshare = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", "--net",
+             "--uts", "--propagation", "private", "--",
+             "/usr/bin/python3", "-I", "-S", str(NODE_INIT)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
+            env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+        log.close()
+
+        def init_started():
+            for child in _children(self.unshare.pid):
+                try:
+                    if str(NODE_INIT) in Path(f"/proc/{child}/cmdline").read_text():
+                        return child
+                except OSError:
+                    pass
+            if self.unshare.poll() is not None:
+                raise HarnessError(f"{self.name}: unshare exited {self.unshare.returncode}: "
+                                   f"{(self.dir / 'init.log').read_text()}")
+            return None
+
+        self.init_pid = wait_for(f"{self.name}'s namespaces", init_started, 10, 0.02)
+        self.mnt_ns = _ns_inode(self.init_pid, "mnt")
+
+    def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
+        return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--", *argv]
+
+    def run(self, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
+        return run(self.nsenter_argv(argv), **kw)
+
+    def sh(self, script: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(["sh", "-euc", script], **kw)
+
+    def path(self, path: str) -> Path:
+        """`path` as this host sees it, readable from the test process without nsenter."""
+        return Path(f"/proc/{self.init_pid}/root") / path.lstrip("/")
+
+    def start_daemon(self, argv: Sequence[str], log_name: str) -> None:
+        log = open(self.dir / log_name, "wb")
+        self.daemon = subprocess.Popen(
+            self.nsenter_argv(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+            start_new_session=True, env={"PATH": TOOL_PATH, "LANG": "C.UTF-8"},
+            preexec_fn=_die_with_parent)
+        log.close()
+
+        def daemon_pid():
+            if self.daemon.poll() is not None:
+                raise HarnessError(f"{self.name}: {argv[0]} exited {self.daemon.returncode}: "
+                                   f"{(self.dir / log_name).read_text()[-2000:]}")
+            kids = _children(self.daemon.pid)
+            return kids[0] if kids else None
+
+        self.daemon_pid = wait_for(f"{self.name}: {argv[0]} to start", daemon_pid, 10, 0.02)
+
+    def stop_daemon(self) -> list[str]:
+        problems = []
+        if self.daemon is not None:
+            if self.daemon_pid is not None and not stop_process(self.daemon_pid):
+                problems.append(f"{self.name}: daemon PID {self.daemon_pid} did not stop")
+            if not stop_process(self.daemon.pid, self.daemon):
+                problems.append(f"{self.name}: nsenter PID {self.daemon.pid} did not stop")
+        return problems
+
+    def stop_namespaces(self) -> list[str]:
+        """End every process of the host (node_init's job), then its unshare parent."""
+        problems = []
+        if self.init_pid is not None and process_alive(self.init_pid):
+            os.kill(self.init_pid, signal.SIGTERM)
+            try:
+                wait_for(f"{self.name}'s init to stop", lambda: not process_alive(self.init_pid),
+                         15, 0.05)
+            except HarnessError:
+                stop_process(self.init_pid, grace=5)  # SIGKILL of PID 1 kills the namespace
+        if self.unshare is not None and not stop_process(self.unshare.pid, self.unshare, grace=5):
+            problems.append(f"{self.name}: unshare PID {self.unshare.pid} did not stop")
+        leftovers = processes_in_mount_namespace(self.mnt_ns)
+        for pid in leftovers:
+            stop_process(pid, grace=2)
+        leftovers = [p for p in processes_in_mount_namespace(self.mnt_ns) if process_alive(p)]
+        if leftovers:
+            problems.append(f"{self.name}: processes left in its mount namespace: {leftovers}")
+        return problems
+
+
+def processes_in_mount_namespace(mnt_ns: str | None) -> list[int]:
+    if mnt_ns is None:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _ns_inode(entry, "mnt") == mnt_ns:
+            pids.append(int(entry))
+    return pids
+
+
+def loop_backing_file(device: str) -> str | None:
+    try:
+        return Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def render_ini(settings: dict[str, dict[str, str]]) -> str:
+    return "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
+                   + "\n" for section, keys in settings.items())
+
+
+class Cluster:
+    """slurmctld + slurmd on `nodes`, each in its own namespaces, with the installed hooks.
+
+    `prefix` is a `make install PREFIX=` tree, not below /tmp (each node has its own /tmp) and
+    readable by the job users (the TaskProlog runs as them). `scratch_settings` ({section: {key: value}}) is
+    every node's slurm-scratch.conf, to which the harness adds `[volume] devices` (the node's
+    loop device) and `[slurm] slurm_conf`.
+    `use_project_setup`: build /scratch with `slurm-scratch setup` (else mkfs + mount directly).
+    """
+
+    def __init__(self, prefix: Path, scratch_settings: dict[str, dict[str, str]],
+                 nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
+                 use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
+                 base_dir: str = "/var/tmp"):
+        self.prefix = Path(prefix)
+        self.scratch_settings = {section: dict(keys) for section, keys in scratch_settings.items()}
+        self.node_names = list(nodes)
+        self.health_interval = health_interval
+        self.use_project_setup = use_project_setup
+        self.users = list(users)
+        self.base_dir = base_dir
+        self.workdir: Path | None = None
+        self.slurm_conf: Path | None = None
+        self.controller: Host | None = None
+        self.nodes: dict[str, Host] = {}
+        self.bridge = f"ssbr{os.getpid()}"
+        self.munged: subprocess.Popen | None = None
+        self._mounted: list[Path] = []      # host mounts, unmounted in reverse order
+        self._bridge_made = False
+        self._started = False
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self) -> "Cluster":
+        if str(self.prefix).startswith("/tmp/"):
+            raise HarnessError(f"{self.prefix}: the install prefix must not be below /tmp, "
+                               "which is private to each node")
+        if not in_private_mount_namespace():
+            raise HarnessError("the cluster harness mounts tmpfs over /run/munge: run it in a "
+                               "private mount namespace (tests/conftest.py sets one up)")
+        try:
+            self._make_workdir()
+            self._start_munged()
+            self._make_bridge()
+            self.controller = self._make_host(CONTROLLER, f"{SUBNET}.2")
+            for index, name in enumerate(self.node_names):
+                self.nodes[name] = self._make_host(name, f"{SUBNET}.{11 + index}")
+            self._write_slurm_conf()
+            for node in self.nodes.values():
+                self._prepare_node(node)
+            self._start_slurmctld()
+            for node in self.nodes.values():
+                node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name,
+                                   "-f", str(self.slurm_conf)], "slurmd.out")
+            wait_for("all nodes to register", self._all_nodes_responding, 60, 0.3)
+            self._started = True
+        except BaseException:
+            problems = self.stop()
+            if problems:
+                print("cluster teardown after a failed start:", *problems, sep="\n  ")
+            raise
+        return self
+
+    def stop(self) -> list[str]:
+        """Undo everything `start` did, whatever state it is in. Returns what failed."""
+        problems: list[str] = []
+
+        def step(what: str, action: Callable[[], Iterable[str] | None]) -> None:
+            try:
+                problems.extend(action() or [])
+            except Exception as exc:  # every step runs, whatever the previous one did
+                problems.append(f"{what}: {exc}")
+
+        hosts = list(self.nodes.values())
+        if self.controller is not None and self.controller.daemon_pid is not None:
+            step("thaw /scratch", self._thaw_all)
+            step("cancel jobs", self._cancel_all_jobs)
+        for node in hosts:
+            step(f"stop slurmd on {node.name}", node.stop_daemon)
+        for node in hosts:
+            step(f"unmount /scratch on {node.name}", lambda node=node: self._unmount_scratch(node))
+        for node in hosts:
+            step(f"stop {node.name}", node.stop_namespaces)
+        if self.controller is not None:
+            step("stop slurmctld", self.controller.stop_daemon)
+            step("stop controller", self.controller.stop_namespaces)
+        step("stop munged", self._stop_munged)
+        for node in hosts:
+            step(f"detach {node.name}'s loop device", lambda node=node: self._detach_loop(node))
+        step("delete bridge", self._delete_bridge)
+        step("unmount", self._unmount_host_mounts)
+        self.nodes = {}
+        self.controller = None
+        self._started = False
+        return problems
+
+    # ------------------------------------------------------------------ pieces of start
+    def _make_workdir(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="slurm-scratch-cluster-", dir=self.base_dir))
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", "cluster-work",
+             str(self.workdir)])
+        self._mounted.append(self.workdir)
+        for user in self.users:
+            entry = pwd.getpwnam(user)
+            home = self.home(user)
+            home.mkdir(parents=True)
+            os.chown(home, entry.pw_uid, entry.pw_gid)
+            home.chmod(0o755)
+
+    def _start_munged(self) -> None:
+        munge = pwd.getpwnam(MUNGE_USER)
+        mdir = self.workdir / "munge"
+        mdir.mkdir(mode=0o700)
+        os.chown(mdir, munge.pw_uid, munge.pw_gid)
+        key = mdir / "munge.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(1024))
+        os.close(fd)
+        os.chown(key, munge.pw_uid, munge.pw_gid)
+        MUNGE_DIR.mkdir(mode=0o755, exist_ok=True)
+        run(["mount", "-t", "tmpfs", "-o", f"mode=0755,size=1m,uid={munge.pw_uid},"
+             f"gid={munge.pw_gid}", "cluster-munge", str(MUNGE_DIR)])
+        self._mounted.append(MUNGE_DIR)
+        log = open(mdir / "munged.out", "wb")
+        self.munged = subprocess.Popen(
+            ["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
+             "--", "/usr/sbin/munged", "--foreground", f"--key-file={key}",
+             f"--socket={MUNGE_SOCKET}", f"--pid-file={mdir}/munged.pid",
+             f"--log-file={mdir}/munged.log", f"--seed-file={mdir}/munged.seed"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
+            env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+        log.close()
+
+        def munge_works():
+            if self.munged.poll() is not None:
+                raise HarnessError(f"munged exited {self.munged.returncode}: "
+                                   f"{(mdir / 'munged.out').read_text()}")
+            cred = run(["munge", "-n", f"--socket={MUNGE_SOCKET}"], check=False)
+            return cred.returncode == 0 and run(
+                ["unmunge", f"--socket={MUNGE_SOCKET}"], input=cred.stdout,
+                check=False).returncode == 0
+
+        wait_for("munged", munge_works, 10, 0.05)
+
+    def _stop_munged(self) -> list[str]:
+        if self.munged is not None and not stop_process(self.munged.pid, self.munged):
+            return [f"munged PID {self.munged.pid} did not stop"]
+        return []
+
+    def _make_bridge(self) -> None:
+        run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        self._bridge_made = True
+        run(["ip", "link", "set", self.bridge, "up"])
+
+    def _delete_bridge(self) -> list[str]:
+        problems = []
+        hosts = list(self.nodes.values()) + ([self.controller] if self.controller else [])
+        for host in hosts:  # a veth dies with its namespace; this only catches a stuck one
+            if host.veth and Path(f"/sys/class/net/{host.veth}").exists():
+                run(["ip", "link", "del", host.veth], check=False)
+        if self._bridge_made and Path(f"/sys/class/net/{self.bridge}").exists():
+            run(["ip", "link", "del", self.bridge])
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            problems.append(f"bridge {self.bridge} still exists")
+        self._bridge_made = False
+        return problems
+
+    def _make_host(self, name: str, addr: str) -> Host:
+        host = Host(name, addr, self.workdir)
+        if name == CONTROLLER:
+            self.controller = host
+        else:
+            self.nodes[name] = host
+        host.start_namespaces()
+        host.veth = f"ssv{os.getpid()}{name}"[:15]
+        run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
+             "netns", str(host.init_pid)])
+        run(["ip", "link", "set", host.veth, "master", self.bridge, "up"])
+        hosts_file = self.workdir / "hosts.txt"
+        if not hosts_file.exists():
+            lines = [f"127.0.0.1 localhost", f"{SUBNET}.2 {CONTROLLER}"]
+            lines += [f"{SUBNET}.{11 + i} {n}" for i, n in enumerate(self.node_names)]
+            hosts_file.write_text("\n".join(lines) + "\n")
+        host.sh(f"""
+            hostname {name}
+            ip link set lo up
+            ip addr add {addr}/24 dev eth0
+            ip link set eth0 up
+            mount --bind {hosts_file} /etc/hosts
+        """)
+        return host
+
+    def _write_slurm_conf(self) -> None:
+        conf_dir = self.workdir / "etc"
+        conf_dir.mkdir()
+        self.slurm_conf = conf_dir / "slurm.conf"
+        slurm = pwd.getpwnam(SLURM_USER)
+        ctld = self.controller.dir
+        os.chown(ctld, slurm.pw_uid, slurm.pw_gid)
+        (ctld / "state").mkdir()
+        os.chown(ctld / "state", slurm.pw_uid, slurm.pw_gid)
+        hooks = self.prefix / "libexec" / "slurm-scratch"
+        cpus = os.cpu_count() or 1
+        nodes = self.workdir / "hosts"
+        lines = [
+            "ClusterName=sstest",
+            "MailProg=/bin/true",
+            f"SlurmctldHost={CONTROLLER}({self.controller.addr})",
+            f"SlurmUser={SLURM_USER}",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={MUNGE_SOCKET}",
+            f"StateSaveLocation={ctld}/state",
+            f"SlurmctldPidFile={ctld}/slurmctld.pid",
+            f"SlurmctldLogFile={ctld}/slurmctld.log",
+            f"SlurmdSpoolDir={nodes}/%n/spool",
+            f"SlurmdPidFile={nodes}/%n/slurmd.pid",
+            f"SlurmdLogFile={nodes}/%n/slurmd.log",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "LogTimeFormat=iso8601_ms",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SwitchType=switch/none",
+            "MpiDefault=none",
+            "JobCompType=jobcomp/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "SchedulerType=sched/backfill",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "ReturnToService=2",
+            "SlurmdTimeout=60",
+            "SlurmctldTimeout=60",
+            "MessageTimeout=20",
+            "InactiveLimit=0",
+            "KillWait=5",
+            "MinJobAge=600",
+            f"Prolog={hooks}/prolog",
+            f"Epilog={hooks}/epilog",
+            f"TaskProlog={hooks}/task_prolog",
+            "PrologFlags=Alloc",
+            f"HealthCheckProgram={hooks}/healthcheck",
+            f"HealthCheckInterval={self.health_interval}",
+            "HealthCheckNodeState=ANY",
+        ]
+        for node in self.nodes.values():
+            lines.append(f"NodeName={node.name} NodeAddr={node.addr} CPUs={cpus} "
+                         "RealMemory=100 State=UNKNOWN")
+        lines.append(f"PartitionName=main Nodes={','.join(self.nodes)} Default=YES "
+                     "MaxTime=INFINITE State=UP")
+        self.slurm_conf.write_text("\n".join(lines) + "\n")
+
+    def _prepare_node(self, node: Host) -> None:
+        (node.dir / "spool").mkdir(exist_ok=True)
+        etc = node.dir / "etc-slurm-scratch"
+        etc.mkdir()
+        node.disk_image = node.dir / "disk.img"
+        with open(node.disk_image, "wb") as image:
+            image.truncate(DISK_MIB << 20)
+        node.loop_device = run(["losetup", "--find", "--show", str(node.disk_image)]
+                               ).stdout.strip()
+        self.write_scratch_conf(node.name)
+        script = []
+        for directory in PRIVATE_DIRS:
+            mode = "1777" if directory == "/tmp" else "0755"
+            script.append(f"mkdir -p {directory}; mount -t tmpfs -o mode={mode} node-private "
+                          f"{directory}")
+        script.append("mkdir -p /etc/slurm-scratch /scratch")
+        script.append(f"mount --bind {etc} /etc/slurm-scratch")
+        node.sh("\n".join(script))
+        if self.use_project_setup:
+            self._setup_scratch_with_project(node)
+        else:
+            self._setup_scratch_directly(node)
+
+    def _setup_scratch_with_project(self, node: Host) -> None:
+        result = node.run([str(self.prefix / "bin" / "slurm-scratch"), "setup"], check=False,
+                          timeout=120)
+        if result.returncode != 0:
+            raise HarnessError(f"{node.name}: slurm-scratch setup exited {result.returncode}: "
+                               f"{result.stderr.strip()}")
+        if not self.scratch_mounted(node.name):
+            raise HarnessError(f"{node.name}: slurm-scratch setup exited 0 but /scratch is not "
+                               f"mounted from {node.loop_device}")
+
+    def _setup_scratch_directly(self, node: Host) -> None:
+        """STAND-IN for `slurm-scratch setup` (single backend, ext4), used only while the
+        project's `setup` is not implemented (see conftest.SETUP_BY_PROJECT)."""
+        node.sh(f"mkfs.ext4 -q -F -m 0 {node.loop_device}\n"
+                f"mount -o noatime,nodiratime {node.loop_device} /scratch\n"
+                "chmod 1777 /scratch")
+
+    def _start_slurmctld(self) -> None:
+        self.controller.start_daemon(["/usr/sbin/slurmctld", "-D", "-i", "-f",
+                                      str(self.slurm_conf)], "slurmctld.out")
+        wait_for("slurmctld to answer", lambda: "is UP" in self.scontrol(
+            "ping", check=False).stdout, 30, 0.2)
+
+    def _all_nodes_responding(self) -> bool:
+        for name in self.nodes:
+            state = self.node_state(name)
+            if not state or "NOT_RESPONDING" in state or state.startswith(("DOWN", "UNKNOWN")) \
+                    or "*" in state:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ pieces of stop
+    def _thaw_all(self) -> None:
+        for node in self.nodes.values():
+            if node.init_pid and process_alive(node.init_pid):
+                node.run(["fsfreeze", "--unfreeze", "/scratch"], check=False, timeout=10)
+
+    def _cancel_all_jobs(self) -> list[str]:
+        jobs = self.client(["squeue", "-h", "-o", "%A"], check=False, timeout=20).stdout.split()
+        if not jobs:
+            return []
+        self.client(["scancel", *jobs], check=False, timeout=20)
+        try:
+            wait_for("jobs to end", lambda: not self.client(
+                ["squeue", "-h", "-t", "PD,R,CG,S,CF", "-o", "%A"], check=False,
+                timeout=20).stdout.split(), 30, 0.5)
+        except HarnessError as exc:
+            return [str(exc)]
+        return []
+
+    def _unmount_scratch(self, node: Host) -> list[str]:
+        if node.init_pid is None or not process_alive(node.init_pid):
+            return []
+        node.run(["fsfreeze", "--unfreeze", "/scratch"], check=False, timeout=10)
+        for _ in range(5):  # the volume may be mounted more than once (tests remount it)
+            if not node.run(["mountpoint", "-q", "/scratch"], check=False).returncode == 0:
+                return []
+            result = node.run(["umount", "/scratch"], check=False, timeout=30)
+            if result.returncode != 0:
+                node.run(["umount", "-l", "/scratch"], check=False, timeout=30)
+        return [f"{node.name}: /scratch still mounted"]
+
+    def _detach_loop(self, node: Host) -> list[str]:
+        if node.loop_device is None:
+            return []
+        device, image = node.loop_device, str(node.disk_image)
+        if loop_backing_file(device) == image:
+            # the node's mount namespace may take a moment to release the filesystem
+            wait_for(f"{device} to detach", lambda: run(["losetup", "-d", device],
+                                                        check=False).returncode == 0
+                     or loop_backing_file(device) != image, 10, 0.2)
+        node.loop_device = None
+        if loop_backing_file(device) == image:
+            return [f"{device} ({image}) is still attached"]
+        return []
+
+    def _unmount_host_mounts(self) -> list[str]:
+        problems = []
+        while self._mounted:
+            path = self._mounted.pop()
+            result = run(["umount", str(path)], check=False)
+            if result.returncode != 0:
+                problems.append(f"umount {path}: {result.stderr.strip()}")
+                run(["umount", "-l", str(path)], check=False)
+            elif path == self.workdir:
+                path.rmdir()
+        return problems
+
+    # ------------------------------------------------------------------ helpers for tests
+    def scratch_conf_path(self, node: str) -> Path:
+        return self.workdir / "hosts" / node / "etc-slurm-scratch" / "slurm-scratch.conf"
+
+    def write_scratch_conf(self, node: str,
+                           overrides: dict[str, dict[str, str]] | None = None) -> None:
+        """(Re)write the node's /etc/slurm-scratch/slurm-scratch.conf atomically: the cluster's
+        settings, the node's own device and slurm.conf, then `overrides`."""
+        settings = {section: dict(keys) for section, keys in self.scratch_settings.items()}
+        settings.setdefault("volume", {})["devices"] = self.nodes[node].loop_device
+        settings.setdefault("slurm", {})["slurm_conf"] = str(self.slurm_conf)
+        for section, keys in (overrides or {}).items():
+            settings.setdefault(section, {}).update(keys)
+        path = self.scratch_conf_path(node)
+        temporary = path.with_suffix(".new")
+        temporary.write_text(render_ini(settings))
+        temporary.chmod(0o644)
+        os.replace(temporary, path)
+
+    def home(self, user: str) -> Path:
+        return self.workdir / "home" / user
+
+    def client_env(self, user: str | None) -> dict[str, str]:
+        env = {"PATH": TOOL_PATH, "LANG": "C.UTF-8", "SLURM_CONF": str(self.slurm_conf)}
+        if user is not None:
+            env.update(HOME=str(self.home(user)), USER=user, LOGNAME=user)
+        return env
+
+    def client_argv(self, argv: Sequence[str], user: str | None = None) -> list[str]:
+        """A Slurm client command in the controller's network namespace, as `user` (or root)."""
+        prefix = ["nsenter", f"--net=/proc/{self.controller.init_pid}/ns/net", "--"]
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            prefix += ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
+                       "--init-groups", "--"]
+        return prefix + list(argv)
+
+    def client(self, argv: Sequence[str], user: str | None = None, *, check: bool = True,
+               timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        return run(self.client_argv(argv, user), check=check, timeout=timeout, input=input,
+                   env=self.client_env(user))
+
+    def scontrol(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.client(["scontrol", *args], check=check, timeout=30)
+
+    def submit(self, script: str, user: str = "sstest1", *sbatch_args: str) -> int:
+        """sbatch `script` (text, read from stdin) as `user`; output in the user's home dir
+        as slurm-<jobid>.out (slurm-<jobid>_<task>.out for arrays); returns the job id."""
+        home = self.home(user)
+        out = self.client(["sbatch", "--parsable", f"--chdir={home}",
+                           f"--output={home}/slurm-%j.out", *sbatch_args], user,
+                          input=script, timeout=30).stdout.strip()
+        return int(out.split(";")[0])
+
+    def srun(self, *args: str, user: str = "sstest1", timeout: float = 120,
+             check: bool = False) -> subprocess.CompletedProcess:
+        return self.client(["srun", f"--chdir={self.home(user)}", *args], user, check=check,
+                           timeout=timeout)
+
+    def job_output(self, jobid: int | str, user: str = "sstest1") -> str:
+        return (self.home(user) / f"slurm-{jobid}.out").read_text()
+
+    def job_info(self, jobid: int | str) -> dict[str, str]:
+        """`scontrol show job -o` of one job (the first record for an array) as a dict."""
+        text = self.scontrol("show", "job", "-o", str(jobid)).stdout.splitlines()[0]
+        return _parse_scontrol_record(text)
+
+    def job_state(self, jobid: int | str) -> str:
+        return self.job_info(jobid)["JobState"]
+
+    def wait_job(self, jobid: int | str, states: Iterable[str] = TERMINAL_STATES,
+                 timeout: float = 60) -> str:
+        """Poll until the job is in one of `states` and no longer completing; return it."""
+        wanted = set(states)
+
+        def reached():
+            info = self.job_info(jobid)
+            state = info["JobState"]
+            if state in wanted:
+                return state
+            if state in TERMINAL_STATES and state not in wanted:
+                raise HarnessError(f"job {jobid} ended {state} "
+                                   f"(reason {info.get('Reason')}), wanted {sorted(wanted)}")
+            return None
+
+        return wait_for(f"job {jobid} to reach {sorted(wanted)}", reached, timeout, 0.2)
+
+    def node_info(self, node: str) -> dict[str, str]:
+        text = self.scontrol("show", "node", "-o", node).stdout.splitlines()[0]
+        return _parse_scontrol_record(text)
+
+    def node_state(self, node: str) -> str:
+        """scontrol's state, e.g. IDLE, MIXED, IDLE+DRAIN, ALLOCATED+DRAIN, DOWN+NOT_RESPONDING."""
+        return self.node_info(node).get("State", "")
+
+    def node_reason(self, node: str) -> str:
+        """The node's reason text ('' when it has none)."""
+        reason = self.client(["sinfo", "-h", "-N", "-n", node, "-o", "%E"],
+                             timeout=30).stdout.splitlines()
+        text = reason[0].strip() if reason else ""
+        return "" if text == "none" else text
+
+    def node_drained(self, node: str) -> bool:
+        return "DRAIN" in self.node_state(node)
+
+    def drain(self, node: str, reason: str) -> None:
+        self.scontrol("update", f"nodename={node}", "state=drain", f"reason={reason}")
+
+    def resume(self, node: str) -> None:
+        self.scontrol("update", f"nodename={node}", "state=resume")
+
+    def run_on_node(self, node: str, argv: Sequence[str], *, check: bool = True,
+                    timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run `argv` as root inside the node's PID, network, UTS and mount namespaces."""
+        return self.nodes[node].run(argv, check=check, timeout=timeout, input=input)
+
+    def node_path(self, node: str, path: str) -> Path:
+        return self.nodes[node].path(path)
+
+    def scratch_mounted(self, node: str) -> bool:
+        mountinfo = Path(f"/proc/{self.nodes[node].init_pid}/mountinfo").read_text()
+        return any(line.split()[4] == "/scratch" for line in mountinfo.splitlines())
+
+    def slurmd_log(self, node: str) -> str:
+        return (self.workdir / "hosts" / node / "slurmd.log").read_text(errors="replace")
+
+    def slurmctld_log(self) -> str:
+        return (self.controller.dir / "slurmctld.log").read_text(errors="replace")
+
+    def sdiag(self) -> dict[str, int]:
+        """RPC counts by message type received by slurmctld, e.g. {'REQUEST_NODE_INFO': 12}."""
+        out = self.client(["sdiag"], timeout=30).stdout
+        section = out.split("Remote Procedure Call statistics by message type", 1)[1]
+        section = section.split("Remote Procedure Call statistics by user", 1)[0]
+        return {m.group(1): int(m.group(2)) for m in
+                re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)}
+
+    def sdiag_by_user(self) -> dict[str, int]:
+        out = self.client(["sdiag"], timeout=30).stdout
+        section = out.split("Remote Procedure Call statistics by user", 1)[1]
+        return {m.group(1): int(m.group(2)) for m in
+                re.finditer(r"^\s*(\S+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)}
+
+
+def _parse_scontrol_record(text: str) -> dict[str, str]:
+    """Split one `scontrol show -o` line into Key=Value pairs (values may contain spaces)."""
+    fields: dict[str, str] = {}
+    matches = list(re.finditer(r"(?:^|\s)([A-Za-z][\w:/]*)=", text))
+    for this, following in zip(matches, matches[1:] + [None]):
+        end = following.start() if following else len(text)
+        fields[this.group(1)] = text[this.end():end].strip()
+    return fields
