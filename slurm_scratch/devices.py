@@ -5,8 +5,9 @@ from udev properties when udevd has run (as in the VM tests and on real nodes), 
 attributes of the disk's ancestors (the NVMe controller or subsystem for a namespace, the SCSI
 device for sdX). Selectors (`[volume] devices`):
 - aws: model exactly "Amazon EC2 NVMe Instance Storage" (EBS, "Amazon Elastic Block Store", never);
-- gcp: local SSD, model exactly "nvme_card" (NVMe persistent disks are "nvme_card-pd", never), or a
-  /dev/disk/by-id/google-local-nvme-ssd-* / google-local-ssd-* link (Google's own udev rules);
+- gcp: local SSD, model exactly "nvme_card" (NVMe; NVMe persistent disks are "nvme_card-pd", never)
+  or "EphemeralDisk" (SCSI), or a /dev/disk/by-id/google-local-nvme-ssd-* / google-local-ssd-* link
+  (made by Google's guest udev rules);
 - azure: model "Microsoft NVMe Direct Disk" or "Microsoft NVMe Direct Disk v2";
 - auto: the first of aws, gcp, azure that matches any disk;
 - explicit paths or globs under /dev/ (on-prem nodes).
@@ -32,7 +33,7 @@ from slurm_scratch.errors import ScratchError
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
 AWS_NEVER = ("Amazon Elastic Block Store",)
-GCP_MODELS = ("nvme_card",)
+GCP_MODELS = ("nvme_card", "EphemeralDisk")  # NVMe local SSD; SCSI local SSD
 GCP_LINK_PREFIXES = ("google-local-nvme-ssd-", "google-local-ssd-")
 AZURE_MODELS = ("Microsoft NVMe Direct Disk", "Microsoft NVMe Direct Disk v2")
 CLOUDS = ("aws", "gcp", "azure")

@@ -78,12 +78,20 @@ def setup(config: Config, dry_run: bool = False):
     try:
         with filelock.FileLock(state.LOCK_FILE, timeout=wait):
             log.info("setup: holding the setup lock", ms=timer.ms())
-            _, _, plan = make_plan(volume)
-            for note in plan.notes:
-                log.warning(f"setup: {note}")
-            if plan.failure:
-                raise ScratchError(plan.failure)
-            apply(volume, plan)
+            for attempt in (1, 2):
+                _, _, plan = make_plan(volume)
+                for note in plan.notes:
+                    log.warning(f"setup: {note}")
+                if plan.failure:
+                    raise ScratchError(plan.failure)
+                try:
+                    apply(volume, plan)
+                    break
+                except ScratchError as exc:
+                    # udev may assemble an md array or add a link under our feet: look again, once.
+                    if attempt == 2:
+                        raise
+                    log.warning(f"setup: {exc}; observing again and retrying once")
     except filelock.Timeout:
         raise ScratchError(f"{state.LOCK_FILE}: another setup held the lock for more than {wait:g} s") from None
     return plan
