@@ -320,6 +320,11 @@ def _plan_existing_device(volume, observed: Observed, backend, fstype, device, m
     return Plan(backend, "mount", device, signature.type, tuple(steps), members, notes=notes)
 
 
+def _hex(uuid: str) -> str:
+    """An md UUID without separators: blkid writes 8-4-4-4-12, mdadm --detail 8:8:8:8."""
+    return "".join(ch for ch in uuid.lower() if ch in "0123456789abcdef")
+
+
 def _unused_note(discovery: Discovery) -> tuple[str, ...]:
     unused = [c.disk.path for c in discovery.candidates if not c.ours]
     return (f"not used by the existing volume: {', '.join(unused)}",) if unused else ()
@@ -328,7 +333,8 @@ def _unused_note(discovery: Discovery) -> tuple[str, ...]:
 def _plan_mdadm(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
     device = f"/dev/md/{volume.md_name}"
     ours_members = [c for c in discovery.candidates if c.ours and c.signature is not None and c.signature.type == "linux_raid_member"]
-    arrays = [a for a in observed.md_arrays if a.name == volume.md_name or a.uuid and any(c.signature.uuid == a.uuid for c in ours_members)]
+    member_uuids = {_hex(c.signature.uuid) for c in ours_members}
+    arrays = [a for a in observed.md_arrays if a.name == volume.md_name or a.uuid and _hex(a.uuid) in member_uuids]
     missing = missing_members(observed.recorded, discovery)
     stop = [run_step("mdadm", "--stop", a.devnode, check=False) for a in arrays]
     members = tuple(c.disk for c in ours_members)
@@ -337,14 +343,14 @@ def _plan_mdadm(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
     if running and not missing:
         array = running[0]
         return _plan_existing_device(volume, observed, backend, fstype, array.devnode, members, notes)
-    uuids = {c.signature.uuid for c in ours_members}
+    uuids = {_hex(c.signature.uuid): c.signature.uuid for c in ours_members}
     if len(uuids) > 1:
         return Plan(backend, "failed", failure=f"disks {', '.join(c.disk.path for c in ours_members)} belong to {len(uuids)} different md arrays named {volume.md_name!r}: wipe the stale ones")
     if ours_members:
         count = max([c.signature.md_devices for c in ours_members] + [a.raid_disks for a in arrays] + [len(ours_members)])
         if missing or len(ours_members) < count:
             return _degraded(volume, discovery, backend, fstype, device, missing, max(count, len(ours_members) + len(missing)), len(ours_members), stop)
-        uuid = uuids.pop()
+        uuid = next(iter(uuids.values()))
         steps = stop + [run_step("mdadm", "--assemble", device, f"--uuid={uuid}", "--run", *[c.disk.path for c in ours_members]),
                         Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
         steps += _tail(volume, device, fstype, "if_blank", list(members))

@@ -278,6 +278,14 @@ def test_mdadm_missing_member_fails_and_rebuild_stops_the_array_first() -> None:
     assert "--raid-devices=1" in commands(p)[2] and "--force" in commands(p)[2]
 
 
+def test_mdadm_array_is_recognised_by_uuid_in_either_notation() -> None:
+    # blkid shows the member's array UUID as 8-4-4-4-12, mdadm --detail as 8:8:8:8.
+    member = md_member(2, "3f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8")
+    array = MdArray("/dev/md127", "", "3f1a2b3c:4d5e6f70:8192a3b4:c5d6e7f8", "raid0", 2, "inactive", ("/dev/nvme1n1",))
+    p = plan(volume(backend="mdadm"), discovery(ours((1, 2), member)), observed(md_arrays=(array,)))
+    assert commands(p)[:2] == ["mdadm --stop /dev/md127", f"mdadm --assemble {MD} --uuid=3f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8 --run /dev/nvme1n1 /dev/nvme2n1"]
+
+
 def test_mdadm_members_of_two_arrays_is_a_failure() -> None:
     cands = ours((1,), md_member(2, "u1")) + ours((2,), md_member(2, "u2"))
     assert "2 different md arrays" in plan(volume(backend="mdadm"), discovery(cands), observed()).failure
