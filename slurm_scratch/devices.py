@@ -187,17 +187,26 @@ def recorded_member(disk: Disk, signature: Signature | None, recorded: dict | No
     return None
 
 
-def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts: Facts, recorded: dict | None) -> Candidate | Skipped:
-    """Apply the safety rules to one selected disk."""
+def never_reason(disk: Disk, facts: Facts) -> str:
+    """Why the disk can never be used, whatever it carries ("" when none of these hold)."""
     devnums = (disk.devnum, *disk.partition_devnums)
     if any(devnum in facts.root_devnums for devnum in devnums):
-        return Skipped(disk, "holds the root filesystem")
+        return "holds the root filesystem"
     if any(devnum in facts.swap_devnums for devnum in devnums):
-        return Skipped(disk, "holds active swap")
+        return "holds active swap"
     if disk.read_only:
-        return Skipped(disk, "is read-only")
+        return "is read-only"
     if disk.size_bytes <= 0:
-        return Skipped(disk, "has no media (size 0)")
+        return "has no media (size 0)"
+    return ""
+
+
+def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts: Facts, recorded: dict | None) -> Candidate | Skipped:
+    """Apply the safety rules to one selected disk."""
+    reason = never_reason(disk, facts)
+    if reason:
+        return Skipped(disk, reason)
+    devnums = (disk.devnum, *disk.partition_devnums)
     ours = is_ours(volume, disk, signature, recorded)
     for devnum in devnums:
         where = facts.mounts.get(devnum)
@@ -415,8 +424,10 @@ def signature_from_blkid(returncode: int, stdout: str) -> Signature | None:
 
 def probe_signature(path: str, timeout: float) -> Signature | None:
     result = run.run(["blkid", "-p", "-o", "export", path], timeout=timeout, check=False, quiet=True)
-    if result.returncode not in (0, 2, 8):
-        raise ScratchError(f"{path}: blkid -p failed (exit {result.returncode}): {result.stderr.strip()}")
+    # Exit 2 means "nothing found", but blkid also exits 2 when it cannot open the device: that is
+    # not a blank disk.
+    if result.returncode not in (0, 2, 8) or result.stderr.strip():
+        raise ScratchError(f"{path}: blkid -p failed (exit {result.returncode}): {result.stderr.strip() or 'no output'}")
     return signature_from_blkid(result.returncode, result.stdout)
 
 
@@ -459,7 +470,19 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
         selector, selected = select_cloud(selector, list_disks())
         skipped = []
     facts = probe_facts()
-    signatures = {disk.path: probe_signature(disk.path, volume.command_timeout) for disk in selected}
+    signatures = {}
+    probed = []
+    for disk in selected:
+        if never_reason(disk, facts):
+            probed.append(disk)  # assess() says why, without probing it
+            signatures[disk.path] = None
+            continue
+        try:
+            signatures[disk.path] = probe_signature(disk.path, volume.command_timeout)
+            probed.append(disk)
+        except ScratchError as exc:
+            skipped.append(Skipped(disk, f"cannot be probed for signatures ({exc})"))
+    selected = probed
     if any(sig is not None and sig.type == "LVM2_member" for sig in signatures.values()):
         vg_of = pv_vg_names(volume.command_timeout)
         for path, sig in signatures.items():
