@@ -1,0 +1,221 @@
+"""The Epilog (one rename into the trash), the background reaper, `slurm-scratch reap`, and ending
+the processes a job left in its directory — on real ext4 and xfs filesystems."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import filelock
+import pytest
+from scratchtest.jobs import HOOKS, TRASH, poll, scratch_volume, snapshot
+from scratchtest.kernel import sh
+
+pytestmark = pytest.mark.root
+
+REAPER_LOCK = "/run/slurm-scratch/reaper.lock"
+
+
+@pytest.fixture(params=["ext4", "xfs"])
+def scratch(request, loops):
+    with scratch_volume(loops, request.param) as volume:
+        yield volume
+
+
+def fill_as_user(scratch, job_dir: Path, files: int = 200) -> None:
+    """What a job leaves behind: nested directories and files, written by the job's user."""
+    scratch.as_user(
+        "sstest1",
+        'cd "$1"; mkdir -p a/b/c d; i=0; while [ $i -lt "$2" ]; do echo $i > a/b/c/f$i; echo $i > d/g$i; i=$((i+1)); done; '
+        "ln -s a/b relative_link; chmod 0500 a/b/c",
+        str(job_dir),
+        str(files // 2),
+    )
+
+
+def test_epilog_renames_the_dir_into_the_trash(scratch) -> None:
+    assert scratch.prolog(201).returncode == 0
+    job_dir = scratch.job_dir(201)
+    fill_as_user(scratch, job_dir)
+    inode = os.lstat(job_dir).st_ino
+    # Hold the reaper's lock so that the trash is seen as the Epilog left it.
+    with filelock.FileLock(REAPER_LOCK, timeout=5):
+        result = scratch.epilog(201)
+        assert result.returncode == 0, result.stderr
+        assert not os.path.lexists(job_dir)
+        (entry,) = scratch.trash_entries()
+        assert entry.startswith("job_201.")
+        assert os.lstat(scratch.trash / entry).st_ino == inode  # renamed, not copied
+        assert f"retired {job_dir} to trash as {entry}" in result.stderr and "job=201" in result.stderr
+        assert (scratch.trash / entry / "a" / "b" / "c" / "f7").read_text() == "7\n"
+    # A reaper started while the lock was held gave up at once; `slurm-scratch reap` empties it now.
+    reaped = scratch.cli("reap")
+    assert reaped.returncode == 0, reaped.stderr
+    assert reaped.stdout == "reaped 1 trash entry\n"
+    assert scratch.trash_entries() == []
+
+
+def test_reaper_empties_the_trash_in_the_background(scratch) -> None:
+    for job_id in (211, 212):
+        assert scratch.prolog(job_id).returncode == 0
+        fill_as_user(scratch, scratch.job_dir(job_id), files=2000)
+    for job_id in (211, 212):
+        result = scratch.epilog(job_id)
+        assert result.returncode == 0, result.stderr
+        assert not os.path.lexists(scratch.job_dir(job_id))
+    scratch.wait_trash_empty(timeout=120)
+    assert sorted(os.listdir(scratch.mount_point)) == sorted([TRASH, *(["lost+found"] if scratch.fstype == "ext4" else [])])
+    poll(lambda: not scratch.tagged_pids(), 60, what="the reapers to exit")
+
+
+def test_reap_with_empty_trash(scratch) -> None:
+    result = scratch.cli("reap")
+    assert result.returncode == 0 and result.stdout == "reaped 0 trash entries\n"
+
+
+def test_epilogs_of_many_jobs_at_once_leave_an_empty_trash(scratch) -> None:
+    jobs = list(range(220, 240))
+    for job_id in jobs:
+        assert scratch.prolog(job_id).returncode == 0
+        (scratch.job_dir(job_id) / "out").write_text("x\n")
+    processes = [
+        subprocess.Popen(
+            ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in scratch.job_env(job_id, context="epilog_slurmd").items()), str(HOOKS / "epilog")],
+            cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for job_id in jobs
+    ]
+    assert [process.wait(timeout=300) for process in processes] == [0] * len(jobs)
+    for process in processes:
+        process.communicate()
+    assert not any(os.path.lexists(scratch.job_dir(job_id)) for job_id in jobs)
+    scratch.wait_trash_empty(timeout=120)
+
+
+def test_epilog_without_a_dir_exits_zero(scratch) -> None:
+    result = scratch.epilog(250)
+    assert result.returncode == 0, result.stderr
+    assert f"no directory {scratch.job_dir(250)}" in result.stderr or "nothing to retire" in result.stderr
+    # ... and the same for a second Epilog of a job already retired.
+    assert scratch.prolog(251).returncode == 0
+    assert scratch.epilog(251).returncode == 0
+    again = scratch.epilog(251)
+    assert again.returncode == 0 and "nothing to retire" in again.stderr
+
+
+def test_epilog_without_a_dir_for_a_pattern_level_exits_zero(scratch) -> None:
+    scratch.configure({"jobs": {"dir": "%u/job_%j"}})
+    result = scratch.epilog(252)
+    assert result.returncode == 0 and f"no directory {scratch.mount_point}/sstest1/job_252" in result.stderr
+
+
+def test_epilog_leaves_a_dir_of_another_owner_alone(scratch) -> None:
+    assert scratch.prolog(253, user="sstest2").returncode == 0
+    (scratch.job_dir(253) / "theirs").write_text("keep\n")
+    before = snapshot(scratch.mount_point)
+    result = scratch.epilog(253, user="sstest1")
+    assert result.returncode == 0
+    assert "belongs to uid 4202, not the job's uid 4201: leaving it alone" in result.stderr
+    assert snapshot(scratch.mount_point) == before
+
+
+def test_epilog_on_unmounted_volume_exits_zero(scratch) -> None:
+    plain = scratch.base / "not-mounted"
+    plain.mkdir()
+    (plain / "job_254").mkdir()
+    scratch.configure(mount_point=str(plain))
+    result = scratch.epilog(254)
+    assert result.returncode == 0 and "is not mounted" in result.stderr
+    assert (plain / "job_254").is_dir()
+
+
+# ---- processes the job left behind ----------------------------------------------------------------
+
+
+def _holds_file(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _is_running_sleep(process: subprocess.Popen) -> bool:
+    try:
+        return process.poll() is None and Path(f"/proc/{process.pid}/comm").read_text().strip() == "sleep"
+    except OSError:
+        return False
+
+
+def test_epilog_ends_the_users_processes_in_the_dir_and_no_others(scratch) -> None:
+    for job_id, user in ((301, "sstest1"), (302, "sstest1"), (303, "sstest2")):
+        assert scratch.prolog(job_id, user=user).returncode == 0
+    job_dir = scratch.job_dir(301)
+    scratch.as_user("sstest1", 'mkdir "$1/work" && echo data > "$1/data"', str(job_dir))
+    in_cwd = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd=job_dir / "work")
+    holding = scratch.start_as("sstest1", ["/bin/sh", "-c", 'exec 3<"$0"; exec /bin/sleep 600', str(job_dir / "data")])
+    other_job = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd=scratch.job_dir(302))
+    other_user = scratch.start_as("sstest2", ["/bin/sleep", "600"], cwd=scratch.job_dir(303))
+    elsewhere = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd="/tmp")
+    poll(lambda: all(_is_running_sleep(p) for p in (in_cwd, holding, other_job, other_user, elsewhere)), 30, what="the sleeps")
+    poll(lambda: _holds_file(holding.pid, job_dir / "data"), 30, what="the open file")
+
+    result = scratch.epilog(301)
+    assert result.returncode == 0, result.stderr
+    assert in_cwd.wait(timeout=30) == -9
+    assert holding.wait(timeout=30) == -9
+    assert f"killing pid {in_cwd.pid} (sleep) of uid 4201: it holds {job_dir}" in result.stderr
+    assert f"killing pid {holding.pid} (sleep)" in result.stderr
+    for survivor in (other_job, other_user, elsewhere):
+        assert survivor.poll() is None, "a process outside the job's directory was ended"
+    assert not os.path.lexists(job_dir)
+    scratch.wait_trash_empty()
+    assert scratch.job_dir(302).is_dir() and scratch.job_dir(303).is_dir()
+
+
+def test_kill_processes_no_leaves_them_running(scratch) -> None:
+    scratch.configure({"jobs": {"kill_processes": "no"}})
+    assert scratch.prolog(311).returncode == 0
+    in_cwd = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd=scratch.job_dir(311))
+    poll(lambda: _is_running_sleep(in_cwd), 30, what="the sleep")
+    result = scratch.epilog(311)
+    assert result.returncode == 0 and "killing" not in result.stderr
+    assert in_cwd.poll() is None
+    assert not os.path.lexists(scratch.job_dir(311))
+    scratch.wait_trash_empty()
+
+
+def test_deletion_does_not_cross_into_another_filesystem(scratch) -> None:
+    assert scratch.prolog(321).returncode == 0
+    inner = scratch.job_dir(321) / "mnt"
+    inner.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inner))
+    try:
+        (inner / "keep.txt").write_text("on another filesystem\n")
+        (scratch.job_dir(321) / "gone.txt").write_text("bye\n")
+        result = scratch.epilog(321)
+        assert result.returncode == 0, result.stderr
+        (entry,) = scratch.trash_entries()
+        poll(lambda: not scratch.tagged_pids(), 60, what="the reaper to give up")
+        moved = scratch.trash / entry / "mnt"
+        assert (moved / "keep.txt").read_text() == "on another filesystem\n"
+        assert not (scratch.trash / entry / "gone.txt").exists()
+    finally:
+        with open("/proc/self/mountinfo") as stream:
+            targets = [line.split()[4] for line in stream if line.split()[4].startswith(str(scratch.mount_point) + "/")]
+        for target in reversed(targets):
+            sh("umount", target)
+    assert scratch.cli("reap").returncode == 0
+    assert scratch.trash_entries() == []
+
+
+def test_reap_with_no_time_budget_deletes_nothing(scratch) -> None:
+    from slurm_scratch import cleanup, config
+
+    assert scratch.prolog(331).returncode == 0
+    with filelock.FileLock(REAPER_LOCK, timeout=5):
+        assert scratch.epilog(331).returncode == 0
+    assert cleanup.reap(config.load_config(str(scratch.config)), wait=True, max_seconds=0) == 0
+    assert len(scratch.trash_entries()) == 1
+    assert cleanup.reap(config.load_config(str(scratch.config)), wait=True) == 1
+    assert scratch.trash_entries() == []
