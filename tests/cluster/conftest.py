@@ -7,7 +7,6 @@ that one failing test does not fail the next ones.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from cluster.harness import Cluster, HarnessError, in_private_mount_namespace, w
 
 # Build each node's /scratch with the project's own `slurm-scratch setup` (single backend on the
 # node's loop device). False: harness.Cluster._setup_scratch_directly (mkfs + mount) stands in.
-SETUP_BY_PROJECT = False
+SETUP_BY_PROJECT = True
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_INTERVAL = 5  # seconds; slurm.conf HealthCheckInterval
@@ -45,13 +44,18 @@ def cluster_prefix():
         pytest.skip("needs root")
     prefix = Path(tempfile.mkdtemp(prefix="slurm-scratch-cluster-prefix-", dir="/var/tmp"))
     try:
-        prefix.chmod(0o755)
-        made = subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
-        assert made.returncode == 0, f"make install failed:\n{made.stdout}{made.stderr}"
-        yield prefix
+        # a tmpfs in the session's private mount namespace: gone with it, however pytest ends
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1g", "cluster-prefix",
+                        str(prefix)], check=True)
+        try:
+            made = subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO,
+                                  capture_output=True, text=True, timeout=600)
+            assert made.returncode == 0, f"make install failed:\n{made.stdout}{made.stderr}"
+            yield prefix
+        finally:
+            subprocess.run(["umount", str(prefix)], check=False)
     finally:
-        shutil.rmtree(prefix, ignore_errors=True)
+        prefix.rmdir()
 
 
 @pytest.fixture(scope="module")

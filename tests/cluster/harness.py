@@ -4,13 +4,17 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
 - a tmpfs work dir (slurm.conf, munge key, logs, spool dirs, the users' job dirs, disk images);
 - munged with its own key, its socket on a tmpfs mounted over /run/munge in this process's
   mount namespace (the test session runs in a private one), so no host munged is disturbed;
-- a bridge, and per host (`ctl` for slurmctld, `n1`, `n2`, ... for slurmd) a PID + network + UTS
-  + mount namespace made by `unshare`, joined to the bridge by a veth pair moved into it by PID.
-  Nothing is named: a namespace disappears with its last process. PID 1 of each is
-  `node_init.py`, which reaps orphans and ends every process of the node when told to stop;
+- per host (`ctl` for slurmctld, `n1`, `n2`, ... for slurmd) a PID + network + UTS + mount
+  namespace made by `unshare`. PID 1 of each is `node_init.py`, which reaps orphans and ends
+  every process of the host when told to stop. The network is a bridge inside the controller's
+  namespace (it carries the controller's address) with a veth pair to each node, created
+  straight into the namespaces by PID: nothing is added to the machine's own network
+  namespace and nothing is named, so it all disappears with the namespaces' last processes;
 - on each node: private tmpfs over /run/slurm-scratch, /var/lib/slurm-scratch and /tmp, the
   cluster's /etc/hosts, the node's own slurm-scratch config bound over /etc/slurm-scratch,
-  and its own /scratch: an ext4 on a loop device, built inside the node's mount namespace;
+  and its own /scratch: an ext4 on a loop device, built inside the node's mount namespace.
+  The loop device is attached with autoclear while the harness holds it open, so even a
+  SIGKILLed test run leaves no loop device behind (teardown also detaches it explicitly);
 - slurmctld and one slurmd per node, with the installed hooks as Prolog, Epilog, TaskProlog
   and HealthCheckProgram.
 
@@ -18,16 +22,19 @@ Slurm client commands run in the controller's network namespace (`nsenter --net`
 process's mount namespace, so all traffic stays between namespaces the harness created.
 Teardown runs every step even when an earlier one fails, stops daemons by the PIDs it
 recorded, detaches only the loop devices it attached (checked by backing file), and reports
-what it could not undo.
+what it could not undo. Every process it starts gets PR_SET_PDEATHSIG, so none outlives the
+test process.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import pwd
 import re
 import shlex
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -38,7 +45,8 @@ TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NODE_INIT = Path(__file__).with_name("node_init.py")
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
-SUBNET = "10.77.0"  # only ever inside the namespaces below: the host side has no address
+SUBNET = "10.77.0"  # only inside the namespaces the harness makes; the machine's own has none
+BRIDGE = "br0"      # inside the controller's network namespace
 CONTROLLER = "ctl"
 SLURM_USER = "slurm"
 MUNGE_USER = "munge"
@@ -146,9 +154,11 @@ class Host:
         self.unshare: subprocess.Popen | None = None
         self.init_pid: int | None = None
         self.mnt_ns: str | None = None
+        self.net_ns: str | None = None
         self.daemon: subprocess.Popen | None = None  # nsenter running slurmctld/slurmd
         self.daemon_pid: int | None = None          # the daemon itself (host PID)
-        self.veth: str | None = None
+        self.veth: str | None = None                # its peer, in the controller's namespace
+        self.loop_fd: int | None = None
         self.loop_device: str | None = None
         self.disk_image: Path | None = None
 
@@ -177,6 +187,7 @@ class Host:
 
         self.init_pid = wait_for(f"{self.name}'s namespaces", init_started, 10, 0.02)
         self.mnt_ns = _ns_inode(self.init_pid, "mnt")
+        self.net_ns = _ns_inode(self.init_pid, "net")
 
     def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--", *argv]
@@ -229,23 +240,43 @@ class Host:
                 stop_process(self.init_pid, grace=5)  # SIGKILL of PID 1 kills the namespace
         if self.unshare is not None and not stop_process(self.unshare.pid, self.unshare, grace=5):
             problems.append(f"{self.name}: unshare PID {self.unshare.pid} did not stop")
-        leftovers = processes_in_mount_namespace(self.mnt_ns)
-        for pid in leftovers:
+        # with no process left in them the namespaces (and the network devices in them) are gone
+        for pid in self.processes():
             stop_process(pid, grace=2)
-        leftovers = [p for p in processes_in_mount_namespace(self.mnt_ns) if process_alive(p)]
+        leftovers = [pid for pid in self.processes() if process_alive(pid)]
         if leftovers:
-            problems.append(f"{self.name}: processes left in its mount namespace: {leftovers}")
+            problems.append(f"{self.name}: processes left in its namespaces: {leftovers}")
         return problems
 
+    def processes(self) -> list[int]:
+        """Host PIDs of every process in this host's mount or network namespace."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (
+                    (self.mnt_ns and _ns_inode(entry, "mnt") == self.mnt_ns)
+                    or (self.net_ns and _ns_inode(entry, "net") == self.net_ns)):
+                pids.append(int(entry))
+        return pids
 
-def processes_in_mount_namespace(mnt_ns: str | None) -> list[int]:
-    if mnt_ns is None:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _ns_inode(entry, "mnt") == mnt_ns:
-            pids.append(int(entry))
-    return pids
+
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_GET_STATUS64 = 0x4C05
+_LO_FLAGS_AUTOCLEAR = 4
+_LOOP_INFO64_SIZE = 232
+_LO_FLAGS_OFFSET = 52  # struct loop_info64: five __u64, then lo_number, encrypt type, key size
+
+
+def hold_with_autoclear(device: str) -> int:
+    """Open `device` and set LO_FLAGS_AUTOCLEAR: the kernel detaches it at its last close, so
+    the descriptor returned (held until teardown) is what keeps it attached, even while its
+    filesystem is unmounted by a test. A test process killed outright thus leaks no loop."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    info = bytearray(_LOOP_INFO64_SIZE)
+    fcntl.ioctl(fd, _LOOP_GET_STATUS64, info)
+    flags = struct.unpack_from("I", info, _LO_FLAGS_OFFSET)[0]
+    struct.pack_into("I", info, _LO_FLAGS_OFFSET, flags | _LO_FLAGS_AUTOCLEAR)
+    fcntl.ioctl(fd, _LOOP_SET_STATUS64, info)
+    return fd
 
 
 def loop_backing_file(device: str) -> str | None:
@@ -285,10 +316,8 @@ class Cluster:
         self.slurm_conf: Path | None = None
         self.controller: Host | None = None
         self.nodes: dict[str, Host] = {}
-        self.bridge = f"ssbr{os.getpid()}"
         self.munged: subprocess.Popen | None = None
         self._mounted: list[Path] = []      # host mounts, unmounted in reverse order
-        self._bridge_made = False
         self._started = False
 
     # ------------------------------------------------------------------ start / stop
@@ -302,7 +331,6 @@ class Cluster:
         try:
             self._make_workdir()
             self._start_munged()
-            self._make_bridge()
             self.controller = self._make_host(CONTROLLER, f"{SUBNET}.2")
             for index, name in enumerate(self.node_names):
                 self.nodes[name] = self._make_host(name, f"{SUBNET}.{11 + index}")
@@ -348,7 +376,6 @@ class Cluster:
         step("stop munged", self._stop_munged)
         for node in hosts:
             step(f"detach {node.name}'s loop device", lambda node=node: self._detach_loop(node))
-        step("delete bridge", self._delete_bridge)
         step("unmount", self._unmount_host_mounts)
         self.nodes = {}
         self.controller = None
@@ -385,6 +412,7 @@ class Cluster:
         log = open(mdir / "munged.out", "wb")
         self.munged = subprocess.Popen(
             ["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
+             "--pdeathsig=SIGKILL",  # a change of uid clears the one preexec_fn set
              "--", "/usr/sbin/munged", "--foreground", f"--key-file={key}",
              f"--socket={MUNGE_SOCKET}", f"--pid-file={mdir}/munged.pid",
              f"--log-file={mdir}/munged.log", f"--seed-file={mdir}/munged.seed"],
@@ -408,24 +436,6 @@ class Cluster:
             return [f"munged PID {self.munged.pid} did not stop"]
         return []
 
-    def _make_bridge(self) -> None:
-        run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        self._bridge_made = True
-        run(["ip", "link", "set", self.bridge, "up"])
-
-    def _delete_bridge(self) -> list[str]:
-        problems = []
-        hosts = list(self.nodes.values()) + ([self.controller] if self.controller else [])
-        for host in hosts:  # a veth dies with its namespace; this only catches a stuck one
-            if host.veth and Path(f"/sys/class/net/{host.veth}").exists():
-                run(["ip", "link", "del", host.veth], check=False)
-        if self._bridge_made and Path(f"/sys/class/net/{self.bridge}").exists():
-            run(["ip", "link", "del", self.bridge])
-        if Path(f"/sys/class/net/{self.bridge}").exists():
-            problems.append(f"bridge {self.bridge} still exists")
-        self._bridge_made = False
-        return problems
-
     def _make_host(self, name: str, addr: str) -> Host:
         host = Host(name, addr, self.workdir)
         if name == CONTROLLER:
@@ -433,20 +443,32 @@ class Cluster:
         else:
             self.nodes[name] = host
         host.start_namespaces()
-        host.veth = f"ssv{os.getpid()}{name}"[:15]
-        run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
-             "netns", str(host.init_pid)])
-        run(["ip", "link", "set", host.veth, "master", self.bridge, "up"])
         hosts_file = self.workdir / "hosts.txt"
         if not hosts_file.exists():
-            lines = [f"127.0.0.1 localhost", f"{SUBNET}.2 {CONTROLLER}"]
+            lines = ["127.0.0.1 localhost", f"{SUBNET}.2 {CONTROLLER}"]
             lines += [f"{SUBNET}.{11 + i} {n}" for i, n in enumerate(self.node_names)]
             hosts_file.write_text("\n".join(lines) + "\n")
+        if name == CONTROLLER:
+            host.sh(f"""
+                ip link add {BRIDGE} type bridge
+                ip addr add {addr}/24 dev {BRIDGE}
+                ip link set {BRIDGE} up
+            """)
+        else:
+            host.veth = f"v{name}"[:15]
+            # made inside the controller's namespace, its peer created straight in the node's
+            in_controller_net = ["nsenter", f"--net=/proc/{self.controller.init_pid}/ns/net",
+                                 "--", "ip", "link"]  # this process's /proc resolves node PIDs
+            run([*in_controller_net, "add", host.veth, "type", "veth", "peer", "name", "eth0",
+                 "netns", str(host.init_pid)])
+            run([*in_controller_net, "set", host.veth, "master", BRIDGE, "up"])
+            host.sh(f"""
+                ip addr add {addr}/24 dev eth0
+                ip link set eth0 up
+            """)
         host.sh(f"""
             hostname {name}
             ip link set lo up
-            ip addr add {addr}/24 dev eth0
-            ip link set eth0 up
             mount --bind {hosts_file} /etc/hosts
         """)
         return host
@@ -522,6 +544,7 @@ class Cluster:
             image.truncate(DISK_MIB << 20)
         node.loop_device = run(["losetup", "--find", "--show", str(node.disk_image)]
                                ).stdout.strip()
+        node.loop_fd = hold_with_autoclear(node.loop_device)
         self.write_scratch_conf(node.name)
         script = []
         for directory in PRIVATE_DIRS:
@@ -542,9 +565,10 @@ class Cluster:
         if result.returncode != 0:
             raise HarnessError(f"{node.name}: slurm-scratch setup exited {result.returncode}: "
                                f"{result.stderr.strip()}")
-        if not self.scratch_mounted(node.name):
-            raise HarnessError(f"{node.name}: slurm-scratch setup exited 0 but /scratch is not "
-                               f"mounted from {node.loop_device}")
+        if self.scratch_source(node.name) != ("ext4", node.loop_device):
+            raise HarnessError(f"{node.name}: slurm-scratch setup exited 0 but /scratch is "
+                               f"{self.scratch_source(node.name)}, not ext4 on "
+                               f"{node.loop_device}")
 
     def _setup_scratch_directly(self, node: Host) -> None:
         """STAND-IN for `slurm-scratch setup` (single backend, ext4), used only while the
@@ -599,6 +623,9 @@ class Cluster:
         return [f"{node.name}: /scratch still mounted"]
 
     def _detach_loop(self, node: Host) -> list[str]:
+        if node.loop_fd is not None:  # the last close detaches it (autoclear)
+            os.close(node.loop_fd)
+            node.loop_fd = None
         if node.loop_device is None:
             return []
         device, image = node.loop_device, str(node.disk_image)
@@ -744,8 +771,17 @@ class Cluster:
         return self.nodes[node].path(path)
 
     def scratch_mounted(self, node: str) -> bool:
+        return self.scratch_source(node) is not None
+
+    def scratch_source(self, node: str) -> tuple[str, str] | None:
+        """(filesystem type, device) of the topmost mount at the node's /scratch, or None."""
         mountinfo = Path(f"/proc/{self.nodes[node].init_pid}/mountinfo").read_text()
-        return any(line.split()[4] == "/scratch" for line in mountinfo.splitlines())
+        found = None
+        for line in mountinfo.splitlines():
+            fields, _, tail = line.partition(" - ")
+            if fields.split()[4] == "/scratch":
+                found = tuple(tail.split()[:2])
+        return found
 
     def slurmd_log(self, node: str) -> str:
         return (self.workdir / "hosts" / node / "slurmd.log").read_text(errors="replace")
