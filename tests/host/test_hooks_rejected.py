@@ -49,7 +49,7 @@ BAD_ENVIRONMENTS = {
     "uid of another user": ({"SLURM_JOB_UID": "4202"}, "SLURM_JOB_UID=4202 does not match user 'sstest1'"),
     "uid not a number": ({"SLURM_JOB_UID": "sstest1"}, "SLURM_JOB_UID='sstest1' is not a number"),
     "uid missing": ({"SLURM_JOB_UID": None}, "SLURM_JOB_UID is not set"),
-    "gid of another group": ({"SLURM_JOB_GID": "4202"}, "SLURM_JOB_GID=4202 is neither 'sstest1'"),
+    "gid of another group": ({"SLURM_JOB_GID": "4202"}, "SLURM_JOB_GID=4202 is neither the primary group of user 'sstest1' (4201)"),
     "gid empty": ({"SLURM_JOB_GID": ""}, "SLURM_JOB_GID is empty"),
     "unknown user": ({"SLURM_JOB_USER": "ss-no-such-user"}, "SLURM_JOB_USER='ss-no-such-user' is not a known user"),
     "user missing": ({"SLURM_JOB_USER": None}, "SLURM_JOB_USER is not set"),
