@@ -286,4 +286,7 @@ def running_jobs(config: Config, node: str) -> set[int]:
 def local_jobs(config: Config, node: str) -> set[int]:
     """Ids of the jobs with processes on this node, from `scontrol listpids` (this node's
     slurmstepd daemons, not slurmctld); ScratchError if scontrol cannot say."""
-    return parse_listpids(_scontrol(config, "listpids", "*", node).stdout)
+    result = _scontrol(config, "listpids", "*", node, check=False)
+    if result.returncode != 0 and "No job steps exist" not in result.stdout + result.stderr:
+        raise ScratchError(f"scontrol listpids exited with {result.returncode}: {(result.stderr or result.stdout).strip()[:200]}")
+    return parse_listpids(result.stdout)

@@ -1,0 +1,158 @@
+"""The checks' logic on given inputs (mount records, statvfs numbers, lvs output, an md sysfs tree),
+and the timed child process every filesystem probe runs in."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from slurm_scratch import config, health
+from slurm_scratch.mounts import Mount
+
+
+def _config(text: str = "") -> config.Config:
+    return config.parse_config("[volume]\nbackend = single\n" + text, "test.conf")
+
+
+def mount(source: str = "/dev/loop7", fstype: str = "ext4", options: tuple = ("rw", "noatime"), major_minor: str = "7:7") -> Mount:
+    return Mount(mount_point="/scratch", source=source, fstype=fstype, options=options, major_minor=major_minor)
+
+
+def test_not_mounted() -> None:
+    finding = health.check_mount(_config(), None, None)
+    assert (finding.healthy, finding.text) == (False, "/scratch not mounted")
+
+
+def test_filesystem_type_from_config_or_record() -> None:
+    assert health.check_mount(_config(), mount(), None).healthy
+    assert health.check_mount(_config(), mount(fstype="xfs"), None).text == "/scratch is xfs, expected ext4"
+    assert health.check_mount(_config(), mount(fstype="xfs"), {"filesystem": "xfs"}).healthy
+
+
+def test_device_from_record() -> None:
+    record = {"backend": "single", "device": "/dev/loop7", "filesystem": "ext4"}
+    assert health.check_mount(_config(), mount(), record).healthy
+    wrong = health.check_mount(_config(), mount(source="/dev/loop3", major_minor="7:3"), record)
+    assert (wrong.healthy, wrong.text) == (False, "/scratch mounted from /dev/loop3, expected /dev/loop7")
+
+
+def test_device_implied_by_config_without_record() -> None:
+    lvm = config.parse_config("[volume]\nbackend = lvm\n", "test.conf")
+    finding = health.check_mount(lvm, mount(source="/dev/loop3"), None)
+    assert finding.text == "/scratch mounted from /dev/loop3, expected /dev/vg.01/lv_ephemeral"
+    assert health.expected_volume(_config(), None) == ("single", None, None)
+
+
+def test_read_only() -> None:
+    assert health.check_writable(_config(), mount(options=("ro", "noatime"))).text == "/scratch read-only"
+    assert health.check_writable(_config(), mount()).healthy
+
+
+def test_space_and_inodes() -> None:
+    findings = health.space_findings(_config(), "1000 20 500 400")  # 2% blocks free, 80% inodes free
+    assert [(f.healthy, f.text) for f in findings] == [
+        (False, "/scratch 98% full (min free 3%)"),
+        (True, "/scratch inodes 20% used (min free 3%)"),
+    ]
+    findings = health.space_findings(_config("[health]\nmin_free_inodes_percent = 90\n"), "1000 500 500 400")
+    assert [f.healthy for f in findings] == [True, False]
+    assert len(health.space_findings(_config(), "1000 500 0 0")) == 1  # btrfs: no inode limit
+
+
+def test_ranking_names_the_most_specific_problem() -> None:
+    findings = [
+        health.bad("errors", "/scratch has 1 ext4 errors"),
+        health.bad("probe", "/scratch probe failed: write: No space left on device"),
+        health.bad("statvfs", "/scratch 100% full (min free 3%)"),
+        health.ok("mount", "fine"),
+    ]
+    assert health.problems_of(findings)[0].text == "/scratch 100% full (min free 3%)"
+    findings.append(health.bad("hung", "probe timed out after 10 s"))
+    assert health.problems_of(findings)[0].text == "probe timed out after 10 s"
+    findings.append(health.bad("writable", "/scratch read-only"))
+    assert health.problems_of(findings)[0].text == "/scratch read-only"
+    assert health.problems_of([health.ok("mount", "fine")]) == []
+
+
+LV = "vg.01/lv_ephemeral"
+
+
+@pytest.mark.parametrize(
+    "output, members, healthy, text",
+    [
+        ("  -wi-ao----|4|0\n", ["a", "b", "c", "d"], True, "LV vg.01/lv_ephemeral active, 4 disks"),
+        ("  -wi-ao---p|4|1\n", None, False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
+        ("  -wi-------|4|0\n", None, False, "LV vg.01/lv_ephemeral not active"),
+        ("  -wi-ao----|3|0\n", ["a", "b", "c", "d"], False, "LV vg.01/lv_ephemeral has 3 disks, 4 recorded"),
+        ("", None, False, "LV vg.01/lv_ephemeral not found"),
+    ],
+)
+def test_lvs(output, members, healthy, text) -> None:
+    (finding,) = health.parse_lvs(output, LV, members)
+    assert (finding.healthy, finding.text) == (healthy, text)
+
+
+def _md(tmp_path, state: str, degraded: str | None, disks: int, raid_disks: int):
+    md = tmp_path / "md127" / "md"
+    md.mkdir(parents=True)
+    (md / "array_state").write_text(state + "\n")
+    (md / "raid_disks").write_text(f"{raid_disks}\n")
+    if degraded is not None:
+        (md / "degraded").write_text(degraded + "\n")
+    for index in range(disks):
+        (md / f"dev-nvme{index}n1").mkdir()
+    return str(tmp_path / "md127")
+
+
+@pytest.mark.parametrize(
+    "state, degraded, disks, raid_disks, members, healthy, text",
+    [
+        ("clean", None, 4, 4, 4, True, "md array md127 clean, 4 disks"),
+        ("active", "0", 2, 2, None, True, "md array md127 active, 2 disks"),
+        ("inactive", None, 3, 4, 4, False, "md array md127 inactive"),
+        ("clean", "1", 3, 4, 4, False, "md array md127 degraded (1 disks missing)"),
+        ("clean", None, 3, 4, 4, False, "md array md127 has 3 disks, 4 recorded"),
+        ("clean", None, 3, 4, None, False, "md array md127 has 3 of 4 disks"),
+    ],
+)
+def test_md(tmp_path, state, degraded, disks, raid_disks, members, healthy, text) -> None:
+    sysfs = _md(tmp_path, state, degraded, disks, raid_disks)
+    recorded = [f"/dev/nvme{index}n1" for index in range(members)] if members else None
+    (finding,) = health.check_md(sysfs, "md127", recorded)
+    assert (finding.healthy, finding.text) == (healthy, text)
+
+
+def test_md_missing(tmp_path) -> None:
+    (finding,) = health.check_md(str(tmp_path / "md9"), "md9", None)
+    assert finding.text == "md array md9 not found"
+
+
+def test_child_returns_its_result() -> None:
+    result = health.in_child(lambda: f"pid {os.getpid()}", timeout=10)
+    assert result.status == "ok" and result.text == f"pid {result.pid}" and result.pid != os.getpid()
+
+
+def test_child_reports_errors() -> None:
+    def fails() -> str:
+        os.stat("/nonexistent/slurm-scratch")
+        return "unreachable"
+
+    result = health.in_child(fails, timeout=10)
+    assert (result.status, result.text) == ("error", "No such file or directory")
+
+
+def test_child_killed_at_its_timeout() -> None:
+    result = health.in_child(lambda: time.sleep(600) or "late", timeout=0.3)
+    assert result.status == "timeout"  # returned, although the child would have slept for 10 minutes
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # SIGKILLed: it goes away (a zombie until reaped)
+        try:
+            if os.waitpid(result.pid, os.WNOHANG)[0] == result.pid:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"child {result.pid} still alive after SIGKILL")

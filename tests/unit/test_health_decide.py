@@ -1,0 +1,92 @@
+"""The drain/resume decision (state in, action out) and when Slurm is asked at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_scratch import drain
+from slurm_scratch.slurm import NodeState
+
+PREFIX = "scratch:"
+BROKEN = "scratch: /scratch not mounted"
+
+
+def node(states: str, reason: str = "") -> NodeState:
+    return NodeState(name="n1", states=frozenset(states.split("+")), reason=reason, reason_user="", reason_time="")
+
+
+@pytest.mark.parametrize(
+    "desired, state, reason, pending, kind, new_reason",
+    [
+        # unhealthy
+        (BROKEN, "IDLE", "", False, "drain", BROKEN),
+        (BROKEN, "ALLOCATED", "", False, "drain", BROKEN),
+        (BROKEN, "IDLE+RESERVED", "", False, "drain", BROKEN),
+        (BROKEN, "IDLE+DRAIN", BROKEN, False, "none", ""),
+        (BROKEN, "IDLE+DRAIN", "scratch: /scratch read-only", False, "drain", BROKEN),
+        (BROKEN, "IDLE+DRAIN", "maintenance by admin", False, "none", ""),
+        (BROKEN, "DOWN+NOT_RESPONDING", "Not responding", False, "none", ""),
+        (BROKEN, "IDLE+MAINTENANCE+RESERVED", "", False, "none", ""),
+        (BROKEN, "IDLE+DRAIN", "Prolog error", False, "none", ""),
+        (BROKEN, "IDLE+DRAIN", "Prolog error", True, "drain", BROKEN),
+        (BROKEN, "IDLE+POWERED_DOWN", "", False, "none", ""),
+        (BROKEN, "IDLE+REBOOT_REQUESTED", "", False, "none", ""),
+        # healthy
+        (None, "IDLE", "", False, "none", ""),
+        (None, "IDLE+DRAIN", BROKEN, False, "resume", BROKEN),
+        (None, "MIXED+DRAIN", "scratch: probe timed out after 10 s", False, "resume", "scratch: probe timed out after 10 s"),
+        (None, "IDLE+DRAIN", "maintenance by admin", False, "none", ""),
+        (None, "IDLE+DRAIN", "Prolog error", False, "none", ""),
+        (None, "IDLE+DRAIN", "Prolog error", True, "resume", "Prolog error"),
+        (None, "DOWN", "scratch: /scratch not mounted", False, "none", ""),
+        (None, "IDLE+DRAIN+REBOOT_ISSUED", BROKEN, False, "none", ""),
+        (None, "IDLE+DRAIN+POWERING_DOWN", BROKEN, False, "none", ""),
+    ],
+)
+def test_decide(desired, state, reason, pending, kind, new_reason) -> None:
+    action = drain.decide(desired, node(state, reason), PREFIX, pending)
+    assert (action.kind, action.reason) == (kind, new_reason), action.why
+
+
+def test_the_prefix_is_a_plain_prefix() -> None:
+    # "scratchy ..." starts with "scratch" but not with the configured "scratch:" prefix.
+    assert drain.decide(None, node("IDLE+DRAIN", "scratchy disk"), "scratch:", False).kind == "none"
+
+
+def test_what_is_remembered_as_drained_by_us() -> None:
+    assert drain.decide(BROKEN, node("IDLE"), PREFIX, False).drained == BROKEN
+    assert drain.decide(BROKEN, node("IDLE+DRAIN", BROKEN), PREFIX, False).drained == BROKEN
+    assert drain.decide(BROKEN, node("IDLE+DRAIN", "admin"), PREFIX, False).drained == ""
+    assert drain.decide(None, node("IDLE+DRAIN", BROKEN), PREFIX, False).drained == ""
+
+
+def test_prolog_finding_is_handled_only_where_prolog_error_was_replaced_or_resumed() -> None:
+    assert drain.decide(BROKEN, node("IDLE+DRAIN", "Prolog error"), PREFIX, True).prolog_handled
+    assert drain.decide(None, node("IDLE+DRAIN", "Prolog error"), PREFIX, True).prolog_handled
+    # Slurm may not show "Prolog error" yet: keep the finding pending.
+    assert not drain.decide(BROKEN, node("IDLE"), PREFIX, True).prolog_handled
+    assert not drain.decide(None, node("IDLE"), PREFIX, True).prolog_handled
+
+
+def memory(finding: str = "", drained: str = "", confirmed: float = 1000.0) -> drain.Memory:
+    return drain.Memory(finding=finding, drained=drained, confirmed=confirmed)
+
+
+def test_healthy_node_not_drained_by_us_asks_nobody() -> None:
+    assert not drain.needs_slurm(None, memory(), False, now=1000.0 + 10**6)
+
+
+@pytest.mark.parametrize(
+    "desired, remembered, pending, now, asks",
+    [
+        (None, None, False, 1000.0, True),  # first check since boot: /run is empty
+        (BROKEN, memory(), False, 1010.0, True),  # a finding appeared
+        (None, memory(BROKEN, BROKEN), False, 1010.0, True),  # it cleared while we had drained
+        ("scratch: /scratch read-only", memory(BROKEN, BROKEN), False, 1010.0, True),  # it changed
+        (BROKEN, memory(BROKEN, BROKEN), False, 1010.0, False),  # same finding, recently confirmed
+        (BROKEN, memory(BROKEN, BROKEN), False, 1000.0 + drain.CONFIRM_SECONDS, True),  # re-confirm
+        (None, memory(), True, 1010.0, True),  # a Prolog failure is pending
+    ],
+)
+def test_needs_slurm(desired, remembered, pending, now, asks) -> None:
+    assert drain.needs_slurm(desired, remembered, pending, now) is asks
