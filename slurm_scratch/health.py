@@ -105,6 +105,9 @@ def in_child(work, timeout: float) -> ChildResult:
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
+            # Hold nothing of the parent's (its lock, syslog socket): a stuck child keeps what it has.
+            os.closerange(3, write_fd)
+            os.closerange(write_fd + 1, 1024)
             try:
                 message = "ok\n" + work()
             except OSError as exc:

@@ -1,0 +1,337 @@
+"""The healthcheck hook on a real loop filesystem, run as Slurm runs it (an environment of only
+SLURMD_NODENAME, plus SLURM_SCRATCH_CONF to find the test's config), against a fake `scontrol`
+and `squeue`: small scripts that log their argv (and SLURM_CONF, PATH) and keep a node's state and
+reason in files, changing them on `update` the way slurmctld does. The real scontrol path is
+exercised by the cluster tests."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_scratch import drain, health
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+HOOK = REPO / "hooks" / "healthcheck"
+NODE = "n1"
+TEST_UID = 4201  # sstest1 (tests/conftest.py)
+
+FAKE_SCONTROL = r"""#!/bin/sh
+d=@DIR@
+echo "$* |SLURM_CONF=${SLURM_CONF-unset} PATH=${PATH-unset}" >> "$d/calls.log"
+case "$1" in
+show)
+  reason=$(cat "$d/reason")
+  r=""
+  [ -n "$reason" ] && r=" Reason=$reason [root@2026-11-29T05:15:35]"
+  echo "NodeName=$4 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 State=$(cat "$d/state") ThreadsPerCore=1 TmpDisk=0 Weight=1 Partitions=p$r"
+  ;;
+update)
+  case "$3" in
+  state=drain)
+    base=$(cut -d+ -f1 < "$d/state"); echo "$base+DRAIN" > "$d/state"; printf '%s\n' "${4#reason=}" > "$d/reason" ;;
+  state=resume)
+    if grep -q DRAIN "$d/state"; then base=$(cut -d+ -f1 < "$d/state"); echo "$base" > "$d/state"; : > "$d/reason"
+    else echo "slurm_update error: Invalid node state specified" >&2; exit 1; fi ;;
+  esac
+  ;;
+listpids)
+  echo "PID      JOBID    STEPID   LOCALID GLOBALID"
+  if [ -s "$d/listpids" ]; then cat "$d/listpids"; else echo "No job steps exist on this node."; exit 1; fi
+  ;;
+--version) echo "slurm-wlm 22.05.8" ;;
+*) echo "fake scontrol: unexpected $*" >&2; exit 2 ;;
+esac
+"""
+
+FAKE_SQUEUE = """#!/bin/sh
+d=@DIR@
+echo "squeue $*" >> "$d/calls.log"
+cat "$d/squeue.out"
+"""
+
+
+class Node:
+    """One simulated node: a mounted loop ext4 at `mount_point`, its config, and a fake Slurm."""
+
+    def __init__(self, tmp_path: Path, loops, size_mb: int = 64, health_conf: str = "", mount_options: str | None = None) -> None:
+        self.dir = tmp_path / "slurm"
+        self.dir.mkdir()
+        for name, text in (("scontrol", FAKE_SCONTROL), ("squeue", FAKE_SQUEUE)):
+            path = self.dir / name
+            path.write_text(text.replace("@DIR@", str(self.dir)))
+            path.chmod(0o755)
+        for name in ("calls.log", "reason", "listpids", "squeue.out"):
+            (self.dir / name).write_text("")
+        self.set_state("IDLE")
+        self.fs = loops.filesystem("ext4", size_mb=size_mb, mount_point=str(tmp_path / "scratch"), options=mount_options)
+        self.mount_point = self.fs.mount_point
+        self.config = tmp_path / "slurm-scratch.conf"
+        self.config.write_text(
+            f"[volume]\nmount_point = {self.mount_point}\nbackend = single\nfilesystem = ext4\n"
+            f"[health]\n{health_conf}\n"
+            f"[slurm]\nscontrol = {self.dir}/scontrol\nsqueue = {self.dir}/squeue\nslurm_conf = /etc/slurm-test/slurm.conf\n"
+        )
+        self.config.chmod(0o644)
+
+    def set_state(self, state: str, reason: str = "") -> None:
+        (self.dir / "state").write_text(state + "\n")
+        (self.dir / "reason").write_text(reason + ("\n" if reason else ""))
+
+    def state(self) -> tuple[str, str]:
+        return (self.dir / "state").read_text().strip(), (self.dir / "reason").read_text().strip()
+
+    def calls(self) -> list[str]:
+        return [line.split(" |")[0] for line in (self.dir / "calls.log").read_text().splitlines()]
+
+    def healthcheck(self) -> subprocess.CompletedProcess:
+        env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(self.config)}
+        return subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+
+    def remount(self, options: str | None = None) -> None:
+        argv = ["mount"] + (["-o", options] if options else []) + [self.fs.device, self.mount_point]
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def umount(self) -> None:
+        subprocess.run(["umount", self.mount_point], check=True, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def no_memory():
+    """Each test starts as a node just booted: nothing in /run/slurm-scratch (a private tmpfs)."""
+
+    def clear() -> None:
+        for path in (drain.STATE_FILE, drain.PROLOG_FILE, health.STUCK_FILE):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    clear()
+    yield
+    clear()
+
+
+@pytest.fixture
+def node(tmp_path, loops) -> Node:
+    return Node(tmp_path, loops)
+
+
+DRAIN = f"update nodename={NODE} state=drain reason="
+RESUME = f"update nodename={NODE} state=resume"
+SHOW = f"show node -o {NODE}"
+
+
+def test_healthy_node_asks_slurm_once_after_boot_then_never(node: Node) -> None:
+    first = node.healthcheck()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("ok: ") and "probe" in first.stdout
+    assert node.calls() == [SHOW]  # /run is empty after a boot: a drain of ours may need resuming
+    for _ in range(3):
+        assert node.healthcheck().returncode == 0
+    assert node.calls() == [SHOW]  # the scale rule: no RPC from a healthy node
+
+
+def test_scontrol_gets_slurm_conf_and_a_fixed_path(node: Node) -> None:
+    node.healthcheck()
+    line = (node.dir / "calls.log").read_text().splitlines()[0]
+    assert "SLURM_CONF=/etc/slurm-test/slurm.conf" in line
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in line
+
+
+def test_unmounted_volume_drains_and_remount_resumes(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    node.umount()
+    broken = node.healthcheck()
+    assert broken.returncode == 1
+    assert broken.stdout.splitlines() == [f"{node.mount_point} not mounted"]
+    reason = f"scratch: {node.mount_point} not mounted"
+    assert node.calls()[-2:] == [SHOW, DRAIN + reason]
+    assert node.state() == ("IDLE+DRAIN", reason)
+    calls = len(node.calls())
+    assert node.healthcheck().returncode == 1
+    assert len(node.calls()) == calls  # same finding, drained by us a moment ago: no RPC
+    node.remount()
+    assert node.healthcheck().returncode == 0
+    assert node.calls()[calls:] == [SHOW, RESUME]
+    assert node.state() == ("IDLE", "")
+    assert node.healthcheck().returncode == 0
+    assert len(node.calls()) == calls + 2
+
+
+def test_read_only_remount(node: Node) -> None:
+    node.remount("remount,ro")
+    result = node.healthcheck()
+    assert result.returncode == 1 and result.stdout.splitlines()[0] == f"{node.mount_point} read-only"
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
+def test_full_volume(node: Node) -> None:
+    st = os.statvfs(node.mount_point)
+    keep = st.f_blocks // 100  # leave 1% free, under the 3% threshold
+    fd = os.open(f"{node.mount_point}/filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (st.f_bavail - keep) * st.f_frsize)
+    finally:
+        os.close(fd)
+    result = node.healthcheck()
+    assert result.returncode == 1
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"{node.mount_point} 9") and first.endswith("% full (min free 3%)"), first
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {first}")
+    os.unlink(f"{node.mount_point}/filler")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
+def test_inodes_exhausted(tmp_path, loops) -> None:
+    node = Node(tmp_path, loops, size_mb=16)
+    holder = Path(node.mount_point) / "many"
+    holder.mkdir()
+    count = 0
+    try:
+        while True:
+            os.close(os.open(holder / str(count), os.O_WRONLY | os.O_CREAT, 0o600))
+            count += 1
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    result = node.healthcheck()
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == f"{node.mount_point} inodes 100% used (min free 3%)"
+    # The probe cannot create its file either; that is reported, but does not name the reason.
+    assert any("probe failed: " in line and "No space left on device" in line for line in result.stdout.splitlines()), result.stdout
+    assert node.state()[1] == f"scratch: {node.mount_point} inodes 100% used (min free 3%)"
+
+
+def test_hung_probe_times_out_and_is_not_repeated_while_stuck(tmp_path, loops) -> None:
+    node = Node(tmp_path, loops, health_conf="probe_timeout = 1")
+    assert node.healthcheck().returncode == 0
+    subprocess.run(["fsfreeze", "--freeze", node.mount_point], check=True)
+    stuck_pid = None
+    try:
+        result = node.healthcheck()
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == ["probe timed out after 1 s"]
+        assert node.state() == ("IDLE+DRAIN", "scratch: probe timed out after 1 s")
+        stuck_pid = int(Path(health.STUCK_FILE).read_text().split()[0])
+        assert Path(f"/proc/{stuck_pid}").exists()
+        calls = len(node.calls())
+        again = node.healthcheck()  # the stuck probe is still there: no second one, same reason
+        assert again.stdout.splitlines() == ["probe timed out after 1 s"]
+        assert int(Path(health.STUCK_FILE).read_text().split()[0]) == stuck_pid
+        assert len(node.calls()) == calls
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", node.mount_point], check=False)
+    if stuck_pid is not None:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{stuck_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
+def test_ext4_errors(tmp_path, loops) -> None:
+    node = Node(tmp_path, loops, mount_options="errors=continue")
+    name = os.path.basename(node.fs.device)
+    trigger = Path(f"/sys/fs/ext4/{name}/trigger_fs_error")
+    if not trigger.exists():
+        pytest.skip("this kernel has no ext4 trigger_fs_error")
+    assert node.healthcheck().returncode == 0
+    trigger.write_text("slurm-scratch test\n")  # a real ext4_error(): errors_count goes up
+    result = node.healthcheck()
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{node.mount_point} has 1 ext4 errors"]
+
+
+def test_admin_drain_is_kept_and_never_resumed(node: Node) -> None:
+    node.set_state("IDLE+DRAIN", "disk firmware update (admin)")
+    assert node.healthcheck().returncode == 0
+    assert node.calls() == [SHOW]
+    node.umount()
+    assert node.healthcheck().returncode == 1
+    node.remount()
+    assert node.healthcheck().returncode == 0
+    assert not any(call.startswith("update") for call in node.calls())
+    assert node.state() == ("IDLE+DRAIN", "disk firmware update (admin)")
+
+
+def test_prolog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    node.umount()
+    # What the Prolog does when the volume is broken at job start: a file, no Slurm call; then
+    # slurmctld drains the node with "Prolog error".
+    health.record_prolog_finding(None, f"{node.mount_point} is not mounted and setup failed: no disks")
+    node.set_state("IDLE+DRAIN", "Prolog error")
+    assert node.healthcheck().returncode == 1
+    reason = f"scratch: {node.mount_point} not mounted"
+    assert node.calls()[-2:] == [SHOW, DRAIN + reason]
+    assert node.state() == ("IDLE+DRAIN", reason)
+    assert not os.path.exists(drain.PROLOG_FILE)
+    node.remount()
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
+def test_prolog_error_not_explained_by_us_is_kept(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    node.umount()
+    node.set_state("IDLE+DRAIN", "Prolog error")
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", "Prolog error")
+    node.remount()
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE+DRAIN", "Prolog error")
+
+
+def _job_dir(node: Node, job_id: int, age_seconds: float) -> Path:
+    path = Path(node.mount_point) / f"job_{job_id}"
+    path.mkdir(mode=0o700)
+    (path / "data").write_text("x" * 1000)
+    os.chown(path, TEST_UID, TEST_UID)
+    then = time.time() - age_seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_sweep_asks_slurmctld_only_for_a_local_candidate(node: Node) -> None:
+    assert node.healthcheck().returncode == 0  # memory made: from now on no RPC while healthy
+    young = _job_dir(node, 41, age_seconds=0)
+    running_here = _job_dir(node, 42, age_seconds=3600)
+    (node.dir / "listpids").write_text("5001     42       batch    0       0\n")
+    assert node.healthcheck().returncode == 0
+    assert node.calls() == [SHOW, "listpids * n1"]  # local only: job 42 has processes here
+    orphan = _job_dir(node, 43, age_seconds=3600)
+    (node.dir / "squeue.out").write_text("41\n42\n")
+    assert node.healthcheck().returncode == 0
+    assert node.calls()[-2:] == ["listpids * n1", f"squeue --noheader --nodelist {NODE} --format %A"]
+    assert young.is_dir() and running_here.is_dir()
+    assert not orphan.exists()
+    trash = Path(node.mount_point) / ".slurm-scratch-trash"
+    assert [name for name in os.listdir(trash) if not name.startswith(".health-probe")] == []  # reaped
+
+
+def test_young_job_dirs_cost_no_call_at_all(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    _job_dir(node, 51, age_seconds=0)
+    assert node.healthcheck().returncode == 0
+    assert node.calls() == [SHOW]
+
+
+def test_slurm_unreachable_is_retried(node: Node) -> None:
+    (node.dir / "scontrol").write_text("#!/bin/sh\necho \"$*\" >> " + str(node.dir) + "/calls.log\necho 'slurm_load_node error: Unable to contact slurm controller' >&2\nexit 1\n")
+    node.umount()
+    result = node.healthcheck()
+    assert result.returncode == 1 and "could not update the node's state in Slurm" in result.stderr
+    node.healthcheck()
+    assert node.calls() == [SHOW, SHOW]  # nothing remembered: the next check asks again
+
