@@ -111,7 +111,8 @@ def decide(desired: str | None, node: NodeState, prefix: str, prolog_pending: bo
 # ---- local memory ---------------------------------------------------------------------------
 
 
-def _read_fields(path: str) -> dict[str, str] | None:
+def read_fields(path: str) -> dict[str, str] | None:
+    """A small `key=value` per line state file (None when there is none); cheaper than JSON."""
     try:
         with open(path, encoding="utf-8", errors="replace") as stream:
             text = stream.read()
@@ -125,7 +126,7 @@ def _read_fields(path: str) -> dict[str, str] | None:
     return fields
 
 
-def _write_fields(path: str, fields: dict[str, object]) -> None:
+def write_fields(path: str, fields: dict[str, object]) -> None:
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
     text = "".join(f"{key}={_one_line(str(value))}\n" for key, value in fields.items())
     temporary = f"{path}.{os.getpid()}.tmp"
@@ -149,23 +150,23 @@ def _float(value: str | None) -> float:
 
 
 def load_memory() -> Memory | None:
-    fields = _read_fields(STATE_FILE)
+    fields = read_fields(STATE_FILE)
     if fields is None:
         return None
     return Memory(finding=fields.get("finding", ""), drained=fields.get("drained", ""), confirmed=_float(fields.get("confirmed")))
 
 
 def save_memory(memory: Memory) -> None:
-    _write_fields(STATE_FILE, memory.as_dict())
+    write_fields(STATE_FILE, memory.as_dict())
 
 
 def record_prolog_finding(finding: str, now: float | None = None) -> None:
     """What the Prolog does when the volume is broken at job start: one small file, no Slurm call."""
-    _write_fields(PROLOG_FILE, {"time": time.time() if now is None else now, "finding": _one_line(finding)[:400]})
+    write_fields(PROLOG_FILE, {"time": time.time() if now is None else now, "finding": _one_line(finding)[:400]})
 
 
 def load_prolog_finding() -> PrologFinding | None:
-    fields = _read_fields(PROLOG_FILE)
+    fields = read_fields(PROLOG_FILE)
     if fields is None:
         return None
     return PrologFinding(time=_float(fields.get("time")), finding=fields.get("finding", ""))

@@ -56,6 +56,8 @@ from slurm_scratch.record import Record
 
 LOCK_FILE = f"{RUN_DIR}/health.lock"
 STUCK_FILE = f"{RUN_DIR}/probe-stuck"
+RECORD_FILE = "/var/lib/slurm-scratch/volume.json"  # volume.state.STATE_FILE (importing it imports json)
+RECORD_CACHE = f"{RUN_DIR}/volume-record.cache"
 PROBE_PREFIX = ".health-probe."
 PROBE_SIZE = 4096
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -82,69 +84,96 @@ def bad(check: str, text: str) -> Finding:
 
 
 class ChildResult(Record):
-    status: str  # "ok", "error" or "timeout"
+    status: str  # "ok", "error", "timeout", or "skipped" (an earlier step timed out)
     text: str
     pid: int
 
 
-def in_child(work, timeout: float) -> ChildResult:
-    """Run `work()` (returning a str) in a forked child; kill it at `timeout` seconds.
+SIGKILL = 9  # signal.SIGKILL on Linux; `import signal` costs ~6 ms (enum) on every health check
 
-    The child lets go of stdin/stdout/stderr first: a child stuck in the kernel must not hold
-    slurmd's pipes open. A killed child that is stuck in uninterruptible sleep is not waited for.
+
+class Child:
+    """Steps run one after another in a forked child, each reported back as one line.
+
+    `start(steps)` forks and returns at once, so that the parent can do other checks meanwhile;
+    `results(timeouts)` collects one ChildResult per step, each step within its own timeout
+    (counted from the end of the one before). A step still running at its timeout gets the
+    child SIGKILLed, and the later steps are "skipped". The child lets go of stdin, stdout,
+    stderr and every other inherited descriptor first: a child stuck in the kernel must hold
+    neither slurmd's pipes nor the health check's lock. A killed child stuck in uninterruptible
+    sleep is not waited for.
     """
-    import select
-    import signal
 
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        status = 1
-        try:
-            os.close(read_fd)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            # Hold nothing of the parent's (its lock, syslog socket): a stuck child keeps what it has.
-            os.closerange(3, write_fd)
-            os.closerange(write_fd + 1, 1024)
+    def __init__(self, steps) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
             try:
-                message = "ok\n" + work()
-            except OSError as exc:
-                message = f"error\n{exc.strerror or exc}"
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                message = f"error\n{exc}"
-            os.write(write_fd, message.encode("utf-8", errors="replace"))
-            status = 0
+                os.close(read_fd)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.closerange(3, write_fd)
+                os.closerange(write_fd + 1, 1024)
+                for step in steps:
+                    try:
+                        line = "ok " + step()
+                    except OSError as exc:
+                        line = f"error {exc.strerror or exc}"
+                    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                        line = f"error {exc}"
+                    os.write(write_fd, (" ".join(line.split()) + "\n").encode("utf-8", errors="replace"))
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        self.pid, self.fd, self.count, self.started = pid, read_fd, len(steps), time.monotonic()
+
+    def results(self, timeouts: list[float]) -> list[ChildResult]:
+        import select
+
+        results: list[ChildResult] = []
+        buffer = b""
+        deadline = self.started + timeouts[0]
+        try:
+            while len(results) < self.count:
+                while b"\n" in buffer and len(results) < self.count:
+                    line, buffer = buffer.split(b"\n", 1)
+                    status, _, text = line.decode("utf-8", errors="replace").partition(" ")
+                    results.append(ChildResult(status=status, text=text, pid=self.pid))
+                    if len(results) < self.count:
+                        deadline = time.monotonic() + timeouts[len(results)]
+                if len(results) == self.count:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._kill()
+                    results.append(ChildResult(status="timeout", text="", pid=self.pid))
+                    while len(results) < self.count:
+                        results.append(ChildResult(status="skipped", text="", pid=self.pid))
+                    return results
+                if select.select([self.fd], [], [], remaining)[0]:
+                    data = os.read(self.fd, 65536)
+                    if not data:  # ended without reporting every step
+                        while len(results) < self.count:
+                            results.append(ChildResult(status="error", text="the check ended without a result", pid=self.pid))
+                        break
+                    buffer += data
         finally:
-            os._exit(status)
-    os.close(write_fd)
-    deadline = time.monotonic() + timeout
-    chunks = []
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.kill(pid, signal.SIGKILL)
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                return ChildResult(status="timeout", text="", pid=pid)
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if not ready:
-                continue
-            data = os.read(read_fd, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(read_fd)
-    os.waitpid(pid, 0)
-    status, _, text = b"".join(chunks).decode("utf-8", errors="replace").partition("\n")
-    if status not in ("ok", "error"):
-        return ChildResult(status="error", text="the check ended without a result", pid=pid)
-    return ChildResult(status=status, text=text, pid=pid)
+            os.close(self.fd)
+        os.waitpid(self.pid, 0)
+        return results
+
+    def _kill(self) -> None:
+        try:
+            os.kill(self.pid, SIGKILL)
+            os.waitpid(self.pid, os.WNOHANG)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def in_child(work, timeout: float) -> ChildResult:
+    """Run `work()` (returning a str) in a forked child, killed at `timeout` seconds."""
+    return Child([work]).results([timeout])[0]
 
 
 def _start_time(pid: int) -> str | None:
@@ -155,35 +184,70 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _remember_stuck(pid: int) -> None:
+def _remember_stuck(pid: int, text: str) -> None:
     start = _start_time(pid)
     if start is not None:
         os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-        with open(STUCK_FILE, "w", encoding="ascii") as stream:
-            stream.write(f"{pid} {start}\n")
+        with open(STUCK_FILE, "w", encoding="utf-8") as stream:
+            stream.write(f"{pid} {start} {text}\n")
 
 
-def _still_stuck() -> bool:
-    """A probe killed by an earlier check that is still stuck in the kernel (so start no other)."""
+def _still_stuck() -> str | None:
+    """The finding of a check child killed earlier that is still stuck in the kernel (then no other
+    is started: it would get stuck too), or None."""
     try:
-        with open(STUCK_FILE, encoding="ascii") as stream:
-            pid_text, start = stream.read().split()
+        with open(STUCK_FILE, encoding="utf-8") as stream:
+            pid_text, start, text = stream.read().strip().split(" ", 2)
     except (OSError, ValueError):
-        return False
+        return None
     if _start_time(int(pid_text)) == start:
-        return True
+        return text
     try:
         os.unlink(STUCK_FILE)
     except FileNotFoundError:
         pass
-    return False
+    return None
 
 
 # ---- the checks -----------------------------------------------------------------------------
 
 
-def _recorded() -> dict | None:
-    """The volume record (what setup built), or None when there is none (or no volume module yet)."""
+_CACHED_KEYS = ("status", "mount_point", "backend", "filesystem", "device", "mount_source", "vg_name", "lv_name", "md_name")
+
+
+def _recorded(config: Config) -> dict | None:
+    """The volume record (what setup built, volume.json) for this mount point, or None.
+
+    What the checks need of it is cached in /run/slurm-scratch as key=value lines, keyed by the
+    record's inode, size and mtime: parsing JSON costs ~10 ms of imports on every health check.
+    """
+    from slurm_scratch import drain
+
+    try:
+        st = os.stat(RECORD_FILE)
+    except FileNotFoundError:
+        return None
+    key = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    cached = drain.read_fields(RECORD_CACHE)
+    if cached is not None and cached.get("key") == key:
+        record: dict | None = {name: cached.get(name, "") for name in _CACHED_KEYS}
+        record["members"] = [path for path in cached.get("members", "").split(",") if path]  # type: ignore[index]
+    else:
+        record = _read_record()
+        if record is not None:
+            fields = {"key": key, **{name: str(record.get(name) or "") for name in _CACHED_KEYS}}
+            _, _, members = expected_volume(config, record)
+            fields["members"] = ",".join(members or [])
+            try:
+                drain.write_fields(RECORD_CACHE, fields)
+            except OSError as exc:
+                log.warning(f"healthcheck: cannot cache the volume record in {RECORD_CACHE}: {exc.strerror}")
+    if record is None or (record.get("mount_point") or config.volume.mount_point) != config.volume.mount_point:
+        return None
+    return record
+
+
+def _read_record() -> dict | None:
     try:
         from slurm_scratch import volume
 
@@ -207,8 +271,8 @@ def _field(record: dict | None, *names: str):
 def expected_volume(config: Config, record: dict | None) -> tuple[str, str | None, list[str] | None]:
     """(backend, device or None, member disks or None) from the record, else from config."""
     backend = _field(record, "backend") or config.volume.backend
-    device = _field(record, "device", "volume_device", "dev")
-    members = _field(record, "disks", "members", "devices", "member_devices")
+    device = _field(record, "device")
+    members = _field(record, "members")
     if device is None and record is None:
         if backend == "lvm":
             device = f"/dev/{config.volume.vg_name}/{config.volume.lv_name}"
@@ -216,7 +280,8 @@ def expected_volume(config: Config, record: dict | None) -> tuple[str, str | Non
             device = f"/dev/md/{config.volume.md_name}"
     if members is not None and not isinstance(members, (list, tuple)):
         members = None
-    return str(backend), (str(device) if device else None), ([str(m) for m in members] if members else None)
+    paths = [str(m.get("path", "?")) if isinstance(m, dict) else str(m) for m in members] if members else None
+    return str(backend), (str(device) if device else None), paths
 
 
 def _same_device(mount: mounts.Mount, device: str) -> bool:
@@ -233,11 +298,11 @@ def check_mount(config: Config, mount: mounts.Mount | None, record: dict | None)
     mount_point = config.volume.mount_point
     if mount is None:
         return bad("mount", f"{mount_point} not mounted")
-    fstype = _field(record, "filesystem", "fstype", "fs") or config.volume.filesystem
+    fstype = _field(record, "filesystem") or config.volume.filesystem
     if mount.fstype != fstype:
         return bad("mount", f"{mount_point} is {mount.fstype}, expected {fstype}")
     backend, device, _ = expected_volume(config, record)
-    if device and backend != "btrfs" and not _same_device(mount, device):
+    if device and backend != "btrfs" and mount.source != _field(record, "mount_source") and not _same_device(mount, device):
         return bad("mount", f"{mount_point} mounted from {mount.source}, expected {device}")
     return ok("mount", f"{mount_point} is {mount.fstype} on {mount.source}")
 
@@ -316,19 +381,6 @@ def _probe_work(mount_point: str, major_minor: str):
     return work
 
 
-def run_probe(config: Config, mount: mounts.Mount) -> Finding:
-    timeout = config.health.probe_timeout
-    if _still_stuck():
-        return bad("hung", f"probe timed out after {timeout:g} s")
-    result = in_child(_probe_work(config.volume.mount_point, mount.major_minor), timeout)
-    if result.status == "timeout":
-        _remember_stuck(result.pid)
-        return bad("hung", f"probe timed out after {timeout:g} s")
-    if result.status == "error":
-        return bad("probe", f"{config.volume.mount_point} probe failed: {result.text}")
-    return ok("probe", f"probe {result.text} ms")
-
-
 def _block_name(major_minor: str) -> str | None:
     try:
         return os.path.basename(os.path.realpath(f"/sys/dev/block/{major_minor}"))
@@ -394,10 +446,10 @@ def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
     return [ok("layers", f"LV {lv} active, {pv_count} disks")]
 
 
-def check_lvm(config: Config, mount: mounts.Mount | None, members: list[str] | None) -> list[Finding]:
+def check_lvm(config: Config, mount: mounts.Mount | None, record: dict, members: list[str] | None) -> list[Finding]:
     from slurm_scratch import run
 
-    lv = f"{config.volume.vg_name}/{config.volume.lv_name}"
+    lv = f"{record.get('vg_name') or config.volume.vg_name}/{record.get('lv_name') or config.volume.lv_name}"
     found = []
     if mount is not None:  # sysfs first: every disk of the mounted LV still there
         name = _block_name(mount.major_minor)
@@ -422,7 +474,7 @@ def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None
         return []
     backend, device, members = expected_volume(config, record)
     if backend == "lvm":
-        return check_lvm(config, mount, members)
+        return check_lvm(config, mount, record, members)
     if backend == "mdadm":
         name = _block_name(mount.major_minor) if mount is not None else None
         if name is None and device:
@@ -435,26 +487,41 @@ def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None
 
 def run_checks(config: Config) -> list[Finding]:
     mount_point = config.volume.mount_point
-    record = _recorded()
+    record = _recorded(config)
     mount = mounts.find_mount(mount_point)
     findings = [check_mount(config, mount, record)]
-    findings += check_layers(config, mount, record)
-    if mount is None or mount.mount_point != mount_point:
-        return findings
+    if mount is None:
+        return findings + check_layers(config, mount, record)
     writable = check_writable(config, mount)
     findings.append(writable)
-    result = in_child(_statvfs_work(mount_point), config.health.check_timeout)
-    if result.status == "ok":
-        findings += space_findings(config, result.text)
-    elif result.status == "timeout":
-        findings.append(bad("hung", f"statvfs timed out after {config.health.check_timeout:g} s"))
-    else:
-        findings.append(bad("statvfs", f"{mount_point} statvfs failed: {result.text}"))
-    if writable.healthy and findings[0].healthy:
-        findings.append(run_probe(config, mount))
+    stuck = _still_stuck()
+    child = None
+    if stuck is None:  # statvfs and the probe run in one child, while this process goes on
+        steps = [_statvfs_work(mount_point)]
+        if writable.healthy and findings[0].healthy:
+            steps.append(_probe_work(mount_point, mount.major_minor))
+        child = Child(steps)
+    findings += check_layers(config, mount, record)
     errors = check_fs_errors(config, mount)
     if errors is not None:
         findings.append(errors)
+    if child is None:
+        return findings + [bad("hung", stuck)]
+    timeouts = [config.health.check_timeout, config.health.probe_timeout]
+    texts = [f"statvfs timed out after {timeouts[0]:g} s", f"probe timed out after {timeouts[1]:g} s"]
+    for index, result in enumerate(child.results(timeouts[: child.count])):
+        if result.status == "timeout":
+            _remember_stuck(result.pid, texts[index])
+            findings.append(bad("hung", texts[index]))
+        elif index == 0:
+            if result.status == "ok":
+                findings += space_findings(config, result.text)
+            elif result.status == "error":
+                findings.append(bad("statvfs", f"{mount_point} statvfs failed: {result.text}"))
+        elif result.status == "ok":
+            findings.append(ok("probe", f"probe {result.text} ms"))
+        elif result.status == "error":
+            findings.append(bad("probe", f"{mount_point} probe failed: {result.text}"))
     return findings
 
 

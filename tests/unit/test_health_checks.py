@@ -156,3 +156,17 @@ def test_child_killed_at_its_timeout() -> None:
         time.sleep(0.01)
     else:
         pytest.fail(f"child {result.pid} still alive after SIGKILL")
+
+
+def test_steps_of_one_child_each_under_its_own_timeout() -> None:
+    child = health.Child([lambda: "first", lambda: time.sleep(600) or "late", lambda: "never"])
+    results = child.results([10, 0.3, 10])
+    assert [(r.status, r.text) for r in results] == [("ok", "first"), ("timeout", ""), ("skipped", "")]
+
+
+def test_a_step_failing_does_not_stop_the_next() -> None:
+    def fails() -> str:
+        raise health.ScratchError("write: Input/output error")
+
+    results = health.Child([fails, lambda: "1.0"]).results([10, 10])
+    assert [(r.status, r.text) for r in results] == [("error", "write: Input/output error"), ("ok", "1.0")]

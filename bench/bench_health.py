@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""The health check on a healthy node versus what NHC does for the same volume, as a ratio.
+
+Baseline: a bash script doing what LBNL NHC's check_fs_mount_rw, check_fs_free and check_fs_ifree
+do for one mount point: read /proc/self/mounts (mounted? rw?), then `df -Pk` and `df -Pi` (free
+space and inodes above a percentage). It never touches the filesystem itself.
+
+Contender: `hooks/healthcheck` as slurmd runs it (environment: SLURMD_NODENAME only, plus
+SLURM_SCRATCH_CONF for the bench's config), in its steady state on a healthy node: the volume
+record present, the node's state remembered in /run/slurm-scratch (so no Slurm RPC, as on any
+healthy node after its first check), no job directories. It checks more: device and filesystem
+against the record, a write + fsync + read-back probe and statvfs in timed child processes, ext4's
+error count.
+
+Both run on the same real ext4 on a loop device, interleaved, as child processes of this one;
+the medians and their ratio are printed (target: ratio <= 1.0). Needs root: it works in a private
+mount namespace (tmpfs over the tool's state dirs, the loop filesystem mounted there) and removes
+the loop device it made. Usage: bench/bench_health.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOOK = REPO / "hooks" / "healthcheck"
+TOOLS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")
+CLONE_NEWNS = 0x00020000
+
+NHC_LIKE = r"""#!/bin/bash
+# What NHC's check_fs_mount_rw, check_fs_free and check_fs_ifree do for one mount point.
+mp=$1 min_free=$2 min_ifree=$3
+found=""
+while read -r dev mnt fstype opts rest; do
+  [ "$mnt" = "$mp" ] || continue
+  found=1
+  case ",$opts," in *,rw,*) ;; *) echo "$mp is not mounted read-write"; exit 1 ;; esac
+done < /proc/self/mounts
+[ -n "$found" ] || { echo "$mp is not mounted"; exit 1; }
+while read -r fs size used avail pct mnt; do
+  [ "$mnt" = "$mp" ] || continue
+  (( avail * 100 < min_free * size )) && { echo "$mp: only $avail of $size KiB free"; exit 1; }
+done < <(df -Pk)
+while read -r fs inodes iused ifree ipct mnt; do
+  [ "$mnt" = "$mp" ] || continue
+  (( inodes > 0 && ifree * 100 < min_ifree * inodes )) && { echo "$mp: only $ifree of $inodes inodes free"; exit 1; }
+done < <(df -Pi)
+exit 0
+"""
+
+FAKE_SCONTROL = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls.log"
+case "$1" in
+show) echo "NodeName=$4 Arch=x86_64 State=IDLE ThreadsPerCore=1 Weight=1" ;;
+esac
+"""
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(list(argv), env=TOOLS_ENV, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def private_mount_namespace() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    sh("mount", "--make-rprivate", "/")
+    for directory in STATE_DIRS:
+        os.makedirs(directory, exist_ok=True)
+        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", directory)
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", timeout=60)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed (exit {result.returncode}): {result.stderr.decode(errors='replace')}")
+    return elapsed * 1000.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_health: needs root (loop device, private mount namespace)", file=sys.stderr)
+        return 2
+    private_mount_namespace()
+    work = Path(tempfile.mkdtemp(prefix="bench-health-"))
+    image = work / "disk.img"
+    with open(image, "wb") as stream:
+        stream.truncate(512 * 1024 * 1024)
+    device = sh("losetup", "--find", "--show", str(image)).strip()
+    try:
+        sh("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", str(device))
+        mount_point = work / "scratch"
+        mount_point.mkdir()
+        sh("mount", "-o", "noatime,nodiratime", device, str(mount_point))
+        os.chmod(mount_point, 0o1777)
+        return run(work, device, str(mount_point), args.rounds)
+    finally:
+        subprocess.run(["umount", str(work / "scratch")], env=TOOLS_ENV, capture_output=True)
+        subprocess.run(["losetup", "--detach", device], env=TOOLS_ENV, capture_output=True)
+        image.unlink()
+
+
+def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
+    scontrol = work / "scontrol"
+    scontrol.write_text(FAKE_SCONTROL)
+    scontrol.chmod(0o755)
+    config = work / "slurm-scratch.conf"
+    config.write_text(f"[volume]\nmount_point = {mount_point}\nbackend = single\n[slurm]\nscontrol = {scontrol}\n")
+    config.chmod(0o644)
+    baseline = work / "nhc-like.sh"
+    baseline.write_text(NHC_LIKE)
+    baseline.chmod(0o755)
+    sys.path.insert(0, str(REPO))
+    try:  # the record `setup` leaves on a node, as the health check reads it
+        from slurm_scratch.volume import state
+
+        state.write({"status": "ready", "backend": "single", "filesystem": "ext4", "device": device,
+                     "mount_point": mount_point, "mount_source": device,
+                     "members": [{"path": device, "serial": "", "model": "loop", "size_bytes": 512 << 20, "by_id": []}]})
+    except ImportError:
+        print("bench_health: no volume.state module: running without a volume record")
+    hook_env = {"SLURMD_NODENAME": "bench1", "SLURM_SCRATCH_CONF": str(config)}
+    timed([str(HOOK)], hook_env)  # the first check after boot asks Slurm (here: the fake) once
+    calls_after_first = (work / "calls.log").read_text().splitlines()
+    nhc_argv = [str(baseline), mount_point, "3", "3"]
+    for _ in range(5):  # warm up both
+        timed([str(HOOK)], hook_env)
+        timed(nhc_argv, TOOLS_ENV)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(timed([str(HOOK)], hook_env))
+        theirs.append(timed(nhc_argv, TOOLS_ENV))
+    calls = (work / "calls.log").read_text().splitlines()
+    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+    print(f"healthcheck (hooks/healthcheck, healthy, steady state): median {ours_median:.1f} ms "
+          f"(p90 {statistics.quantiles(ours, n=10)[-1]:.1f} ms) over {rounds} runs")
+    print(f"NHC-like bash (mounts + df -Pk + df -Pi):              median {theirs_median:.1f} ms "
+          f"(p90 {statistics.quantiles(theirs, n=10)[-1]:.1f} ms)")
+    print(f"ratio healthcheck / NHC-like: {ours_median / theirs_median:.2f} (target <= 1.00)")
+    print(f"Slurm calls: {len(calls_after_first)} on the first check after boot, "
+          f"{len(calls) - len(calls_after_first)} in the {rounds + 5} checks after it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
