@@ -41,6 +41,12 @@ def cmd_prolog(config_path: str | None) -> int:
             health.record_prolog_finding(config, str(exc))
             raise
         jobdir.create(config, context)
+    except OSError as exc:  # mounted but broken (EROFS, EIO, ENOSPC): the health check names it
+        from slurm_scratch import health
+
+        message = f"{config.volume.mount_point}: cannot create the job directory: {exc.strerror or exc}"
+        health.record_prolog_finding(config, message)
+        raise ScratchError(message) from None
     return EXIT_OK
 
 
