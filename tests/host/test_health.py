@@ -335,3 +335,20 @@ def test_slurm_unreachable_is_retried(node: Node) -> None:
     node.healthcheck()
     assert node.calls() == [SHOW, SHOW]  # nothing remembered: the next check asks again
 
+
+
+def test_prolog_on_a_read_only_volume_records_the_finding_for_the_health_check(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    node.remount("remount,ro")
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config), "SLURM_JOB_ID": "4711",
+           "SLURM_JOB_UID": str(TEST_UID), "SLURM_JOB_GID": str(TEST_UID), "SLURM_JOB_USER": "sstest1"}
+    prolog = subprocess.run([str(REPO / "hooks" / "prolog")], env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert prolog.returncode == 1 and "Traceback" not in prolog.stderr
+    assert "Read-only file system" in Path(drain.PROLOG_FILE).read_text()
+    assert node.calls() == [SHOW]  # the Prolog asked Slurm nothing
+    node.set_state("IDLE+DRAIN", "Prolog error")  # what slurmctld does on a failed Prolog
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
