@@ -212,7 +212,7 @@ def _still_stuck() -> str | None:
 # ---- the checks -----------------------------------------------------------------------------
 
 
-_CACHED_KEYS = ("status", "mount_point", "backend", "filesystem", "device", "mount_source", "vg_name", "lv_name", "md_name")
+_CACHED_KEYS = ("status", "mount_point", "backend", "filesystem", "device", "mount_source", "fs_uuid", "vg_name", "lv_name", "md_name")
 
 
 def _recorded(config: Config) -> dict | None:
@@ -337,7 +337,7 @@ def space_findings(config: Config, numbers: str) -> list[Finding]:
     return found
 
 
-def _probe_work(mount_point: str, major_minor: str):
+def _probe_work(mount_point: str):
     def work() -> str:
         from slurm_scratch.cleanup import open_trash
 
@@ -345,9 +345,10 @@ def _probe_work(mount_point: str, major_minor: str):
         started = time.monotonic()
         try:
             root_fd = os.open(mount_point, DIR_FLAGS)
-            st = os.fstat(root_fd)
-            if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" != major_minor:
-                raise ScratchError(f"{mount_point} is no longer the mounted filesystem")
+            # Unmounted since mountinfo was read: do not write to the directory below it. (Not
+            # compared with mountinfo's device: btrfs subvolumes have devices of their own.)
+            if os.fstat(root_fd).st_dev == os.stat(os.path.dirname(mount_point)).st_dev:
+                raise ScratchError(f"{mount_point} is no longer a mounted filesystem")
             step = "trash dir"
             trash_fd = open_trash(root_fd, mount_point, create=True)
             assert trash_fd is not None
@@ -468,6 +469,34 @@ def check_lvm(config: Config, mount: mounts.Mount | None, record: dict, members:
     return found + parse_lvs(result.stdout, lv, members)
 
 
+def check_btrfs(config: Config, mount: mounts.Mount, fsid: str, members: list[str] | None, sysfs: str = "/sys") -> list[Finding]:
+    """A btrfs volume striped by btrfs itself: not mounted degraded, every recorded disk present."""
+    mount_point = config.volume.mount_point
+    if "degraded" in mount.options:
+        return [bad("layers", f"btrfs on {mount_point} mounted degraded")]
+    devices = None
+    if fsid:
+        try:
+            devices = os.listdir(f"{sysfs}/fs/btrfs/{fsid}/devices")
+        except OSError:
+            devices = None
+    if devices is None:  # find the filesystem by its mounted device
+        source = os.path.basename(os.path.realpath(mount.source))
+        try:
+            for candidate in os.listdir(f"{sysfs}/fs/btrfs"):
+                listed = f"{sysfs}/fs/btrfs/{candidate}/devices"
+                if os.path.isdir(listed) and source in os.listdir(listed):
+                    devices = os.listdir(listed)
+                    break
+        except OSError:
+            pass
+    if devices is None:
+        return []
+    if members is not None and len(devices) != len(members):
+        return [bad("layers", f"btrfs on {mount_point} has {len(devices)} disks, {len(members)} recorded")]
+    return [ok("layers", f"btrfs on {len(devices)} disks")]
+
+
 def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None) -> list[Finding]:
     """The layers below the filesystem, for the backend the volume was recorded with."""
     if record is None:
@@ -482,6 +511,8 @@ def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None
         if not name:
             return [bad("layers", f"md array {config.volume.md_name} not found")]
         return check_md(f"/sys/block/{name}", name, members)
+    if backend == "btrfs" and mount is not None and mount.fstype == "btrfs":
+        return check_btrfs(config, mount, str(record.get("fs_uuid") or ""), members)
     return []
 
 
@@ -499,7 +530,7 @@ def run_checks(config: Config) -> list[Finding]:
     if stuck is None:  # statvfs and the probe run in one child, while this process goes on
         steps = [_statvfs_work(mount_point)]
         if writable.healthy and findings[0].healthy:
-            steps.append(_probe_work(mount_point, mount.major_minor))
+            steps.append(_probe_work(mount_point))
         child = Child(steps)
     findings += check_layers(config, mount, record)
     errors = check_fs_errors(config, mount)

@@ -170,3 +170,22 @@ def test_a_step_failing_does_not_stop_the_next() -> None:
 
     results = health.Child([fails, lambda: "1.0"]).results([10, 10])
     assert [(r.status, r.text) for r in results] == [("error", "write: Input/output error"), ("ok", "1.0")]
+
+
+def _btrfs(tmp_path, fsid: str, disks: list[str]) -> str:
+    devices = tmp_path / "fs" / "btrfs" / fsid / "devices"
+    devices.mkdir(parents=True)
+    for disk in disks:
+        (devices / disk).symlink_to("/nonexistent")
+    return str(tmp_path)
+
+
+def test_btrfs_members(tmp_path) -> None:
+    sysfs = _btrfs(tmp_path, "1234-abcd", ["loop3", "loop4"])
+    btrfs = mount(source="/dev/loop3", fstype="btrfs")
+    (finding,) = health.check_btrfs(_config(), btrfs, "1234-abcd", ["/dev/loop3", "/dev/loop4"], sysfs)
+    assert finding.healthy and finding.text == "btrfs on 2 disks"
+    (finding,) = health.check_btrfs(_config(), btrfs, "", ["/dev/loop3", "/dev/loop4", "/dev/loop5"], sysfs)
+    assert finding.text == "btrfs on /scratch has 2 disks, 3 recorded"
+    (finding,) = health.check_btrfs(_config(), mount(fstype="btrfs", options=("rw", "degraded")), "1234-abcd", None, sysfs)
+    assert finding.text == "btrfs on /scratch mounted degraded"
