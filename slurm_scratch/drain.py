@@ -14,13 +14,21 @@ of ours is pending -> one Action (none, drain, resume). Its rules:
   with "Prolog error" while a Prolog failure of ours is pending is resumed (that failure was ours
   and the volume is healthy now); every other reason is never resumed.
 
+The Prolog never calls Slurm: when the volume is broken at job start it writes its finding to
+/run/slurm-scratch/prolog-finding (`record_prolog_finding`) and fails; slurmctld then drains the
+node with "Prolog error". That finding stays pending until a health check has replaced or resumed
+a "Prolog error" with it, or for PROLOG_PENDING_SECONDS (slurmctld may show "Prolog error" only
+after the next health check has run).
+
 Scale: `needs_slurm` says whether Slurm must be asked at all. What the tool did is remembered in
 /run/slurm-scratch/health.state (what it found, what it drained with, when it last asked). A
 healthy node whose last exchange left it healthy and not drained by us sends no RPC. Slurm is
-asked when: there is no memory (first check since boot: /run is empty after a reboot, and a node
-we drained before the reboot must still be resumed); the finding changed (appeared, cleared, or
-different); a Prolog failure is pending; or the node is unhealthy and the last look is older than
-CONFIRM_SECONDS (an admin may have resumed a broken node: it is drained again).
+asked (`scontrol show node`, then `update` if the decision says so) when: there is no memory
+(first check since boot: /run is empty after a reboot, and a node we drained before the reboot
+must still be resumed); the finding changed (appeared, cleared, or different); a Prolog failure is
+pending; or the node is unhealthy and the last look is older than CONFIRM_SECONDS (an admin may
+have resumed a broken node: it is drained again). When Slurm cannot be asked, nothing is
+remembered, so the next health check asks again.
 """
 
 from __future__ import annotations

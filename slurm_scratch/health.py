@@ -1,33 +1,40 @@
 """The health check (HealthCheckProgram, NHC, cron): check the scratch volume for real, drain or
 resume the node, and do the housekeeping (sweep orphans, empty the trash).
 
-Checks, in this order; each returns a Finding (check name, healthy?, one line of text):
+Checks; each returns a Finding (check name, healthy?, one line of text):
   mount     mounted at [volume] mount_point, from the device and with the filesystem recorded when
             the volume was built (/var/lib/slurm-scratch/volume.json), else those config implies
   writable  not mounted (or remounted) read-only
-  layers    (the recorded backend's) LV active, not partial, with the recorded number of disks
-            (sysfs + `lvs --readonly`); md array active, not degraded, with the recorded disks
+  layers    for the recorded backend only: LV active, not partial, not suspended, with the
+            recorded number of disks (sysfs + `lvs --readonly`, which takes no LVM lock); md
+            array active, not degraded, with the recorded disks (sysfs); btrfs not mounted
+            degraded, with the recorded disks (sysfs)
   statvfs   free space and free inodes above [health] min_free_percent / min_free_inodes_percent
-  probe     write + fsync + drop cache + read back + unlink a 4 KiB file in the root-owned trash dir
-            (<mount_point>/.slurm-scratch-trash), within [health] probe_timeout
+  probe     create + write + fsync + drop cache + read back + unlink a 4 KiB file in the
+            root-owned trash dir (<mount_point>/.slurm-scratch-trash, never a user-writable one)
   errors    ext4's error count (/sys/fs/ext4/<dev>/errors_count) is 0
-Every check that touches the filesystem (statvfs, probe) runs in a forked child that is killed at
-its timeout ([health] check_timeout, probe_timeout), so a stuck disk cannot hang the health check;
-a hung child is itself a finding. While a killed probe is still stuck in the kernel, no new one is
-started (the finding stays the same). The rest reads /proc and /sys only.
+statvfs and the probe touch the filesystem: they run as two steps of one forked child, each under
+its own timeout ([health] check_timeout, probe_timeout), while this process does the other checks;
+a step still running at its timeout gets the child SIGKILLed and is itself a finding ("probe timed
+out after 10 s"), so a stuck disk cannot hang the health check. A killed child that is still
+stuck in the kernel is remembered (/run/slurm-scratch/probe-stuck): no new one is started while it
+lives, and the finding stays the same. The rest reads /proc and /sys (and runs lvs).
 
-Output: one line per problem on stdout (or one "ok:" line when healthy); exit 0 healthy, 1 not.
-`[health] repair = yes` lets it run volume setup when the volume is not mounted (default: only
-observe and report).
+Output: one line per problem on stdout, most important first (or one "ok: ..." line when
+healthy); exit 0 healthy, 1 not. `[health] repair = yes` lets it run volume setup when the volume
+is not mounted, then check again (default: only observe and report). Runs that overlap (slurmd and
+cron) are serialised by /run/slurm-scratch/health.lock: the second one prints "skipped: ..."
+and exits 0.
 
-Drain reasons (`[slurm] drain_prefix` + the first problem, in this priority order), e.g. with
-mount_point /scratch and the defaults:
+Drain reason = `[slurm] drain_prefix` + the first problem in this order (mount, writable, layers,
+timed out, space/inodes, probe failure, fs errors), e.g. with mount_point /scratch and defaults:
   scratch: /scratch not mounted
   scratch: /scratch is xfs, expected ext4
   scratch: /scratch mounted from /dev/loop3, expected /dev/vg.01/lv_ephemeral
   scratch: /scratch read-only
   scratch: LV vg.01/lv_ephemeral not active | partial (a disk is missing) | has 3 disks, 4 recorded
-  scratch: md array md127 inactive | degraded | has 3 disks, 4 recorded
+  scratch: md array md127 inactive | degraded (1 disks missing) | has 3 disks, 4 recorded
+  scratch: btrfs on /scratch mounted degraded | has 1 disks, 2 recorded
   scratch: probe timed out after 10 s
   scratch: statvfs timed out after 30 s
   scratch: /scratch 98% full (min free 3%)
@@ -38,9 +45,9 @@ Drain/resume rules and the no-RPC-when-healthy rule: see drain.py. The Prolog on
 `record_prolog_finding` (a file in /run/slurm-scratch) and never waits on slurmctld.
 
 After the checks, a healthy node sweeps orphaned job directories and empties the trash, within
-[health] housekeeping_seconds. The sweep asks slurmctld (squeue) only when a candidate exists: a job
-directory older than [jobs] sweep_guard whose job has no processes on this node (`scontrol
-listpids`, local).
+[health] housekeeping_seconds. The sweep asks slurmctld (squeue) only when a candidate exists: a
+job directory older than [jobs] sweep_guard whose job has no processes on this node (`scontrol
+listpids`, answered by this node's slurmstepd daemons).
 """
 
 from __future__ import annotations
