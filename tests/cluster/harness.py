@@ -27,6 +27,7 @@ test process.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -766,6 +767,25 @@ class Cluster:
                     timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
         """Run `argv` as root inside the node's PID, network, UTS and mount namespaces."""
         return self.nodes[node].run(argv, check=check, timeout=timeout, input=input)
+
+    @contextlib.contextmanager
+    def flock_on_node(self, node: str, path: str):
+        """Hold an exclusive flock(2) on `path` inside the node (e.g. the tool's reaper or
+        health-check lock) until the block ends."""
+        holder = subprocess.Popen(
+            self.nodes[node].nsenter_argv(["flock", "-x", path, "sh", "-c",
+                                           "echo locked; exec sleep 600"]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd="/",
+            start_new_session=True, env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+        try:
+            line = holder.stdout.readline().strip()
+            if line != "locked":
+                raise HarnessError(f"{node}: could not lock {path} (flock said {line!r})")
+            yield
+        finally:
+            os.killpg(holder.pid, signal.SIGKILL)  # nsenter, flock and sleep: one group
+            holder.wait(timeout=30)
+            holder.stdout.close()
 
     def node_path(self, node: str, path: str) -> Path:
         return self.nodes[node].path(path)

@@ -6,8 +6,6 @@ installed Prolog, TaskProlog and Epilog run by slurmd on two nodes, each with it
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,12 +132,7 @@ def test_next_job_does_not_wait_for_deletion_of_a_big_directory(cluster: Cluster
     lock on the node), job 1 must still end and job 2 start on the same node: the Epilog only
     renames the directory into the trash. Then the trash is emptied for real."""
     trash = cluster.node_path("n1", f"/scratch/{TRASH_NAME}")
-    holder = subprocess.Popen(
-        cluster.nodes["n1"].nsenter_argv(["flock", "-x", REAPER_LOCK, "sh", "-c",
-                                          "echo locked; exec sleep 300"]),
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with cluster.flock_on_node("n1", REAPER_LOCK):
         first = cluster.submit("""#!/bin/bash
 mkdir "$SCRATCH/many" && cd "$SCRATCH/many" && seq 1 20000 | xargs touch
 echo "FILES=$(ls | wc -l)"
@@ -157,9 +150,6 @@ echo "NODE=$(hostname)"
         assert not cluster.node_path("n1", out1["SCRATCH"]).exists()
         # job 2 has run and ended, and job 1's files are all still waiting in the trash
         assert sum(len(files) for _, _, files in os.walk(trash)) >= 20000
-    finally:
-        os.killpg(holder.pid, signal.SIGTERM)
-        holder.wait(timeout=30)
     reaped = cluster.run_on_node("n1", [str(cluster.prefix / "bin" / "slurm-scratch"), "reap"],
                                  timeout=120)
     assert reaped.returncode == 0
