@@ -102,6 +102,16 @@ def ensure_mounted(config: Config) -> None:
     setup(config)
 
 
+DONE = {
+    "build": "built and mounted",
+    "rebuild": "rebuilt (empty) and mounted",
+    "complete": "completed and mounted",
+    "activate": "activated and mounted",
+    "mount": "mounted",
+    "mounted": "already mounted, recorded",
+}
+
+
 def setup_main(config: Config, dry_run: bool) -> int:
     plan = setup(config, dry_run)
     volume = config.volume
@@ -120,7 +130,8 @@ def setup_main(config: Config, dry_run: bool) -> int:
     if plan is None or not plan.steps:
         print(f"{volume.mount_point}: mounted, nothing to do")
     else:
-        print(f"{volume.mount_point}: {plan.state} done: {plan.device} ({plan.backend}, {len(plan.members)} disk(s))")
+        done = DONE.get(plan.state, plan.state)
+        print(f"{volume.mount_point}: {done}: {plan.device} ({plan.backend}, {len(plan.members)} disk(s))")
     return EXIT_OK
 
 

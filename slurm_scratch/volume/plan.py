@@ -247,6 +247,9 @@ def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str
             argv.append("--force")
         steps.append(run_step(*argv, *paths))
         steps.append(Step("wait", (device, timeout_wait), f"wait for {device}"))
+        # A new array over wiped members can show the old array's filesystem (same data offset,
+        # same first chunk): the array was created just now, so whatever it shows is stale.
+        steps.append(Step("wipe", (device,), f"wipefs -a {device}   # stale signatures seen through the new array"))
         steps += _tail(volume, device, fstype, "always", list(members))
     elif backend == "single":
         device = paths[0]

@@ -245,7 +245,8 @@ def test_mdadm_blank_disks_create_a_raid0() -> None:
     p = plan(volume(backend="mdadm", stripe_kb="512"), discovery(blank(1, 2)), observed())
     assert commands(p)[0] == (f"mdadm --create {MD} --run --metadata=1.2 --level=0 --chunk=512 --raid-devices=2 "
                                "--name=scratch /dev/nvme1n1 /dev/nvme2n1")
-    assert commands(p)[1] == f"{MKFS_EXT4} {MD}" and p.device == MD
+    assert commands(p)[1].startswith(f"wipefs -a {MD}")  # the new array may show the old one's filesystem
+    assert commands(p)[2] == f"{MKFS_EXT4} {MD}" and p.device == MD
 
 
 def test_mdadm_one_disk_needs_force() -> None:
