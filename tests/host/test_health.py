@@ -105,10 +105,11 @@ class Node:
 
 @pytest.fixture(autouse=True)
 def no_memory():
-    """Each test starts as a node just booted: nothing in /run/slurm-scratch (a private tmpfs)."""
+    """Each test starts as a node just booted: nothing in /run/slurm-scratch (a private tmpfs), and
+    no volume record (these volumes are not built by setup: config says what to expect)."""
 
     def clear() -> None:
-        for path in (drain.STATE_FILE, drain.PROLOG_FILE, health.STUCK_FILE):
+        for path in (drain.STATE_FILE, drain.PROLOG_FILE, health.STUCK_FILE, health.RECORD_CACHE, health.RECORD_FILE):
             try:
                 os.unlink(path)
             except FileNotFoundError:
