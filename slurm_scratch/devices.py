@@ -130,6 +130,28 @@ class Discovery:
     selector: str  # aws, gcp, azure, explicit, or "auto->aws" etc.
     candidates: tuple[Candidate, ...]
     skipped: tuple[Skipped, ...]
+    not_selected: tuple[Skipped, ...] = ()  # other real disks a cloud selector left out, and why
+
+
+VIRTUAL_PREFIXES = ("loop", "ram", "zram", "dm-", "md", "nbd", "sr", "fd")
+
+
+def not_selected(selector: str, all_disks: list[Disk], chosen: list[Disk]) -> list[Skipped]:
+    """Why each other disk was left out by a cloud selector (for `status`: EBS, the root disk...)."""
+    cloud = selector.split("->")[-1]
+    left = []
+    for disk in all_disks:
+        if disk in chosen or disk.name.startswith(VIRTUAL_PREFIXES) or disk.size_bytes <= 0:
+            continue
+        if disk.model in AWS_NEVER:
+            why = "is an EBS volume (never used)"
+        elif disk.model.startswith("nvme_card-"):
+            why = "is a GCP persistent disk (never used)"
+        else:
+            wanted = {"aws": "AWS instance store", "gcp": "GCP local SSD", "azure": "Azure local NVMe"}.get(cloud, "local cloud storage")
+            why = f"is not {wanted} (model {disk.model!r})" if disk.model else f"is not {wanted} (no model)"
+        left.append(Skipped(disk, why))
+    return left
 
 
 # ---- selection (pure) ---------------------------------------------------------------------------
@@ -464,10 +486,13 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
     """Select disks per `[volume] devices` and sort them into candidates and skipped (with why)."""
     timer = log.Timer()
     selector = volume.devices[0] if len(volume.devices) == 1 and volume.devices[0] in ("auto", *CLOUDS) else "explicit"
+    ignored: list[Skipped] = []
     if selector == "explicit":
         selected, skipped = resolve_explicit(volume.devices)
     else:
-        selector, selected = select_cloud(selector, list_disks())
+        all_disks = list_disks()
+        selector, selected = select_cloud(selector, all_disks)
+        ignored = not_selected(selector, all_disks, selected)
         skipped = []
     facts = probe_facts()
     signatures = {}
@@ -501,7 +526,7 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
     for skip in skipped:
         log.warning(f"skipping {skip.disk.describe()}: {skip.reason}")
     log.info(f"setup: devices = {' '.join(volume.devices)} ({selector}): {len(candidates)} usable, {len(skipped)} skipped", ms=timer.ms())
-    return Discovery(selector=selector, candidates=tuple(candidates), skipped=tuple(skipped))
+    return Discovery(selector=selector, candidates=tuple(candidates), skipped=tuple(skipped), not_selected=tuple(ignored))
 
 
 def _with(signature: Signature, **changes: object) -> Signature:

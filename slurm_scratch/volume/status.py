@@ -20,12 +20,13 @@ def collect(volume: VolumeConfig) -> dict:
     try:
         discovery, observed, plan = make_plan(volume)
     except ScratchError as exc:
-        report.update(state="error", error=str(exc), disks=[], skipped=[], backend=volume.backend, mounted=False)
+        report.update(state="error", error=str(exc), disks=[], skipped=[], not_selected=[], backend=volume.backend, mounted=False)
         return report
     report["selector"] = discovery.selector
     report["disks"] = [{**_disk(c.disk), "ours": c.ours, "will_wipe": c.wipe,
                         "signature": c.signature.describe() if c.signature else ""} for c in discovery.candidates]
     report["skipped"] = [{**_disk(s.disk), "reason": s.reason} for s in discovery.skipped]
+    report["not_selected"] = [{**_disk(s.disk), "reason": s.reason} for s in discovery.not_selected]
     report["backend"] = plan.backend
     report["members"] = [disk.path for disk in plan.members]
     report["notes"] = list(plan.notes)
@@ -82,6 +83,8 @@ def render(report: dict) -> str:
         lines.append(f"  found     {disk['path']}  {_size(disk['size_bytes'])}  {disk['model'] or '-'}  {disk['serial'] or '-'}  [{extra}]")
     for disk in report.get("skipped", []):
         lines.append(f"  skipped   {disk['path']}  {disk['model'] or '-'}  {disk['serial'] or '-'}: {disk['reason']}")
+    for disk in report.get("not_selected", []):
+        lines.append(f"  not used  {disk['path']}: {disk['reason']}")
     for note in report.get("notes", []):
         lines.append(f"note:       {note}")
     if report.get("setup_would"):

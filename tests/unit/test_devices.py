@@ -6,7 +6,7 @@ import pytest
 
 from slurm_scratch.config import parse_config
 from slurm_scratch.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
-                                   recorded_member, select_cloud, signature_from_blkid)
+                                   not_selected, recorded_member, select_cloud, signature_from_blkid)
 from slurm_scratch.volume.observe import Lv, parse_btrfs_show, parse_lvs, parse_vgs
 
 AWS = "Amazon EC2 NVMe Instance Storage"
@@ -51,6 +51,12 @@ def test_auto_takes_the_first_cloud_that_matches_and_never_ebs() -> None:
     selector, chosen = select_cloud("auto", [disks[0], disks[3]])
     assert selector == "auto->azure" and [d.name for d in chosen] == ["nvme3n1"]
     assert select_cloud("aws", [disks[0]]) == ("aws", [])
+    left = not_selected("auto->aws", disks + [disk("loop3", ""), disk("vda", "")], disks[1:3])
+    assert [(s.disk.name, s.reason) for s in left] == [
+        ("nvme0n1", "is an EBS volume (never used)"),
+        ("nvme3n1", "is not AWS instance store (model 'Microsoft NVMe Direct Disk')"),
+        ("vda", "is not AWS instance store (no model)"),
+    ]
 
 
 FACTS = Facts(root_devnums=frozenset({"259:0", "259:5"}), swap_devnums=frozenset({"259:7"}),
