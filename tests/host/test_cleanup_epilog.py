@@ -23,6 +23,25 @@ def scratch(request, loops):
         yield volume
 
 
+class reaper_lock_held:
+    """Hold the reaper's lock: a reaper the Epilog starts gives up at once. On leaving, wait until
+    that reaper has exited, so that it cannot take the lock after we let go of it."""
+
+    def __init__(self, scratch) -> None:
+        self.scratch = scratch
+        self.lock = filelock.FileLock(REAPER_LOCK, timeout=5)
+
+    def __enter__(self):
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            poll(lambda: not self.scratch.tagged_pids(), 60, what="the reaper to give up")
+        finally:
+            self.lock.release()
+
+
 def fill_as_user(scratch, job_dir: Path, files: int = 200) -> None:
     """What a job leaves behind: nested directories and files, written by the job's user."""
     scratch.as_user(
@@ -40,7 +59,7 @@ def test_epilog_renames_the_dir_into_the_trash(scratch) -> None:
     fill_as_user(scratch, job_dir)
     inode = os.lstat(job_dir).st_ino
     # Hold the reaper's lock so that the trash is seen as the Epilog left it.
-    with filelock.FileLock(REAPER_LOCK, timeout=5):
+    with reaper_lock_held(scratch):
         result = scratch.epilog(201)
         assert result.returncode == 0, result.stderr
         assert not os.path.lexists(job_dir)
@@ -213,7 +232,7 @@ def test_reap_with_no_time_budget_deletes_nothing(scratch) -> None:
     from slurm_scratch import cleanup, config
 
     assert scratch.prolog(331).returncode == 0
-    with filelock.FileLock(REAPER_LOCK, timeout=5):
+    with reaper_lock_held(scratch):
         assert scratch.epilog(331).returncode == 0
     assert cleanup.reap(config.load_config(str(scratch.config)), wait=True, max_seconds=0) == 0
     assert len(scratch.trash_entries()) == 1
