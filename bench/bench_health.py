@@ -57,6 +57,13 @@ done < <(df -Pi)
 exit 0
 """
 
+# The same plus what the health check adds that costs the most: a write + fsync + read + unlink probe.
+NHC_LIKE_WITH_PROBE = NHC_LIKE.replace("exit 0\n", """probe="$mp/.bench-probe.$$"
+dd if=/dev/zero of="$probe" bs=4096 count=1 conv=fsync status=none || { echo "$mp: probe write failed"; exit 1; }
+cat "$probe" > /dev/null && rm -f "$probe" || { echo "$mp: probe failed"; exit 1; }
+exit 0
+""")
+
 FAKE_SCONTROL = """#!/bin/sh
 echo "$*" >> "$(dirname "$0")/calls.log"
 case "$1" in
@@ -124,6 +131,9 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     baseline = work / "nhc-like.sh"
     baseline.write_text(NHC_LIKE)
     baseline.chmod(0o755)
+    probing = work / "nhc-like-probe.sh"
+    probing.write_text(NHC_LIKE_WITH_PROBE)
+    probing.chmod(0o755)
     sys.path.insert(0, str(REPO))
     try:  # the record `setup` leaves on a node, as the health check reads it
         from slurm_scratch.volume import state
@@ -137,20 +147,32 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     timed([str(HOOK)], hook_env)  # the first check after boot asks Slurm (here: the fake) once
     calls_after_first = (work / "calls.log").read_text().splitlines()
     nhc_argv = [str(baseline), mount_point, "3", "3"]
-    for _ in range(5):  # warm up both
+    probing_argv = [str(probing), mount_point, "3", "3"]
+    python_argv = ["/usr/bin/python3", "-I", "-S", "-c", "pass"]
+    for _ in range(5):  # warm up all
         timed([str(HOOK)], hook_env)
         timed(nhc_argv, TOOLS_ENV)
-    ours, theirs = [], []
+        timed(probing_argv, TOOLS_ENV)
+        timed(python_argv, {})
+    ours, theirs, theirs_probing, python = [], [], [], []
     for _ in range(rounds):
         ours.append(timed([str(HOOK)], hook_env))
         theirs.append(timed(nhc_argv, TOOLS_ENV))
+        theirs_probing.append(timed(probing_argv, TOOLS_ENV))
+        python.append(timed(python_argv, {}))
     calls = (work / "calls.log").read_text().splitlines()
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    print(f"healthcheck (hooks/healthcheck, healthy, steady state): median {ours_median:.1f} ms "
-          f"(p90 {statistics.quantiles(ours, n=10)[-1]:.1f} ms) over {rounds} runs")
-    print(f"NHC-like bash (mounts + df -Pk + df -Pi):              median {theirs_median:.1f} ms "
-          f"(p90 {statistics.quantiles(theirs, n=10)[-1]:.1f} ms)")
+
+    def line(label: str, samples: list[float]) -> str:
+        return f"{label:<58} median {statistics.median(samples):6.1f} ms  p90 {statistics.quantiles(samples, n=10)[-1]:6.1f} ms"
+
+    print(f"{rounds} interleaved runs each, on ext4 on {device}:")
+    print(line("healthcheck (hook, healthy, steady state, no Slurm RPC)", ours))
+    print(line("NHC-like bash (mounts + df -Pk + df -Pi)", theirs))
+    print(line("NHC-like bash + write/fsync/read/unlink probe (dd, cat)", theirs_probing))
+    print(line("for scale: /usr/bin/python3 -I -S -c pass", python))
     print(f"ratio healthcheck / NHC-like: {ours_median / theirs_median:.2f} (target <= 1.00)")
+    print(f"ratio healthcheck / NHC-like with the same probe: {ours_median / statistics.median(theirs_probing):.2f}")
     print(f"Slurm calls: {len(calls_after_first)} on the first check after boot, "
           f"{len(calls) - len(calls_after_first)} in the {rounds + 5} checks after it")
     return 0

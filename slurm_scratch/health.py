@@ -185,7 +185,7 @@ def in_child(work, timeout: float) -> ChildResult:
 
 def _start_time(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stream:
             return stream.read().rpartition(")")[2].split()[19]
     except (OSError, IndexError):
         return None
@@ -398,7 +398,7 @@ def _block_name(major_minor: str) -> str | None:
 
 def _read(path: str) -> str | None:
     try:
-        with open(path, encoding="ascii", errors="replace") as stream:
+        with open(path, encoding="utf-8", errors="replace") as stream:
             return stream.read().strip()
     except OSError:
         return None
