@@ -669,9 +669,12 @@ def main(config: Config, node: str) -> int:
         print("skipped: another health check is running")
         return EXIT_OK
     try:
-        findings = run_checks(config)
+        try:
+            findings = run_checks(config)
+        except OSError as exc:  # of this process (no fork, no /proc): not a finding about the volume
+            raise ScratchError(f"cannot run the checks: {exc}") from None
         problems = problems_of(findings)
-        if problems and problems[0].check == "mount" and config.health.repair:
+        if problems and config.health.repair and mounts.find_mount(config.volume.mount_point) is None:
             from slurm_scratch import volume
 
             log.warning(f"healthcheck: {problems[0].text}; repairing ([health] repair = yes)")
