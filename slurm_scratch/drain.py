@@ -26,8 +26,9 @@ healthy node whose last exchange left it healthy and not drained by us sends no 
 asked (`scontrol show node`, then `update` if the decision says so) when: there is no memory
 (first check since boot: /run is empty after a reboot, and a node we drained before the reboot
 must still be resumed); the finding changed (appeared, cleared, or different); a Prolog failure is
-pending; or the node is unhealthy and the last look is older than CONFIRM_SECONDS (an admin may
-have resumed a broken node: it is drained again). When Slurm cannot be asked, nothing is
+pending; the node is unhealthy and not drained by us (another reason holds it, and an admin may
+lift that at any time); or the node is unhealthy and the last look is older than CONFIRM_SECONDS
+(an admin may have resumed a node we drained: it is drained again). When Slurm cannot be asked, nothing is
 remembered, so the next health check asks again.
 """
 
@@ -80,6 +81,8 @@ def needs_slurm(desired: str | None, memory: Memory | None, prolog_pending: bool
         return True
     if (desired or "") != memory.finding:
         return True
+    if desired is not None and memory.drained != desired:
+        return True  # broken but not drained by us (another reason holds it): that may end any time
     if desired is not None and now - memory.confirmed >= CONFIRM_SECONDS:
         return True
     return False

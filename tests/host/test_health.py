@@ -353,3 +353,16 @@ def test_prolog_on_a_read_only_volume_records_the_finding_for_the_health_check(n
     node.remount("remount,rw")
     assert node.healthcheck().returncode == 0
     assert node.state() == ("IDLE", "")
+
+
+def test_broken_node_resumed_by_an_admin_is_drained_at_the_next_check(node: Node) -> None:
+    node.set_state("IDLE+DRAIN", "admin: firmware update")
+    node.umount()
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", "admin: firmware update")  # kept, nothing appended
+    node.set_state("IDLE")  # the admin resumes it; the volume is still broken
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} not mounted")
+    calls = len(node.calls())
+    assert node.healthcheck().returncode == 1
+    assert len(node.calls()) == calls  # drained by us now: no RPC until the finding changes

@@ -84,6 +84,7 @@ def test_healthy_node_not_drained_by_us_asks_nobody() -> None:
         (None, memory(BROKEN, BROKEN), False, 1010.0, True),  # it cleared while we had drained
         ("scratch: /scratch read-only", memory(BROKEN, BROKEN), False, 1010.0, True),  # it changed
         (BROKEN, memory(BROKEN, BROKEN), False, 1010.0, False),  # same finding, recently confirmed
+        (BROKEN, memory(BROKEN, ""), False, 1010.0, True),  # broken, held by another reason: ask again
         (BROKEN, memory(BROKEN, BROKEN), False, 1000.0 + drain.CONFIRM_SECONDS, True),  # re-confirm
         (None, memory(), True, 1010.0, True),  # a Prolog failure is pending
     ],
