@@ -184,11 +184,20 @@ def in_child(work, timeout: float) -> ChildResult:
 
 
 def _start_time(pid: int) -> str | None:
+    """A live process's start time (field 22 of /proc/PID/stat); None when gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stream:
-            return stream.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
+            fields = stream.read().rpartition(")")[2].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a killed child nobody has reaped yet
+        return None
+    return fields[19]
+
+
+def still_running(pid: int, start: str) -> bool:
+    """Whether `pid` is still the (live, not zombie) process that started at `start`."""
+    return _start_time(pid) == start
 
 
 def _remember_stuck(pid: int, text: str) -> None:
@@ -207,7 +216,7 @@ def _still_stuck() -> str | None:
             pid_text, start, text = stream.read().strip().split(" ", 2)
     except (OSError, ValueError):
         return None
-    if _start_time(int(pid_text)) == start:
+    if still_running(int(pid_text), start):
         return text
     try:
         os.unlink(STUCK_FILE)

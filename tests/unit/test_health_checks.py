@@ -189,3 +189,21 @@ def test_btrfs_members(tmp_path) -> None:
     assert finding.text == "btrfs on /scratch has 2 disks, 3 recorded"
     (finding,) = health.check_btrfs(_config(), mount(fstype="btrfs", options=("rw", "degraded")), "1234-abcd", None, sysfs)
     assert finding.text == "btrfs on /scratch mounted degraded"
+
+
+def test_a_killed_probe_that_is_a_zombie_is_no_longer_stuck() -> None:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    try:
+        start = health._start_time(pid)
+        assert start is not None and health.still_running(pid, start)
+        os.kill(pid, health.SIGKILL)
+        deadline = time.monotonic() + 10
+        while health.still_running(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not health.still_running(pid, start)  # a zombie now (not reaped yet): not stuck
+        assert os.path.exists(f"/proc/{pid}")
+    finally:
+        os.waitpid(pid, 0)
