@@ -255,12 +255,14 @@ def observe(volume: VolumeConfig, discovery: Discovery, recorded: dict | None, b
     """Everything plan() needs to know about the current state, for the given backend."""
     timer = log.Timer()
     mount = observe_mount(volume.mount_point)
+    # Our VG / md array can only be on disks that carry our PV / md member signature: without one,
+    # LVM and mdadm are not asked at all (each LVM command scans every disk).
     signature_types = {c.signature.type for c in discovery.candidates if c.signature is not None and c.ours}
     vg = lv = None
-    if backend == "lvm" or "LVM2_member" in signature_types:
+    if "LVM2_member" in signature_types:
         vg, lv = observe_lvm(volume)
     md_arrays: tuple[MdArray, ...] = ()
-    if (backend == "mdadm" or "linux_raid_member" in signature_types) and glob.glob("/sys/block/md*"):
+    if "linux_raid_member" in signature_types and glob.glob("/sys/block/md*"):
         md_arrays = observe_md(volume)
     btrfs_uuids = {c.signature.uuid for c in discovery.candidates if c.signature is not None and c.ours and c.signature.type == "btrfs"}
     btrfs = observe_btrfs(volume, btrfs_uuids) if btrfs_uuids else ()
