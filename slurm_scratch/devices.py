@@ -285,15 +285,13 @@ def disk_from_udev(device) -> Disk:
     name = device.sys_name
     model = _ancestor_attribute(device, "model") or _udev_model(properties)
     serial = _decode(properties.get("ID_SERIAL_SHORT")) or _ancestor_attribute(device, "serial")
-    partitions, partition_devnums = [], []
+    partitions, partition_devnums, holders = [], [], []
     for child in device.children:
         if child.device_type == "partition" and child.subsystem == "block":
             partitions.append(child.sys_name)
             partition_devnums.append(f"{os.major(child.device_number)}:{os.minor(child.device_number)}")
-    try:
-        holders = tuple(sorted(os.listdir(os.path.join(device.sys_path, "holders"))))
-    except OSError:
-        holders = ()
+            holders += [f"{held} (on {child.sys_name})" for held in _holders(child.sys_path)]
+    holders = _holders(device.sys_path) + holders
     try:
         size = int(_decode(device.attributes.get("size")) or 0) * 512
     except ValueError:
@@ -308,9 +306,17 @@ def disk_from_udev(device) -> Disk:
         by_id=tuple(sorted(link for link in device.device_links if link.startswith("/dev/disk/by-id/"))),
         partitions=tuple(sorted(partitions)),
         partition_devnums=tuple(partition_devnums),
-        holders=holders,
+        holders=tuple(holders),
         read_only=_decode(device.attributes.get("ro")) == "1",
     )
+
+
+def _holders(sys_path: str) -> list[str]:
+    """Devices stacked on this one (dm-0, md127), from sysfs."""
+    try:
+        return sorted(os.listdir(os.path.join(sys_path, "holders")))
+    except OSError:
+        return []
 
 
 def _context():

@@ -68,6 +68,8 @@ def setup(config: Config, dry_run: bool = False):
         return None
     if dry_run:
         return make_plan(volume)[2]
+    if os.geteuid() != 0:
+        raise ScratchError("setup must run as root (it probes, formats and mounts disks); --dry-run shows the plan")
     from slurm_scratch.volume import state
     from slurm_scratch.volume.apply import apply
 

@@ -178,9 +178,11 @@ def test_disk_from_sysfs_reads_the_nvme_controller_when_udev_data_is_missing() -
     assert found.by_id == () and found.partitions == ()
 
 
-def test_disk_from_udev_properties_and_links() -> None:
+def test_disk_from_udev_properties_and_links(tmp_path) -> None:
     controller = FakeDevice("nvme2", {}, device_type="")
     partition = FakeDevice("nvme2n1p1", device_type="partition")
+    partition.sys_path = str(tmp_path / "nvme2n1p1")
+    (tmp_path / "nvme2n1p1" / "holders" / "dm-4").mkdir(parents=True)  # an LV on the partition
     namespace = FakeDevice(
         "nvme2n1", {"size": "100", "ro": "1"}, parent=controller,
         properties={"ID_MODEL_ENC": "Microsoft\\x20NVMe\\x20Direct\\x20Disk\\x20v2", "ID_SERIAL_SHORT": "abc123"},
@@ -190,6 +192,9 @@ def test_disk_from_udev_properties_and_links() -> None:
     assert found.model == "Microsoft NVMe Direct Disk v2" and found.serial == "abc123" and found.read_only
     assert found.by_id == ("/dev/disk/by-id/nvme-Microsoft_NVMe_Direct_Disk_v2_abc123",)
     assert found.partitions == ("nvme2n1p1",)
+    assert found.holders == ("dm-4 (on nvme2n1p1)",)
+    verdict = assess(volume(wipe="yes"), found.__class__(**{**found.__dict__, "read_only": False}), None, Facts(), None)
+    assert isinstance(verdict, Skipped) and "in use by dm-4 (on nvme2n1p1)" in verdict.reason
 
 
 VGS = '{"report": [{"vg": [{"vg_name": "vg.01", "pv_count": "4", "vg_missing_pv_count": "1"}, {"vg_name": "other", "pv_count": "1", "vg_missing_pv_count": "0"}]}]}'
