@@ -219,6 +219,11 @@ def test_deletion_does_not_cross_into_another_filesystem(scratch) -> None:
         moved = scratch.trash / entry / "mnt"
         assert (moved / "keep.txt").read_text() == "on another filesystem\n"
         assert not (scratch.trash / entry / "gone.txt").exists()
+        # The entry the reaper cannot finish does not hold up the next job's.
+        assert scratch.prolog(322).returncode == 0
+        (scratch.job_dir(322) / "out").write_text("x\n")
+        assert scratch.epilog(322).returncode == 0
+        poll(lambda: scratch.trash_entries() == [entry], 60, what="job 322's entry to be reaped")
     finally:
         with open("/proc/self/mountinfo") as stream:
             targets = [line.split()[4] for line in stream if line.split()[4].startswith(str(scratch.mount_point) + "/")]
@@ -238,3 +243,21 @@ def test_reap_with_no_time_budget_deletes_nothing(scratch) -> None:
     assert len(scratch.trash_entries()) == 1
     assert cleanup.reap(config.load_config(str(scratch.config)), wait=True) == 1
     assert scratch.trash_entries() == []
+
+
+def test_holders_finds_cwd_root_and_descriptors_of_that_user_only(scratch) -> None:
+    from slurm_scratch import processes
+
+    assert scratch.prolog(341).returncode == 0
+    job_dir = scratch.job_dir(341)
+    scratch.as_user("sstest1", 'mkdir "$1/sub" && echo x > "$1/sub/f"', str(job_dir))
+    in_cwd = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd=job_dir / "sub")
+    dir_fd = scratch.start_as("sstest1", ["/bin/sh", "-c", 'exec 4<"$0"; exec /bin/sleep 600', str(job_dir / "sub")])
+    near_miss = scratch.start_as("sstest1", ["/bin/sleep", "600"], cwd=scratch.base)  # /tmp/ss-host-x, not .../scratch/job_341
+    poll(lambda: all(_is_running_sleep(p) for p in (in_cwd, dir_fd, near_miss)), 30, what="the sleeps")
+    assert sorted(processes.holders(str(job_dir), 4201)) == sorted([in_cwd.pid, dir_fd.pid])
+    assert processes.holders(str(job_dir), 4202) == []
+    assert processes.holders(str(job_dir) + "0", 4201) == []
+    assert processes.end_holders(str(job_dir), 4201, job=341) == 2
+    assert in_cwd.wait(timeout=30) == -9 and dir_fd.wait(timeout=30) == -9
+    assert near_miss.poll() is None
