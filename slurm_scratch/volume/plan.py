@@ -231,8 +231,10 @@ def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str
     steps = list(teardown) + _wipe_steps(wipe) + [_record_building()]
     timeout_wait = min(volume.command_timeout, 60.0)
     if backend == "lvm":
-        # vgcreate initialises the disks that are not PVs yet (one LVM command, one device scan,
-        # fewer than pvcreate + vgcreate); orphan PVs of ours (a crash) are taken as they are.
+        # Orphan PVs of ours (a crash after pvcreate) are taken as they are.
+        fresh = [c.disk.path for c in use if c in wipe or c.signature is None]
+        if fresh:
+            steps.append(run_step("pvcreate", "-y", *fresh))
         steps.append(run_step("vgcreate", "-y", volume.vg_name, *paths))
         steps += _lvcreate(volume, len(paths))
         device = f"/dev/{volume.vg_name}/{volume.lv_name}"

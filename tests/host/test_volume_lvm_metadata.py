@@ -49,7 +49,7 @@ def record_building(disks: list[str]) -> None:
     STATE_FILE.write_text(json.dumps({"status": "building", "backend": "lvm", "members": [{"path": d, "serial": ""} for d in disks]}))
 
 
-def test_pvs_without_a_vg_go_on_with_vgcreate(tmp_path, loops, lvm) -> None:
+def test_crash_after_pvcreate_goes_on_with_vgcreate(tmp_path, loops, lvm) -> None:
     disks = [loops.device(64) for _ in range(2)]
     lvm("pvcreate", "-y", *disks)
     node = Node(tmp_path, disks, backend="lvm")
@@ -88,7 +88,7 @@ def test_a_foreign_volume_group_is_skipped(tmp_path, loops, lvm) -> None:
     plan = node.setup("--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert f"skipping {theirs}: carries an LVM physical volume of VG 'vg_theirs'" in plan.stderr
-    assert f"vgcreate -y vg.01 {blank}" in plan.stdout.splitlines()
+    assert f"pvcreate -y {blank}" in plan.stdout.splitlines()
     assert theirs not in plan.stdout
 
 
@@ -114,4 +114,4 @@ def test_a_missing_pv_fails_naming_it_and_touches_nothing(tmp_path, loops, lvm) 
     assert lines[1].startswith("# rebuilding")
     assert lines[2:5] == ["vgchange -an vg.01", f"wipefs -a {disks[0]}   # an LVM physical volume of VG 'vg.01'",
                           "record the member disks in /var/lib/slurm-scratch/volume.json (building)"]
-    assert f"vgcreate -y vg.01 {disks[0]}" in lines and "lvcreate -y -W y -l 100%FREE -n lv_ephemeral vg.01" in lines
+    assert f"pvcreate -y {disks[0]}" in lines and f"vgcreate -y vg.01 {disks[0]}" in lines and "lvcreate -y -W y -l 100%FREE -n lv_ephemeral vg.01" in lines

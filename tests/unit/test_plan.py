@@ -76,7 +76,8 @@ def test_lvm_blank_disks_are_built_like_the_seed_but_faster() -> None:
     disks = " ".join(f"/dev/nvme{i}n1" for i in (1, 2, 3, 4))
     assert p.state == "build" and p.backend == "lvm" and p.device == LV and not p.failure
     assert commands(p) == [
-        f"vgcreate -y vg.01 {disks}",  # it makes the PVs itself: one LVM command less than the seed
+        f"pvcreate -y {disks}",
+        f"vgcreate -y vg.01 {disks}",
         "lvcreate -y -W y -i 4 -I 64 -l 100%FREE -n lv_ephemeral vg.01",
         f"{MKFS_EXT4} {LV}",
         f"mount -t ext4 -o noatime,nodiratime {LV} /scratch",
@@ -105,7 +106,7 @@ def test_reboot_activates_and_mounts_never_formats() -> None:
     assert p.state == "activate" and not p.failure
     assert commands(p)[0] == "vgchange -ay vg.01"
     assert "mkfs_if_blank" in kinds(p)  # only formats if the LV turns out blank once active
-    assert not any(line.startswith(("vgcreate", "lvcreate", "mkfs")) for line in commands(p))
+    assert not any(line.startswith(("pvcreate", "vgcreate", "lvcreate", "mkfs")) for line in commands(p))
     mount = next(step for step in p.steps if step.kind == "mount")
     assert mount.args == ("mount", "-o", "noatime,nodiratime", LV, "/scratch")  # type taken from the disk
 
@@ -125,12 +126,13 @@ def test_seed_built_volume_is_adopted_with_its_data() -> None:
     assert p.state == "mounted" and kinds(p) == ["trash", "record"]
 
 
-def test_crash_with_pvs_but_no_vg_creates_the_vg_over_them() -> None:
+def test_crash_after_pvcreate_creates_the_vg_without_recreating_pvs() -> None:
     cands = [Candidate(disk(1), PV_ORPHAN, True, False), Candidate(disk(2), PV_ORPHAN, True, False)] + blank(3, 4)
     p = plan(volume(), discovery(cands), observed(recorded=recorded((1, 2, 3, 4), status="building")))
     assert p.state == "complete" and not p.failure
     assert not any(step.kind == "wipe" for step in p.steps)  # our orphan PVs are used as they are
-    assert commands(p)[0] == "vgcreate -y vg.01 /dev/nvme1n1 /dev/nvme2n1 /dev/nvme3n1 /dev/nvme4n1"
+    assert commands(p)[0] == "pvcreate -y /dev/nvme3n1 /dev/nvme4n1"
+    assert commands(p)[1] == "vgcreate -y vg.01 /dev/nvme1n1 /dev/nvme2n1 /dev/nvme3n1 /dev/nvme4n1"
 
 
 def test_crash_after_vgcreate_creates_the_lv() -> None:
@@ -199,7 +201,7 @@ def test_foreign_disks_are_wiped_first_when_allowed() -> None:
     cands = [Candidate(disk(1), foreign, ours=False, wipe=True)] + blank(2)
     p = plan(volume(wipe="yes"), discovery(cands), observed())
     assert commands(p)[0].startswith("wipefs -a /dev/nvme1n1")
-    assert commands(p)[1] == "vgcreate -y vg.01 /dev/nvme1n1 /dev/nvme2n1"
+    assert commands(p)[1] == "pvcreate -y /dev/nvme1n1 /dev/nvme2n1"
 
 
 def test_no_usable_disk_names_every_skipped_disk() -> None:
