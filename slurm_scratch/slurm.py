@@ -11,7 +11,9 @@ Two backends with one interface (`node_state`, `drain`, `resume`):
 Only `node_state`, `drain`, `resume` and `running_jobs` talk to slurmctld. `local_jobs` runs
 `scontrol listpids`, which the scontrol man page documents as working "only with processes on the
 node on which scontrol is run": it asks the slurmstepd daemons of this node through their sockets
-in SlurmdSpoolDir, not slurmctld. `version` runs `scontrol --version`, which talks to nobody.
+in SlurmdSpoolDir, not slurmctld (seen on 22.05: it answers with slurmctld stopped, when
+`show node` fails with "Unable to contact slurm controller"). With no job step on the node it
+prints "No job steps exist on this node." and exits 1: that is an empty answer, not an error. `version` runs `scontrol --version`, which talks to nobody.
 This module imports `subprocess` (through run.py) only when one of these is called.
 """
 
