@@ -4,7 +4,6 @@ leaves in /var/lib/slurm-scratch/volume.json; and `[health] repair = yes`."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
