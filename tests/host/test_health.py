@@ -366,3 +366,23 @@ def test_broken_node_resumed_by_an_admin_is_drained_at_the_next_check(node: Node
     calls = len(node.calls())
     assert node.healthcheck().returncode == 1
     assert len(node.calls()) == calls  # drained by us now: no RPC until the finding changes
+
+
+def test_healthy_steady_state_imports_nothing_heavy(node: Node) -> None:
+    """Every node runs this every minute: the healthy path must not pay for subprocess, json, re,
+    signal, psutil or filelock (each costs milliseconds to import)."""
+    assert node.healthcheck().returncode == 0  # the first check after boot (asks the fake Slurm)
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from slurm_scratch import cli\n"
+        "status = cli.hook('healthcheck')\n"
+        "heavy = sorted({'subprocess', 'json', 're', 'signal', 'psutil', 'filelock', 'logging', 'dataclasses'} & set(sys.modules))\n"
+        "print('HEAVY', ','.join(heavy))\n"
+        "sys.exit(status)\n"
+    )
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config)}
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "HEAVY ", result.stdout
+    assert node.calls() == [SHOW]
