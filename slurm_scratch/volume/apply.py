@@ -21,12 +21,13 @@ def apply(volume: VolumeConfig, plan: Plan) -> None:
     total = log.Timer()
     for step in plan.steps:
         timer = log.Timer()
-        _do(volume, plan, step)
-        log.info(f"setup: {step.text}", ms=timer.ms())
+        done = _do(volume, plan, step)
+        log.info(f"setup: {done or step.text}", ms=timer.ms())
     log.info(f"setup: {plan.state}: {len(plan.steps)} step(s) done, {plan.device} on {volume.mount_point}", ms=total.ms())
 
 
-def _do(volume: VolumeConfig, plan: Plan, step: Step) -> None:
+def _do(volume: VolumeConfig, plan: Plan, step: Step) -> str | None:
+    """Carry out one step; returns what to log when it differs from the step's text."""
     timeout = volume.command_timeout
     if step.kind == "run":
         run.run(list(step.args), timeout=timeout, check=step.check, env=LVM_ENV)
@@ -39,8 +40,8 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> None:
         signature = probe_signature(device, timeout)
         if signature is None:
             run.run(list(argv), timeout=timeout)
-        else:
-            log.info(f"setup: {device} already carries {signature.describe()}: keeping it")
+            return f"{device} was blank: {' '.join(argv)}"
+        return f"{device} carries {signature.describe()}: kept as it is"
     elif step.kind == "mkdir":
         _make_mount_point(step.args[0])
     elif step.kind == "mount":
@@ -63,6 +64,7 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> None:
         record(volume, plan, step.args[0])
     else:
         raise ScratchError(f"internal error: unknown setup step {step.kind!r}")
+    return None
 
 
 def _wait_for_device(path: str, timeout: float) -> None:

@@ -96,22 +96,37 @@ def missing_members(recorded: dict | None, discovery: Discovery) -> list[dict]:
     return gone if gone and here else []
 
 
-def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str]) -> tuple[str, ...]:
+def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool = False) -> tuple[str, ...]:
+    """`force`: over what an interrupted mkfs of ours left (ext4 -F once: never over a mounted fs)."""
     if fstype == "ext4":
-        return ("mkfs.ext4", "-q", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", "-L", volume.label, *devices)
+        return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+                "-m", "0", "-L", volume.label, *devices)
     if fstype == "xfs":
-        return ("mkfs.xfs", "-q", "-K", "-L", volume.label, *devices)
+        return ("mkfs.xfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *devices)
     if fstype == "btrfs":
         layout = ("-d", "raid0", "-m", "raid1") if len(devices) > 1 else ("-d", "single")
-        return ("mkfs.btrfs", "-q", "-K", "-L", volume.label, *layout, *devices)
+        return ("mkfs.btrfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *layout, *devices)
     raise ValueError(fstype)
 
 
-def _tail(volume: VolumeConfig, device: str, fstype: str, mkfs: str, members: list[Disk]) -> list[Step]:
+def interrupted(observed: Observed, backend: str) -> bool:
+    """A build of ours stopped before its filesystem was complete: the state file still says
+    "building" (it says "formatted" once mkfs has finished, "ready" once mounted). Whatever
+    filesystem its volume holds was never mounted, so making it again loses nothing."""
+    recorded = observed.recorded or {}
+    return recorded.get("status") == "building" and recorded.get("backend") == backend
+
+
+def _record_formatted() -> Step:
+    return Step("record", ("formatted",), "record that the filesystem is made (formatted)")
+
+
+def _tail(volume: VolumeConfig, device: str, fstype: str, mkfs: str, members: list[Disk], force: bool = False) -> list[Step]:
     """mkfs (never / always / only if blank), mount, trash, mode, record."""
     steps: list[Step] = []
     if mkfs == "always":
-        steps.append(run_step(*mkfs_argv(volume, fstype, [device])))
+        steps.append(run_step(*mkfs_argv(volume, fstype, [device], force)))
+        steps.append(_record_formatted())
     elif mkfs == "if_blank":
         argv = mkfs_argv(volume, fstype, [device])
         steps.append(Step("mkfs_if_blank", (device, argv), f"{' '.join(argv)}   # only if {device} carries no signature once active"))
@@ -216,7 +231,7 @@ def _usable_for_build(discovery: Discovery, volume: VolumeConfig, rebuild: bool,
 
 
 def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str, state: str,
-           teardown: list[Step], reusable=lambda c: False, notes: tuple[str, ...] = ()) -> Plan:
+           teardown: list[Step], reusable=lambda c: False, notes: tuple[str, ...] = (), force: bool = False) -> Plan:
     use, wipe, failure = _usable_for_build(discovery, volume, state == "rebuild", reusable)
     if failure:
         return Plan(backend, "failed", failure=failure)
@@ -254,10 +269,11 @@ def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str
         steps += _tail(volume, device, fstype, "always", list(members))
     elif backend == "single":
         device = paths[0]
-        steps += _tail(volume, device, fstype, "always", list(members))
+        steps += _tail(volume, device, fstype, "always", list(members), force)
     else:  # btrfs
         device = paths[0]
-        steps.append(run_step(*mkfs_argv(volume, "btrfs", paths)))
+        steps.append(run_step(*mkfs_argv(volume, "btrfs", paths, force)))
+        steps.append(_record_formatted())
         steps.append(run_step("btrfs", "device", "scan", *paths))
         steps += _mount_steps(volume, device, "btrfs")
     return Plan(backend, state, device=device, fstype=fstype, steps=tuple(steps), members=members, notes=notes)
@@ -318,6 +334,10 @@ def _plan_existing_device(volume, observed: Observed, backend, fstype, device, m
         return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes)
     if signature.usage != "filesystem":
         return Plan(backend, "failed", failure=f"{device} carries {signature.describe()}, not a filesystem: formatting nothing; wipe it by hand")
+    if interrupted(observed, backend):
+        note = f"an interrupted setup left {signature.describe()} on {device}, never mounted: making it again"
+        steps = [_record_building(), *_tail(volume, device, fstype, "always", list(members), force=True)]
+        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes + (note,))
     if signature.type != fstype:
         notes = notes + (f"{device} holds {signature.type}, not [volume] filesystem = {fstype}: mounting it as it is",)
     steps = _mount_steps(volume, device, signature.type)
@@ -373,6 +393,9 @@ def _plan_single(volume: VolumeConfig, discovery: Discovery, observed: Observed,
     if len(ours) > 1:
         return Plan(backend, "failed", failure=f"more than one disk carries our filesystem ({', '.join(c.disk.path for c in ours)}): "
                                                 "name the one to use in [volume] devices")
+    if ours and interrupted(observed, backend):
+        note = f"an interrupted setup left {ours[0].signature.describe()} on {ours[0].disk.path}, never mounted: making it again"
+        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True)
     if ours:
         c = ours[0]
         notes = () if c.signature.type == fstype else (f"{c.disk.path} holds {c.signature.type}, not [volume] filesystem = {fstype}: mounting it as it is",)
@@ -390,6 +413,9 @@ def _plan_btrfs(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
         return Plan(backend, "failed", failure=f"disks carry {len(uuids)} different btrfs filesystems labelled {volume.label!r}: "
                                                 f"{', '.join(c.disk.path for c in ours)}; wipe the stale ones")
     missing = missing_members(observed.recorded, discovery)
+    if uuids and interrupted(observed, backend):
+        note = f"an interrupted setup left btrfs {uuids[0]} on {', '.join(c.disk.path for c in ours)}, never mounted: making it again"
+        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True)
     if uuids:
         members = [c for c in ours if c.signature.uuid == uuids[0]]
         shown = [fs for fs in observed.btrfs if fs.uuid == uuids[0]]

@@ -2,7 +2,9 @@
 
 It says which disks (path, serial, model) the volume was built from, so that a missing disk can be
 named, and it makes those disks "ours". Written atomically. `status` is "building" from just
-before the first change to the disks until the volume is mounted, then "ready".
+before the first change to the disks, "formatted" once mkfs has finished, "ready" once mounted:
+a filesystem found on a volume whose build stopped while "building" was never mounted (an
+interrupted mkfs), so setup makes it again; after "formatted" it is always kept.
 """
 
 from __future__ import annotations

@@ -354,3 +354,36 @@ def test_missing_members_match_by_serial_even_when_names_change() -> None:
     # A disk still present but skipped (say, now mounted elsewhere) is not "missing".
     skipped = [Skipped(renamed[1].disk, "is mounted at /mnt")]
     assert missing_members(state, discovery(renamed[:1], skipped)) == []
+
+
+# ---- a setup stopped during mkfs ----------------------------------------------------------------
+
+EXT4_OURS = Signature(type="ext4", usage="filesystem", label="scratch", uuid="u1")
+
+
+def test_filesystem_left_by_an_interrupted_mkfs_is_made_again() -> None:
+    # "building" in the state file: mkfs had not finished, nothing was ever mounted on it.
+    obs = observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status="building"))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
+    assert p.state == "complete" and any("interrupted" in note for note in p.notes)
+    assert commands(p)[0] == f"mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch {LV}"
+    assert [step.args for step in p.steps if step.kind == "record"] == [("building",), ("formatted",), ("ready",)]
+
+
+@pytest.mark.parametrize("status", ["formatted", "ready"])
+def test_filesystem_made_by_a_finished_mkfs_is_kept(status) -> None:
+    obs = observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status=status))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
+    assert p.state == "mount"
+    never_formats(p)
+
+
+def test_interrupted_mkfs_on_single_and_btrfs_disks() -> None:
+    single = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="single", status="building")))
+    assert commands(single)[0].startswith("mkfs.ext4 -q -F ") and commands(single)[0].endswith("/dev/nvme1n1")
+    kept = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="lvm", status="building")))
+    assert kept.state == "mount"  # a build of another backend says nothing about this filesystem
+    btrfs_sig = Signature(type="btrfs", usage="filesystem", label="scratch", uuid="fs1")
+    p = plan(volume(backend="btrfs", filesystem="btrfs"), discovery(ours((1, 2), btrfs_sig)),
+             observed(recorded=recorded((1, 2), backend="btrfs", status="building")))
+    assert commands(p)[0] == "mkfs.btrfs -q -f -K -L scratch -d raid0 -m raid1 /dev/nvme1n1 /dev/nvme2n1"
