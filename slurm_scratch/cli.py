@@ -72,10 +72,10 @@ def cmd_task_prolog(config_path: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_healthcheck(config_path: str | None, node: str | None = None) -> int:
+def cmd_healthcheck(config_path: str | None, node: str | None = None, report_only: bool = False) -> int:
     from slurm_scratch import health
 
-    return health.main(load_config(config_path), _node_name(node))
+    return health.main(load_config(config_path), _node_name(node), report_only)
 
 
 def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
@@ -164,6 +164,7 @@ def _parser():
     commands.add_parser("task-prolog", help="print export lines for the job's tasks (Slurm TaskProlog)")
     health = commands.add_parser("healthcheck", help="check the volume; drain or resume the node")
     health.add_argument("--node", help="Slurm node name (default: $SLURMD_NODENAME or the short host name)")
+    health.add_argument("--report-only", action="store_true", help="check and report only: no drain, resume or clean-up (for NHC, cron)")
     status = commands.add_parser("status", help="show disks, volume, mount and space")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("reap", help="empty the trash now")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "prolog": lambda: cmd_prolog(args.config),
         "epilog": lambda: cmd_epilog(args.config),
         "task-prolog": lambda: cmd_task_prolog(args.config),
-        "healthcheck": lambda: cmd_healthcheck(args.config, args.node),
+        "healthcheck": lambda: cmd_healthcheck(args.config, args.node, args.report_only),
         "status": lambda: cmd_status(args.config, args.json),
         "reap": lambda: cmd_reap(args.config),
         "sweep": lambda: cmd_sweep(args.config, args.node),

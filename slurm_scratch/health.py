@@ -669,7 +669,8 @@ def _lock():
     return fd
 
 
-def main(config: Config, node: str) -> int:
+def main(config: Config, node: str, report_only: bool = False) -> int:
+    """`report_only`: check and print, never drain, resume or clean up (for NHC or cron)."""
     from slurm_scratch import drain
 
     timer = log.Timer()
@@ -697,6 +698,8 @@ def main(config: Config, node: str) -> int:
             print("\n".join(problem.text for problem in problems))
         else:
             print("ok: " + "; ".join(finding.text for finding in findings))
+        if report_only:
+            return EXIT_FAILURE if problems else EXIT_OK
         try:
             drain.reconcile(config, node, problems[0].text if problems else None)
         except ScratchError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -386,3 +387,14 @@ def test_healthy_steady_state_imports_nothing_heavy(node: Node) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "HEAVY ", result.stdout
     assert node.calls() == [SHOW]
+
+
+def test_report_only_checks_but_never_calls_slurm(node: Node) -> None:
+    """`healthcheck --report-only` (for NHC or cron): the same findings and exit code, no drain."""
+    node.umount()
+    argv = [sys.executable, "-m", "slurm_scratch", "--config", str(node.config), "healthcheck", "--node", NODE, "--report-only"]
+    broken = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert broken.returncode == 1, broken.stderr
+    assert broken.stdout.splitlines() == [f"{node.mount_point} not mounted"]
+    assert node.calls() == []
+    assert node.state() == ("IDLE", "")
