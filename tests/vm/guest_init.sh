@@ -25,8 +25,8 @@ hostname "$(cat /etc/hostname)"
 modprobe -a $(cat /etc/vm-modules) || say "modprobe failed"
 say "modules loaded"
 mount -t configfs configfs /sys/kernel/config
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro src /src || say "no src share"
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /results; then
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro,cache=loose src /src || say "no src share"
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results; then
     say "cannot mount the results share"; power_off
 fi
 ip link set lo up

@@ -156,13 +156,13 @@ def reboot(rig: DiskRig, autoactivate: bool = True) -> None:
             sh("vgchange", "-q", "-an", vg["vg_name"], check=False)
 
 
-def stop_start(rig: DiskRig) -> None:
+def stop_start(rig: DiskRig) -> list:
     """EC2 stop/start: volumes stopped, every instance-store disk new and blank, /run emptied;
     /var/lib (on the root volume) kept."""
     release_volumes()
     for directory in (RUN_STATE, *BOOT_CLEARED_RUN_DIRS):
         clear_dir(directory)
-    rig.replace_all()
+    return rig.replace_all()
 
 
 def clear_dir(directory: Path) -> None:
@@ -184,3 +184,112 @@ def reset_node(mount_points: tuple[str, ...] = ("/scratch",)) -> list[str]:
         if os.path.isdir(point) and not os.path.ismount(point):
             shutil.rmtree(point, ignore_errors=True)
     return problems
+
+
+# -- the scratch volume as the tests see it --------------------------------------------------
+def setup_ok(conf: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`setup` that must succeed (the assertion message carries its output)."""
+    result = slurm_scratch(conf, "setup", *args, timeout=timeout)
+    assert result.returncode == 0, "setup failed: " + describe(result)
+    return result
+
+
+def mount_options(point: str) -> set[str]:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == point:
+            return set(fields[5].split(","))
+    return set()
+
+
+def fs_uuid(device: str | Path) -> str:
+    return sh("blkid", "-p", "-s", "UUID", "-o", "value", str(device), check=False).stdout.strip()
+
+
+def fs_label(device: str | Path) -> str:
+    return sh("blkid", "-p", "-s", "LABEL", "-o", "value", str(device), check=False).stdout.strip()
+
+
+def lv_layout(vg: str, lv: str) -> dict[str, str]:
+    rows = lvm_report("lvs", "lv_name,stripes,stripe_size,lv_attr,devices", "--units", "k", vg)
+    segments = [row for row in rows if row["lv_name"] == lv]
+    assert len(segments) == 1, f"{vg}/{lv}: expected one segment, lvs says {rows}"
+    return segments[0]
+
+
+def md_detail(device: str | Path) -> dict[str, str]:
+    export = sh("mdadm", "--detail", "--export", str(device)).stdout
+    values = dict(line.split("=", 1) for line in export.splitlines() if "=" in line)
+    detail = sh("mdadm", "--detail", str(device)).stdout
+    for line in detail.splitlines():
+        key, _, value = line.partition(" : ")
+        if key.strip() == "Chunk Size":
+            values["CHUNK"] = value.strip()
+    return values
+
+
+def read_state() -> dict | None:
+    path = Path("/var/lib/slurm-scratch/volume.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process below `pid` (from /proc; the tool runs each command in its own
+    session, so a process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat_text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class StoppingCommand:
+    """While active, the command at `path` stops (sleeps until killed) when its arguments
+    contain `match`: just before doing its work (`when="before"`) or just after it
+    (`when="after"`), and then touches `self.flag`. Other calls run normally (udev also runs
+    mdadm and lvm). The original is put back on exit. Guest only: it changes /usr/sbin."""
+
+    def __init__(self, path: str, when: str, match: str = "") -> None:
+        assert when in ("before", "after")
+        self.path = Path(path)
+        self.real = Path(path + ".real")
+        self.when = when
+        self.match = match
+        self.flag = Path("/run") / f"stopped-{self.path.name}"
+
+    def __enter__(self) -> "StoppingCommand":
+        self.flag.unlink(missing_ok=True)
+        os.rename(self.path, self.real)
+        name = self.path.name
+        work = f'exec -a {name} {self.real} "$@"'
+        stop = f"touch {self.flag}; exec sleep 3600"
+        if self.when == "before":
+            matched = stop
+        else:
+            matched = f'(exec -a {name} {self.real} "$@"); {stop}'
+        body = f'case "$*" in\n  *{self.match}*) {matched};;\n  *) {work};;\nesac\n'
+        self.path.write_text("#!/bin/bash\n" + body)
+        self.path.chmod(0o755)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.rename(self.real, self.path)
+        self.flag.unlink(missing_ok=True)
