@@ -1,0 +1,246 @@
+#!/usr/bin/python3
+"""The per-job hooks against plain shell baselines measured in the same run, as ratios.
+
+1. Prolog: the installed `libexec/slurm-scratch/prolog`, as slurmd starts it (empty environment
+   plus the Slurm variables), creating a new job directory on a mounted loop filesystem, versus a
+   bash script doing `mkdir -p -m 0700 DIR && chown U:G DIR` on the same filesystem. Interleaved,
+   a new directory per run, medians. Target: at most 4x the bash time.
+2. Epilog: the installed epilog on a job directory of 100,000 files, versus `rm -rf` of an identical
+   tree. Target: at least 50x faster (the Epilog only renames; the node does not wait for deletion).
+3. Trash emptied: from the Epilog's start until the background reaper has emptied the trash, versus
+   the same `rm -rf`. Target: at least 0.8x its speed (the reaper runs at nice 19, idle I/O class,
+   so on a busy machine it yields, as it should).
+
+Each figure is printed with its target and PASS or MISS. Needs root: it works in a private mount
+namespace (tmpfs over the tool's state dirs, the loop filesystem mounted there), installs the tool
+into a temporary prefix with `make install` (or uses --prefix), and detaches the loop device it made.
+Usage: bench/bench_jobs.py [--runs N] [--files N] [--reps N] [--fs ext4|xfs] [--prefix DIR | --checkout]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from scratchtest.kernel import LoopFactory, sh  # noqa: E402
+
+STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")
+CLONE_NEWNS = 0x00020000
+USER, GROUP = "nobody", "nogroup"
+TRASH = ".slurm-scratch-trash"
+
+MKDIR_CHOWN = """#!/bin/bash
+mkdir -p -m 0700 "$1" && chown "$2" "$1"
+"""
+
+
+def private_namespace(undo: list) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+    sh("mount", "--make-rprivate", "/")
+    for directory in STATE_DIRS:
+        if not os.path.exists(directory):
+            os.makedirs(directory)
+            undo.append(lambda d=directory: os.rmdir(d))
+        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", directory)
+        undo.append(lambda d=directory: sh("umount", d, check=False))
+
+
+def install(prefix: Path) -> Path:
+    subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO, check=True, capture_output=True, timeout=900)
+    return prefix / "libexec" / "slurm-scratch"
+
+
+def slurm_env(job_id: int, config: Path, context: str) -> dict[str, str]:
+    import pwd
+
+    entry = pwd.getpwnam(USER)
+    return {
+        "SLURMD_NODENAME": "bench1",
+        "SLURM_CLUSTER_NAME": "bench",
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOBID": str(job_id),
+        "SLURM_JOB_UID": str(entry.pw_uid),
+        "SLURM_JOB_GID": str(entry.pw_gid),
+        "SLURM_JOB_USER": USER,
+        "SLURM_UID": str(entry.pw_uid),
+        "SLURM_JOB_PARTITION": "bench",
+        "SLURM_SCRIPT_CONTEXT": context,
+        "SLURM_SCRATCH_CONF": str(config),
+    }
+
+
+def spawn_ms(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one child process (stdout/stderr to /dev/null), in ms; fails loudly on error."""
+    actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+    start = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+    _, status = os.waitpid(pid, 0)
+    elapsed = (time.perf_counter() - start) * 1000
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed with {os.waitstatus_to_exitcode(status)}")
+    return elapsed
+
+
+def build_tree(root: Path, files: int, owner: tuple[int, int] | None = None) -> None:
+    """`files` empty files in directories of 1000, like a job's output."""
+    per_dir = 1000
+    root.mkdir(exist_ok=True)
+    for d in range((files + per_dir - 1) // per_dir):
+        sub = root / f"d{d:04d}"
+        sub.mkdir()
+        for f in range(min(per_dir, files - d * per_dir)):
+            os.close(os.open(sub / f"f{f:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
+        if owner:
+            os.chown(sub, *owner)
+    os.sync()
+
+
+def wait_empty(trash: Path, timeout: float) -> float:
+    """Poll until the trash is empty; returns the time it became so (perf_counter)."""
+    deadline = time.monotonic() + timeout
+    while os.listdir(trash):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {trash} not emptied within {timeout:g} s")
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def bench_prolog(hooks: Path, mount_point: Path, config: Path, runs: int) -> tuple[float, float, float]:
+    """Medians (ms) of the Prolog, the bash baseline and, for scale, a bare `python3 -I -S -c pass`."""
+    script = mount_point.parent / "mkdir_chown.sh"
+    script.write_text(MKDIR_CHOWN)
+    script.chmod(0o755)
+    python = os.path.realpath(Path(hooks / "prolog").read_text().splitlines()[0][2:].split()[0])
+    bash_env = {"PATH": "/usr/bin:/bin"}
+    owner = f"{USER}:{GROUP}"
+    samples: dict[str, list[float]] = {"prolog": [], "bash": [], "python": []}
+    warmup = 10
+    for i in range(runs + warmup):
+        job_id = 100000 + i
+        calls = [
+            ("prolog", lambda: spawn_ms([str(hooks / "prolog")], slurm_env(job_id, config, "prolog_slurmd"))),
+            ("bash", lambda: spawn_ms(["/bin/bash", str(script), str(mount_point / f"bash_{job_id}"), owner], bash_env)),
+            ("python", lambda: spawn_ms([python, "-I", "-S", "-c", "pass"], {})),
+        ]
+        shift = i % len(calls)  # rotate the order so that no one always runs first
+        for name, call in calls[shift:] + calls[:shift]:
+            elapsed = call()
+            if i >= warmup:
+                samples[name].append(elapsed)
+    made = mount_point / "job_100000"
+    st = os.stat(made)
+    if (st.st_uid, st.st_mode & 0o7777) != (65534, 0o700):
+        raise SystemExit(f"bench: the Prolog made {made} with uid {st.st_uid} mode {st.st_mode & 0o7777:o}")
+    return statistics.median(samples["prolog"]), statistics.median(samples["bash"]), statistics.median(samples["python"])
+
+
+def bench_epilog(hooks: Path, mount_point: Path, config: Path, files: int, reps: int) -> tuple[float, float, float, float]:
+    """Medians (ms): rm -rf, the Epilog, Epilog start to empty trash, and the Epilog's own logged work."""
+    rm_ms, epilog_ms, trash_ms, work_ms = [], [], [], []
+    trash = mount_point / TRASH
+    for rep in range(reps):
+        job_id = 200000 + rep
+
+        def baseline() -> None:
+            tree = mount_point / f"baseline_{rep}"
+            build_tree(tree, files)
+            rm_ms.append(spawn_ms(["/bin/rm", "-rf", "--", str(tree)], {"PATH": "/usr/bin:/bin"}))
+
+        def epilog() -> None:
+            spawn_ms([str(hooks / "prolog")], slurm_env(job_id, config, "prolog_slurmd"))
+            job_dir = mount_point / f"job_{job_id}"
+            build_tree(job_dir, files, owner=(65534, 65534))
+            start = time.perf_counter()
+            done = subprocess.run([str(hooks / "epilog")], env=slurm_env(job_id, config, "epilog_slurmd"), capture_output=True, text=True, cwd="/")
+            exited = time.perf_counter()
+            if done.returncode != 0 or job_dir.exists():
+                raise SystemExit(f"bench: epilog failed ({done.returncode}): {done.stderr}")
+            emptied = wait_empty(trash, timeout=600)
+            epilog_ms.append((exited - start) * 1000)
+            trash_ms.append((emptied - start) * 1000)
+            retired = [line for line in done.stderr.splitlines() if " epilog retired " in line]
+            if retired:  # "... (1.9 ms)": the kill scan, the rename and starting the reaper
+                work_ms.append(float(retired[-1].rsplit("(", 1)[1].split()[0]))
+
+        for step in ((baseline, epilog) if rep % 2 == 0 else (epilog, baseline)):
+            step()
+    return statistics.median(rm_ms), statistics.median(epilog_ms), statistics.median(trash_ms), statistics.median(work_ms or [0.0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=300, help="Prolog runs (and bash runs), interleaved")
+    parser.add_argument("--files", type=int, default=100_000, help="files in the Epilog's job directory")
+    parser.add_argument("--reps", type=int, default=3, help="Epilog / rm -rf repetitions")
+    parser.add_argument("--fs", choices=("ext4", "xfs"), default="ext4")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--prefix", type=Path, help="use this `make install` prefix instead of installing")
+    where.add_argument("--checkout", action="store_true", help="time the checkout's hooks/ instead of an install")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_jobs: needs root (loop devices, mounts); skipped")
+        return 0
+
+    undo: list = []
+    work = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    loops = LoopFactory(work)
+    try:
+        private_namespace(undo)
+        if args.checkout:
+            hooks, what = REPO / "hooks", "checkout hooks/"
+        elif args.prefix:
+            hooks, what = args.prefix / "libexec" / "slurm-scratch", f"installed hooks in {args.prefix}"
+        else:
+            hooks, what = install(work / "prefix"), "installed hooks (make install into a temporary prefix)"
+        mount_point = work / "scratch"
+        loops.filesystem(args.fs, size_mb=4096, mount_point=str(mount_point))
+        mount_point.chmod(0o1777)
+        config = work / "slurm-scratch.conf"
+        config.write_text(f"[volume]\nmount_point = {mount_point}\n")
+        config.chmod(0o644)
+
+        load = os.getloadavg()[0]
+        print(f"bench_jobs: {args.fs} on a loop device, {what}, {os.cpu_count()} CPUs, load average {load:.2f}")
+        prolog, bash, python = bench_prolog(hooks, mount_point, config, args.runs)
+        ratio = prolog / bash
+        print(f"  prolog (new job dir)     {prolog:8.2f} ms   bash mkdir+chown {bash:8.2f} ms   ratio {ratio:5.2f}x   target <= 4x     {verdict(ratio <= 4)}")
+        print(f"    for scale: the hook's interpreter with -I -S, doing nothing: {python:.2f} ms")
+        rm, epilog, emptied, own_work = bench_epilog(hooks, mount_point, config, args.files, args.reps)
+        speedup = rm / epilog
+        speed = rm / emptied
+        print(f"  epilog ({args.files} files)  {epilog:8.2f} ms   rm -rf           {rm:8.2f} ms   faster {speedup:5.1f}x   target >= 50x    {verdict(speedup >= 50)}")
+        print(f"    of which the Epilog's own work (process scan, rename, starting the reaper): {own_work:.2f} ms")
+        print(f"  trash emptied            {emptied:8.2f} ms   rm -rf           {rm:8.2f} ms   speed {speed:6.2f}x   target >= 0.8x   {verdict(speed >= 0.8)}")
+        print(f"  (medians: {args.runs} Prolog/bash runs interleaved; {args.reps} Epilog/rm -rf repetitions, alternating order)")
+        return 0
+    finally:
+        # Let a reaper still at work finish before unmounting (it holds the filesystem busy).
+        trash = work / "scratch" / TRASH
+        deadline = time.monotonic() + 300
+        while trash.is_dir() and os.listdir(trash) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        loops.cleanup()
+        while undo:
+            undo.pop()()
+        sh("rm", "-rf", "--one-file-system", str(work), check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
