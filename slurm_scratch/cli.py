@@ -13,7 +13,7 @@ import sys
 
 from slurm_scratch import log
 from slurm_scratch.config import Config, load_config
-from slurm_scratch.errors import EXIT_OK, EXIT_USAGE, ConfigError, ScratchError
+from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, ScratchError
 
 
 def _node_name(explicit: str | None = None) -> str:
@@ -68,6 +68,9 @@ def cmd_task_prolog(config_path: str | None) -> int:
         lines = jobdir.export_lines(config, job.for_current_user())
     except ScratchError as exc:
         lines = [f"print slurm-scratch: {line}" for line in str(exc).splitlines()]
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job must still start
+        lines = [f"print slurm-scratch: internal error, $SCRATCH not set: {exc!r}"]
+        log.error(f"task-prolog: internal error: {exc!r}")
     sys.stdout.write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
 
@@ -140,6 +143,9 @@ def _guarded(name: str, call) -> int:
     except ScratchError as exc:
         log.error(f"{name}: {exc}")
         return exc.exit_code
+    except OSError as exc:  # not foreseen by the code above: still one clear line, not a traceback
+        log.error(f"{name}: unexpected error: {exc}")
+        return EXIT_FAILURE
 
 
 def hook(name: str) -> int:

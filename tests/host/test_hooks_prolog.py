@@ -210,3 +210,11 @@ def test_task_prolog_with_broken_config_still_exits_zero(scratch) -> None:
     result = scratch.task_prolog(66)
     assert result.returncode == 0
     assert result.stdout.startswith("print slurm-scratch: ") and "no_such_key" in result.stdout
+
+
+def test_task_prolog_with_unreadable_config_still_exits_zero(scratch) -> None:
+    assert scratch.prolog(67).returncode == 0
+    scratch.config.chmod(0o600)  # root's only: the job user cannot read it
+    result = scratch.task_prolog(67)
+    assert result.returncode == 0
+    assert result.stdout == f"print slurm-scratch: {scratch.config}: cannot read: Permission denied\n"
