@@ -57,8 +57,10 @@ def by_id_name(model: str, serial: str) -> str:
     return "nvme-" + "_".join(model.split()) + "_" + serial
 
 
-def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+def sh(*argv: str, check: bool = True, timeout: float = 120,
+       input_text: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                            input=input_text)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: "
                            f"{result.stderr.strip() or result.stdout.strip()}")
