@@ -218,3 +218,24 @@ def test_task_prolog_with_unreadable_config_still_exits_zero(scratch) -> None:
     result = scratch.task_prolog(67)
     assert result.returncode == 0
     assert result.stdout == f"print slurm-scratch: {scratch.config}: cannot read: Permission denied\n"
+
+
+def test_cli_subcommands_do_what_the_hooks_do(scratch) -> None:
+    # `slurm-scratch prolog|task-prolog|epilog` (e.g. called from a site's own Prolog script).
+    from scratchtest.jobs import REPO
+
+    def cli(command: str, env: dict, user: str | None = None) -> subprocess.CompletedProcess:
+        argv = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in {**env, "PYTHONPATH": str(REPO)}.items()), "/usr/bin/python3", "-m", "slurm_scratch", command]
+        if user:
+            argv = ["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", *argv]
+        return subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=60)
+
+    assert cli("prolog", scratch.job_env(71)).returncode == 0
+    assert owner_and_mode(scratch.job_dir(71)) == (UID1, UID1, 0o700)
+    exported = cli("task-prolog", scratch.task_env(71), user="sstest1")
+    assert exported.returncode == 0 and exported.stdout == f"export SCRATCH={scratch.job_dir(71)}\n"
+    assert cli("epilog", scratch.job_env(71, context="epilog_slurmd")).returncode == 0
+    assert not os.path.lexists(scratch.job_dir(71))
+    scratch.wait_trash_empty()
+    rejected = cli("prolog", scratch.job_env(72, SLURM_JOB_UID=UID2))
+    assert rejected.returncode == 4 and "does not match" in rejected.stderr
