@@ -70,33 +70,47 @@ def setup(config: Config, dry_run: bool = False):
         return make_plan(volume)[2]
     if os.geteuid() != 0:
         raise ScratchError("setup must run as root (it probes, formats and mounts disks); --dry-run shows the plan")
-    from slurm_scratch.volume import state
-    from slurm_scratch.volume.apply import apply
-
     import filelock
+
+    from slurm_scratch.volume import state
 
     os.makedirs(state.RUN_DIR, mode=0o755, exist_ok=True)
     wait = max(volume.command_timeout * 4, 60.0)
+    lock = filelock.FileLock(state.LOCK_FILE)
     try:
-        with filelock.FileLock(state.LOCK_FILE, timeout=wait):
-            log.info("setup: holding the setup lock", ms=timer.ms())
-            for attempt in (1, 2):
-                _, _, plan = make_plan(volume)
-                for note in plan.notes:
-                    log.warning(f"setup: {note}")
-                if plan.failure:
-                    raise ScratchError(plan.failure)
-                try:
-                    apply(volume, plan)
-                    break
-                except ScratchError as exc:
-                    # udev may assemble an md array or add a link under our feet: look again, once.
-                    if attempt == 2:
-                        raise
-                    log.warning(f"setup: {exc}; observing again and retrying once")
+        lock.acquire(timeout=0)
     except filelock.Timeout:
-        raise ScratchError(f"{state.LOCK_FILE}: another setup held the lock for more than {wait:g} s") from None
-    return plan
+        log.info(f"setup: another setup holds {state.LOCK_FILE}; waiting for it (at most {wait:g} s)")
+        try:
+            lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            raise ScratchError(f"{state.LOCK_FILE}: another setup held the lock for more than {wait:g} s") from None
+    try:
+        log.info("setup: holding the setup lock", ms=timer.ms())
+        return _plan_and_apply(volume)
+    finally:
+        lock.release()
+
+
+def _plan_and_apply(volume: VolumeConfig):
+    """Under the lock: observe afresh (another setup may have just built it), plan, apply."""
+    from slurm_scratch.volume.apply import apply
+
+    for attempt in (1, 2):
+        _, _, plan = make_plan(volume)
+        for note in plan.notes:
+            log.warning(f"setup: {note}")
+        if plan.failure:
+            raise ScratchError(plan.failure)
+        try:
+            apply(volume, plan)
+            return plan
+        except ScratchError as exc:
+            # udev may assemble an md array or add a link under our feet: look again, once.
+            if attempt == 2:
+                raise
+            log.warning(f"setup: {exc}; observing again and retrying once")
+    return None
 
 
 def ensure_mounted(config: Config) -> None:

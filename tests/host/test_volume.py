@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import filelock
 import pytest
 from scratchtest.kernel import is_mounted, sh, umount
 
@@ -326,3 +327,7 @@ def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     assert_ready(node, "ext4")
     assert (node.mount_point / "data").read_text() == "kept"
     assert volume.recorded()["device"] == disk
+    # The setup lock is released when ensure_mounted returns (the Prolog's process goes on).
+    other = filelock.FileLock("/run/slurm-scratch/setup.lock")
+    other.acquire(timeout=0)
+    other.release()
