@@ -53,16 +53,29 @@ def job_dir_path(config: Config, job: JobContext) -> str:
 def open_mount_point(config: Config) -> int:
     """A descriptor of the mounted volume's root; VolumeNotMounted when nothing is mounted there."""
     mount_point = config.volume.mount_point
+    refusal = f"{mount_point} is not a mounted filesystem: refusing to create job directories on the disk below it"
     if mounts.find_mount(mount_point) is None:
-        raise VolumeNotMounted(f"{mount_point} is not a mounted filesystem: refusing to create job directories on the disk below it")
-    return os.open(mount_point, DIR_FLAGS)
+        raise VolumeNotMounted(refusal)
+    try:
+        fd = os.open(mount_point, DIR_FLAGS)
+    except FileNotFoundError:
+        raise VolumeNotMounted(refusal) from None
+    # The descriptor pins what we opened; it must be the root of a filesystem other than its
+    # parent's (as `mountpoint` judges), not the directory below a volume unmounted a moment ago.
+    st, parent = os.fstat(fd), os.stat("..", dir_fd=fd)
+    if st.st_dev == parent.st_dev and st.st_ino != parent.st_ino:
+        os.close(fd)
+        raise VolumeNotMounted(refusal)
+    return fd
 
 
 def _open_intermediate(parent_fd: int, name: str, path: str, create: bool) -> int | None:
     """Open (and, with create, make) a root-owned directory level such as /scratch/alice for %u/job_%j."""
+    made = False
     if create:
         try:
             os.mkdir(name, INTERMEDIATE_MODE, dir_fd=parent_fd)
+            made = True
         except FileExistsError:
             pass
     try:
@@ -74,6 +87,8 @@ def _open_intermediate(parent_fd: int, name: str, path: str, create: bool) -> in
     except (NotADirectoryError, OSError) as exc:
         raise ScratchError(f"{path} is not a plain directory ({exc.strerror}): leaving it alone") from None
     st = os.fstat(fd)
+    if made and st.st_uid == 0 and stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
+        os.fchmod(fd, INTERMEDIATE_MODE)  # slurmd's umask (say 077) must not lock users out of their level
     if st.st_uid != 0 or st.st_mode & 0o022:
         os.close(fd)
         raise ScratchError(f"{path} must be owned by root and not writable by others (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): leaving it alone")

@@ -239,3 +239,33 @@ def test_cli_subcommands_do_what_the_hooks_do(scratch) -> None:
     scratch.wait_trash_empty()
     rejected = cli("prolog", scratch.job_env(72, SLURM_JOB_UID=UID2))
     assert rejected.returncode == 4 and "does not match" in rejected.stderr
+
+
+def test_slurmd_umask_does_not_change_modes(scratch) -> None:
+    scratch.configure({"jobs": {"dir": "%u/job_%j", "mode": "0750"}})
+    env = scratch.job_env(81)
+    result = subprocess.run(["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), str(HOOKS / "prolog")], cwd="/", capture_output=True, text=True, umask=0o077, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert owner_and_mode(scratch.mount_point / "sstest1") == (0, 0, 0o755)
+    assert owner_and_mode(scratch.mount_point / "sstest1" / "job_81") == (UID1, UID1, 0o750)
+    assert owner_and_mode(scratch.trash) == (0, 0, 0o700)
+    exported = scratch.task_prolog(81)  # the user can reach it through the level above
+    assert exported.stdout == f"export SCRATCH={scratch.mount_point}/sstest1/job_81\n"
+
+
+def test_directory_under_an_unmounted_volume_is_refused(scratch) -> None:
+    # What a Prolog would find had the volume been unmounted: the plain directory below, on the root
+    # disk; a stale mountinfo entry for it (a bind mount of a directory onto itself, same device) must
+    # not make it look like the volume either.
+    plain = scratch.base / "below"
+    plain.mkdir(mode=0o1777)
+    from scratchtest.kernel import sh
+
+    sh("mount", "--bind", str(plain), str(plain))
+    try:
+        scratch.configure({"volume": {"devices": "/dev/slurm-scratch-test-no-such-disk"}}, mount_point=str(plain))
+        result = scratch.prolog(82)
+        assert result.returncode != 0 and "not a mounted filesystem" in result.stderr
+        assert os.listdir(plain) == []
+    finally:
+        sh("umount", str(plain))
