@@ -133,7 +133,7 @@ def wait_empty(trash: Path, timeout: float) -> float:
     while os.listdir(trash):
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: {trash} not emptied within {timeout:g} s")
-        time.sleep(0.002)
+        time.sleep(0.005)
     return time.perf_counter()
 
 
@@ -210,7 +210,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="Prolog runs (and bash runs), interleaved")
     parser.add_argument("--files", type=int, default=100_000, help="files in the Epilog's job directory")
-    parser.add_argument("--reps", type=int, default=3, help="Epilog / rm -rf repetitions")
+    parser.add_argument("--reps", type=int, default=5, help="Epilog / rm -rf repetitions")
     parser.add_argument("--fs", choices=("ext4", "xfs"), default="ext4")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--prefix", type=Path, help="use this `make install` prefix instead of installing")
