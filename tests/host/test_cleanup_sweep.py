@@ -5,11 +5,12 @@ deleted. Tested directly (`cleanup.sweep`) and through the CLI with a fake `sque
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import NODE, TRASH, make_canary, scratch_volume, snapshot
+from scratchtest.jobs import NODE, REPO, TRASH, make_canary, scratch_volume, snapshot
 
 from slurm_scratch import cleanup, config
 
@@ -26,7 +27,7 @@ def scratch(request, loops):
 
 
 def make_dir(path: Path, uid: int, age: float, files: int = 1) -> Path:
-    path.mkdir(parents=False, mode=0o700)
+    path.mkdir(mode=0o700)
     for index in range(files):
         (path / f"f{index}").write_text("data\n")
     os.chown(path, uid, uid)
@@ -160,10 +161,6 @@ def test_cli_sweep_node_defaults_to_slurmd_nodename(scratch) -> None:
     layout = Layout(scratch)
     squeue = fake_squeue(scratch, "printf '102\\n'\n")
     scratch.configure({"slurm": {"squeue": str(squeue)}})
-    import subprocess
-
-    from scratchtest.jobs import REPO
-
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SLURMD_NODENAME": "nodeX", "SLURM_SCRATCH_CONF": str(scratch.config)}
     result = subprocess.run(["/usr/bin/python3", "-m", "slurm_scratch", "sweep"], env=env, cwd="/", capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

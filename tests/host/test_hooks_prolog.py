@@ -7,7 +7,8 @@ import stat
 import subprocess
 
 import pytest
-from scratchtest.jobs import HOOKS, NODE, TRASH, scratch_volume, snapshot
+from scratchtest.jobs import HOOKS, NODE, REPO, TRASH, scratch_volume, snapshot
+from scratchtest.kernel import sh
 
 pytestmark = pytest.mark.root
 
@@ -222,8 +223,6 @@ def test_task_prolog_with_unreadable_config_still_exits_zero(scratch) -> None:
 
 def test_cli_subcommands_do_what_the_hooks_do(scratch) -> None:
     # `slurm-scratch prolog|task-prolog|epilog` (e.g. called from a site's own Prolog script).
-    from scratchtest.jobs import REPO
-
     def cli(command: str, env: dict, user: str | None = None) -> subprocess.CompletedProcess:
         argv = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in {**env, "PYTHONPATH": str(REPO)}.items()), "/usr/bin/python3", "-m", "slurm_scratch", command]
         if user:
@@ -259,8 +258,6 @@ def test_directory_under_an_unmounted_volume_is_refused(scratch) -> None:
     # not make it look like the volume either.
     plain = scratch.base / "below"
     plain.mkdir(mode=0o1777)
-    from scratchtest.kernel import sh
-
     sh("mount", "--bind", str(plain), str(plain))
     try:
         scratch.configure({"volume": {"devices": "/dev/slurm-scratch-test-no-such-disk"}}, mount_point=str(plain))
