@@ -53,10 +53,12 @@ def run_step(*argv: object, check: bool = True, text: str | None = None) -> Step
 
 
 def effective_backend(volume: VolumeConfig, discovery: Discovery, recorded: dict | None) -> str:
-    """`auto`: what the state file recorded, else what our members carry, else single for one disk, else lvm."""
+    """`auto`: what the state file recorded while any of its disks is still here, else what our
+    members carry, else single for one disk, else lvm (new blank disks after a stop/start are
+    counted afresh)."""
     if volume.backend != "auto":
         return volume.backend
-    if recorded and recorded.get("backend") in BACKENDS:
+    if recorded and recorded.get("backend") in BACKENDS and any(c.ours for c in discovery.candidates):
         return recorded["backend"]
     types = {c.signature.type for c in discovery.candidates if c.ours and c.signature is not None}
     if "LVM2_member" in types:

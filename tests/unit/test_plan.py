@@ -31,6 +31,7 @@ def blank(*indexes: int) -> list[Candidate]:
 
 PV_OURS = Signature(type="LVM2_member", usage="raid", uuid="pv", vg_name="vg.01")
 PV_ORPHAN = Signature(type="LVM2_member", usage="raid", uuid="pv", vg_name="")
+EXT4_OURS = Signature(type="ext4", usage="filesystem", label="scratch", uuid="u1")
 
 
 def ours(indexes, signature: Signature) -> list[Candidate]:
@@ -336,7 +337,9 @@ def test_btrfs_with_a_device_missing_is_degraded() -> None:
     [
         (blank(1), None, "single"),
         (blank(1, 2, 3), None, "lvm"),
-        (blank(1), {"backend": "mdadm", "members": []}, "mdadm"),
+        (blank(1), {"backend": "mdadm", "members": []}, "single"),  # stop/start: the record is of gone disks
+        (ours((1,), md_member(1)), {"backend": "mdadm", "members": []}, "mdadm"),
+        (ours((1,), EXT4_OURS), {"backend": "btrfs", "members": []}, "btrfs"),
         (ours((1,), md_member(1)), None, "mdadm"),
         (ours((1,), PV_OURS), None, "lvm"),
     ],
@@ -357,9 +360,6 @@ def test_missing_members_match_by_serial_even_when_names_change() -> None:
 
 
 # ---- a setup stopped during mkfs ----------------------------------------------------------------
-
-EXT4_OURS = Signature(type="ext4", usage="filesystem", label="scratch", uuid="u1")
-
 
 def test_filesystem_left_by_an_interrupted_mkfs_is_made_again() -> None:
     # "building" in the state file: mkfs had not finished, nothing was ever mounted on it.
