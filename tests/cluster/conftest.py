@@ -6,13 +6,16 @@ that one failing test does not fail the next ones.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from cluster import rootfs
 from cluster.harness import Cluster, HarnessError, in_private_mount_namespace, wait_for
 
 # Build each node's /scratch with the project's own `slurm-scratch setup` (single backend on the
@@ -22,6 +25,10 @@ SETUP_BY_PROJECT = True
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_INTERVAL = 5  # seconds; slurm.conf HealthCheckInterval
 NODES = ("n1", "n2")
+# bookworm's own Slurm, and trixie's in a rootfs (rootfs.py); CLUSTER_SLURM=slurm-22.05 runs
+# only the first
+SLURM_FLAVOURS = tuple(f for f in ("slurm-22.05", "slurm-24.11")
+                       if os.environ.get("CLUSTER_SLURM", f) == f)
 SCRATCH_SETTINGS = {
     "volume": {"mount_point": "/scratch", "backend": "single", "filesystem": "ext4"},
     "jobs": {"export": "SCRATCH"},
@@ -35,22 +42,15 @@ def _missing_programs() -> list[str]:
     return [p for p in SLURM_PROGRAMS if not os.access(p, os.X_OK)]
 
 
-@pytest.fixture(scope="session")
-def cluster_prefix():
-    """`make install PREFIX=` for the nodes. Not the session's `installed` fixture: that lives
-    below /tmp (private to each node here) in a root-only directory, and the TaskProlog runs
-    as the job's user, who must be able to reach it (as under /usr/local on a real node)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    prefix = Path(tempfile.mkdtemp(prefix="slurm-scratch-cluster-prefix-", dir="/var/tmp"))
+@contextlib.contextmanager
+def _prefix_dir(name: str):
+    """An empty install prefix: a tmpfs in the session's private mount namespace (gone with it,
+    however pytest ends), readable by everyone (the TaskProlog runs as the job's user)."""
+    prefix = Path(tempfile.mkdtemp(prefix=f"slurm-scratch-cluster-{name}-", dir="/var/tmp"))
     try:
-        # a tmpfs in the session's private mount namespace: gone with it, however pytest ends
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=1g", "cluster-prefix",
                         str(prefix)], check=True)
         try:
-            made = subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO,
-                                  capture_output=True, text=True, timeout=600)
-            assert made.returncode == 0, f"make install failed:\n{made.stdout}{made.stderr}"
             yield prefix
         finally:
             subprocess.run(["umount", str(prefix)], check=False)
@@ -58,16 +58,48 @@ def cluster_prefix():
         prefix.rmdir()
 
 
-@pytest.fixture(scope="module")
-def cluster_module(cluster_prefix: Path):
+@pytest.fixture(scope="session")
+def cluster_prefix():
+    """`make install PREFIX=` for the nodes. Not the session's `installed` fixture: that lives
+    below /tmp (private to each node here) in a root-only directory, and the TaskProlog runs
+    as the job's user, who must be able to reach it (as under /usr/local on a real node)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with _prefix_dir("prefix") as prefix:
+        made = subprocess.run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, f"make install failed:\n{made.stdout}{made.stderr}"
+        yield prefix
+
+
+@pytest.fixture(scope="session")
+def trixie_slurm():
+    """(rootfs, prefix): Debian trixie's Slurm 24.11 in a cached rootfs, with the project
+    installed into it by its own python3."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    root = rootfs.slurm_rootfs("trixie")
+    with _prefix_dir("prefix-trixie") as prefix:
+        rootfs.install_project(root, REPO, prefix)
+        yield root, prefix
+
+
+@pytest.fixture(scope="module", params=SLURM_FLAVOURS)
+def cluster_module(request):
     missing = _missing_programs()
     if missing:
         pytest.skip(f"Slurm/munge not installed: {', '.join(missing)} "
                     "(apt-get install slurmctld slurmd slurm-client munge)")
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
-    cluster = Cluster(cluster_prefix, SCRATCH_SETTINGS, nodes=NODES, health_interval=HEALTH_INTERVAL,
-                      use_project_setup=SETUP_BY_PROJECT)
+    if request.param == "slurm-22.05":  # the machine's own (Debian bookworm)
+        root, prefix = None, request.getfixturevalue("cluster_prefix")
+    else:
+        root, prefix = request.getfixturevalue("trixie_slurm")
+    cluster = Cluster(prefix, SCRATCH_SETTINGS, nodes=NODES, health_interval=HEALTH_INTERVAL,
+                      use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=request.param)
     cluster.start()
     try:
         yield cluster

@@ -20,6 +20,11 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
 
 Slurm client commands run in the controller's network namespace (`nsenter --net`) but this
 process's mount namespace, so all traffic stays between namespaces the harness created.
+
+With `rootfs=` (rootfs.py: Debian trixie, Slurm 24.11) every daemon, hook, job and client runs
+chrooted into that tree; the harness binds /proc, /sys, /dev, the work dir, the install prefix,
+the munge socket dir and the users into it, and each host mounts its private dirs, its own
+/proc and its /scratch inside it. munged is always the machine's.
 Teardown runs every step even when an earlier one fails, stops daemons by the PIDs it
 recorded, detaches only the loop devices it attached (checked by backing file), and reports
 what it could not undo. Every process it starts gets PR_SET_PDEATHSIG, so none outlives the
@@ -35,6 +40,7 @@ import pwd
 import re
 import shlex
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -148,9 +154,10 @@ def in_private_mount_namespace() -> bool:
 class Host:
     """One simulated host: PID + network + UTS + mount namespaces, PID 1 = node_init.py."""
 
-    def __init__(self, name: str, addr: str, workdir: Path):
+    def __init__(self, name: str, addr: str, workdir: Path, root: str = ""):
         self.name = name
         self.addr = addr
+        self.root = root  # a Slurm rootfs the host's programs run in (chroot); "" = this machine
         self.dir = workdir / "hosts" / name
         self.unshare: subprocess.Popen | None = None
         self.init_pid: int | None = None
@@ -190,18 +197,21 @@ class Host:
         self.mnt_ns = _ns_inode(self.init_pid, "mnt")
         self.net_ns = _ns_inode(self.init_pid, "net")
 
-    def nsenter_argv(self, argv: Sequence[str]) -> list[str]:
-        return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--", *argv]
+    def nsenter_argv(self, argv: Sequence[str], in_root: bool = True) -> list[str]:
+        """`argv` in this host's namespaces (and in its rootfs unless in_root=False)."""
+        chroot = ["chroot", self.root] if self.root and in_root else []
+        return ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-n", "-p", "--", *chroot, *argv]
 
-    def run(self, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
-        return run(self.nsenter_argv(argv), **kw)
+    def run(self, argv: Sequence[str], in_root: bool = True, **kw) -> subprocess.CompletedProcess:
+        return run(self.nsenter_argv(argv, in_root), **kw)
 
     def sh(self, script: str, **kw) -> subprocess.CompletedProcess:
-        return self.run(["sh", "-euc", script], **kw)
+        """A set-up script, run outside the rootfs (it mounts things into it)."""
+        return self.run(["sh", "-euc", script], in_root=False, **kw)
 
     def path(self, path: str) -> Path:
-        """`path` as this host sees it, readable from the test process without nsenter."""
-        return Path(f"/proc/{self.init_pid}/root") / path.lstrip("/")
+        """`path` as this host's programs see it, readable from the test process."""
+        return Path(f"/proc/{self.init_pid}/root{self.root}") / path.lstrip("/")
 
     def start_daemon(self, argv: Sequence[str], log_name: str) -> None:
         log = open(self.dir / log_name, "wb")
@@ -300,13 +310,19 @@ class Cluster:
     every node's slurm-scratch.conf, to which the harness adds `[volume] devices` (the node's
     loop device) and `[slurm] slurm_conf`.
     `use_project_setup`: build /scratch with `slurm-scratch setup` (else mkfs + mount directly).
+    `rootfs`: a directory with another Slurm (e.g. Debian trixie's 24.11, see rootfs.py) in which
+    every daemon, hook, job and client runs (chroot); the work dir, the prefix, the munge socket
+    and the users are bound into it at the same paths. None: the machine's own Slurm.
     """
 
     def __init__(self, prefix: Path, scratch_settings: dict[str, dict[str, str]],
                  nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
                  use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
-                 base_dir: str = "/var/tmp"):
+                 base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = ""):
         self.prefix = Path(prefix)
+        self.flavour = flavour  # e.g. "slurm-24.11": the Slurm release the cluster should run
+        self.root = str(rootfs) if rootfs else ""
+        self._root_dirs: list[Path] = []  # mount points made inside the rootfs, removed at stop
         self.scratch_settings = {section: dict(keys) for section, keys in scratch_settings.items()}
         self.node_names = list(nodes)
         self.health_interval = health_interval
@@ -332,6 +348,8 @@ class Cluster:
         try:
             self._make_workdir()
             self._start_munged()
+            if self.root:
+                self._bind_into_rootfs()
             self.controller = self._make_host(CONTROLLER, f"{SUBNET}.2")
             for index, name in enumerate(self.node_names):
                 self.nodes[name] = self._make_host(name, f"{SUBNET}.{11 + index}")
@@ -378,6 +396,7 @@ class Cluster:
         for node in hosts:
             step(f"detach {node.name}'s loop device", lambda node=node: self._detach_loop(node))
         step("unmount", self._unmount_host_mounts)
+        step("remove mount points made in the rootfs", self._remove_root_dirs)
         self.nodes = {}
         self.controller = None
         self._started = False
@@ -438,7 +457,7 @@ class Cluster:
         return []
 
     def _make_host(self, name: str, addr: str) -> Host:
-        host = Host(name, addr, self.workdir)
+        host = Host(name, addr, self.workdir, self.root)
         if name == CONTROLLER:
             self.controller = host
         else:
@@ -446,7 +465,10 @@ class Cluster:
         host.start_namespaces()
         hosts_file = self.workdir / "hosts.txt"
         if not hosts_file.exists():
-            lines = ["127.0.0.1 localhost", f"{SUBNET}.2 {CONTROLLER}"]
+            # clients run in the controller's network namespace under this machine's host name:
+            # Slurm 24.11 nodes resolve it to reach srun
+            client_host = socket.gethostname().split(".")[0]
+            lines = ["127.0.0.1 localhost", f"{SUBNET}.2 {CONTROLLER} {client_host}"]
             lines += [f"{SUBNET}.{11 + i} {n}" for i, n in enumerate(self.node_names)]
             hosts_file.write_text("\n".join(lines) + "\n")
         if name == CONTROLLER:
@@ -470,8 +492,13 @@ class Cluster:
         host.sh(f"""
             hostname {name}
             ip link set lo up
-            mount --bind {hosts_file} /etc/hosts
+            mount --bind {hosts_file} {self.root}/etc/hosts
         """)
+        if self.root:  # the rootfs gets this host's own /proc (its PID namespace)
+            host.sh(f"mount -t proc proc {self.root}/proc")
+            if name == CONTROLLER:  # and the clients, run from this process, the hosts file
+                run(["mount", "--bind", str(hosts_file), f"{self.root}/etc/hosts"])
+                self._mounted.append(Path(f"{self.root}/etc/hosts"))
         return host
 
     def _write_slurm_conf(self) -> None:
@@ -506,11 +533,7 @@ class Cluster:
             "LogTimeFormat=iso8601_ms",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
-            "SwitchType=switch/none",
             "MpiDefault=none",
-            "JobCompType=jobcomp/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
             "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU",
@@ -550,10 +573,10 @@ class Cluster:
         script = []
         for directory in PRIVATE_DIRS:
             mode = "1777" if directory == "/tmp" else "0755"
-            script.append(f"mkdir -p {directory}; mount -t tmpfs -o mode={mode} node-private "
-                          f"{directory}")
-        script.append("mkdir -p /etc/slurm-scratch /scratch")
-        script.append(f"mount --bind {etc} /etc/slurm-scratch")
+            script.append(f"mkdir -p {self.root}{directory}; mount -t tmpfs -o mode={mode} "
+                          f"node-private {self.root}{directory}")
+        script.append(f"mkdir -p {self.root}/etc/slurm-scratch {self.root}/scratch")
+        script.append(f"mount --bind {etc} {self.root}/etc/slurm-scratch")
         node.sh("\n".join(script))
         if self.use_project_setup:
             self._setup_scratch_with_project(node)
@@ -574,9 +597,9 @@ class Cluster:
     def _setup_scratch_directly(self, node: Host) -> None:
         """STAND-IN for `slurm-scratch setup` (single backend, ext4), used only while the
         project's `setup` is not implemented (see conftest.SETUP_BY_PROJECT)."""
-        node.sh(f"mkfs.ext4 -q -F -m 0 {node.loop_device}\n"
-                f"mount -o noatime,nodiratime {node.loop_device} /scratch\n"
-                "chmod 1777 /scratch")
+        node.run(["sh", "-euc", f"mkfs.ext4 -q -F -m 0 {node.loop_device}\n"
+                  f"mount -o noatime,nodiratime {node.loop_device} /scratch\n"
+                  "chmod 1777 /scratch"])
 
     def _start_slurmctld(self) -> None:
         self.controller.start_daemon(["/usr/sbin/slurmctld", "-D", "-i", "-f",
@@ -644,12 +667,42 @@ class Cluster:
         problems = []
         while self._mounted:
             path = self._mounted.pop()
-            result = run(["umount", str(path)], check=False)
+            result = run(["umount", "--recursive", str(path)], check=False)
             if result.returncode != 0:
                 problems.append(f"umount {path}: {result.stderr.strip()}")
-                run(["umount", "-l", str(path)], check=False)
+                run(["umount", "--recursive", "--lazy", str(path)], check=False)
             elif path == self.workdir:
                 path.rmdir()
+        return problems
+
+    def _bind_into_rootfs(self) -> None:
+        """Make the rootfs a usable root in this mount namespace (the hosts made later inherit
+        it): the machine's /proc, /sys, /dev; and at the same paths the work dir, the install
+        prefix, the munge socket dir, the users (passwd and group, with the test users)."""
+        root = Path(self.root)
+        binds = [("/proc", True), ("/sys", True), ("/dev", True),
+                 (str(self.workdir), False), (str(self.prefix), False),
+                 (str(MUNGE_DIR), False), ("/etc/passwd", False), ("/etc/group", False)]
+        for source, recursive in binds:
+            target = root / source.lstrip("/")
+            if not target.exists():
+                if not Path(source).is_dir():
+                    raise HarnessError(f"{target} is missing from the rootfs")
+                missing = [d for d in (target, *target.parents) if not d.exists()]
+                for directory in reversed(missing):
+                    directory.mkdir()
+                    self._root_dirs.append(directory)
+            run(["mount", "--rbind" if recursive else "--bind", source, str(target)])
+            self._mounted.append(target)
+
+    def _remove_root_dirs(self) -> list[str]:
+        problems = []
+        while self._root_dirs:
+            path = self._root_dirs.pop()
+            try:
+                path.rmdir()
+            except OSError as exc:
+                problems.append(f"rmdir {path}: {exc.strerror}")
         return problems
 
     # ------------------------------------------------------------------ helpers for tests
@@ -683,6 +736,8 @@ class Cluster:
     def client_argv(self, argv: Sequence[str], user: str | None = None) -> list[str]:
         """A Slurm client command in the controller's network namespace, as `user` (or root)."""
         prefix = ["nsenter", f"--net=/proc/{self.controller.init_pid}/ns/net", "--"]
+        if self.root:
+            prefix += ["chroot", self.root]
         if user is not None:
             entry = pwd.getpwnam(user)
             prefix += ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
@@ -748,8 +803,10 @@ class Cluster:
         return self.node_info(node).get("State", "")
 
     def node_reason(self, node: str) -> str:
-        """The node's reason text ('' when it has none)."""
-        reason = self.client(["sinfo", "-h", "-N", "-n", node, "-o", "%E"],
+        """The reason the node is drained, draining, down or failed ('' when it is none of
+        those). `sinfo -R`: Slurm 24.11 keeps showing an old reason in `scontrol show node` and
+        `sinfo -o %E` after `state=resume`, 22.05 clears it."""
+        reason = self.client(["sinfo", "-R", "-h", "-N", "-n", node, "-o", "%E"],
                              timeout=30).stdout.splitlines()
         text = reason[0].strip() if reason else ""
         return "" if text == "none" else text
@@ -799,7 +856,7 @@ class Cluster:
         found = None
         for line in mountinfo.splitlines():
             fields, _, tail = line.partition(" - ")
-            if fields.split()[4] == "/scratch":
+            if fields.split()[4] == f"{self.root}/scratch":
                 found = tuple(tail.split()[:2])
         return found
 
@@ -808,6 +865,12 @@ class Cluster:
 
     def slurmctld_log(self) -> str:
         return (self.controller.dir / "slurmctld.log").read_text(errors="replace")
+
+    def slurm_versions(self) -> dict[str, str]:
+        """The Slurm version of the client commands and of each node's slurmd."""
+        versions = {"client": self.client(["scontrol", "--version"]).stdout.split()[-1]}
+        versions.update((node, self.node_info(node)["Version"]) for node in self.nodes)
+        return versions
 
     def sdiag(self) -> dict[str, int]:
         """RPC counts by message type received by slurmctld, e.g. {'REQUEST_NODE_INFO': 12}."""

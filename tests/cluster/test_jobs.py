@@ -38,6 +38,12 @@ def wait_output(cluster: Cluster, name: str, marker: str, user: str = USER) -> s
     return wait_for(f"{marker!r} in {path}", marked, 60)
 
 
+def test_cluster_runs_the_intended_slurm_everywhere(cluster: Cluster):
+    release = cluster.flavour.removeprefix("slurm-")
+    versions = cluster.slurm_versions()
+    assert all(v.startswith(release + ".") for v in versions.values()), versions
+
+
 def test_sbatch_job_has_private_writable_scratch(cluster: Cluster):
     flag = cluster.home(USER) / "release-sbatch"
     job = cluster.submit(f"""#!/bin/bash

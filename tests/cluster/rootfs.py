@@ -1,0 +1,108 @@
+"""A Debian rootfs with another Slurm (trixie: 24.11) for the cluster tests, built once with
+mmdebstrap from the machine's own Debian archive and cached under /var/cache.
+
+Cluster(rootfs=...) runs every daemon, hook, job and client in it (chroot); `install_project`
+installs the project into it with its own Python (`make install` run inside the rootfs), so the
+hooks run the way they would on a trixie node.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+CACHE = Path("/var/cache/slurm-scratch-tests")
+SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+PACKAGES = (
+    "slurmctld", "slurmd", "slurm-client", "munge",   # Slurm (munged itself runs on the machine)
+    "util-linux", "mount", "e2fsprogs", "procps", "iproute2", "hostname", "findutils",
+    "python3", "python3-venv", "make", "ca-certificates",  # `make install` inside the rootfs
+)
+# mount points the harness and the tool need inside the rootfs
+DIRS = ("scratch", "etc/slurm-scratch", "run/slurm-scratch", "var/lib/slurm-scratch", "run/munge")
+
+
+class RootfsError(RuntimeError):
+    pass
+
+
+def archive_uri() -> str:
+    """The Debian archive this machine uses (first `URIs:` of its deb822 sources)."""
+    for line in SOURCES.read_text().splitlines():
+        if line.startswith("URIs:"):
+            return line.split()[1]
+    raise RootfsError(f"{SOURCES}: no URIs: line")
+
+
+def slurm_rootfs(suite: str = "trixie") -> Path:
+    """The cached rootfs for `suite` (built on first use: about a minute, ~260 MB)."""
+    key = hashlib.sha256(" ".join((suite, *PACKAGES, *DIRS)).encode()).hexdigest()[:12]
+    path = CACHE / f"slurm-rootfs-{suite}-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".slurm-rootfs-{suite}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; others wait and reuse it
+        if (path / ".complete").exists():
+            return path
+        building = CACHE / f".build-{path.name}-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            made = subprocess.run(
+                ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                 suite, str(building), archive_uri()],
+                capture_output=True, text=True, timeout=900)
+            if made.returncode != 0:
+                raise RootfsError(f"mmdebstrap {suite} exited {made.returncode}: "
+                                  f"{made.stderr.strip()[-3000:]}")
+            for directory in DIRS:
+                (building / directory).mkdir(parents=True, exist_ok=True)
+            (building / ".complete").write_text(" ".join(PACKAGES) + "\n")
+            building.rename(path)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return path
+
+
+def slurm_version(rootfs: Path) -> str:
+    out = subprocess.run(["chroot", str(rootfs), "/usr/sbin/slurmd", "-V"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return out.split()[-1]
+
+
+@contextlib.contextmanager
+def bound_into(rootfs: Path, *paths: str):
+    """Bind-mount `paths` (plus /proc, /sys, /dev) at the same place inside the rootfs, in this
+    process's (private) mount namespace, for the duration of the block."""
+    mounted: list[Path] = []
+    made: list[Path] = []
+    try:
+        for source in ("/proc", "/sys", "/dev", *paths):
+            target = rootfs / source.lstrip("/")
+            missing = [d for d in (target, *target.parents) if not d.exists()]
+            for directory in reversed(missing):
+                directory.mkdir()
+                made.append(directory)
+            subprocess.run(["mount", "--rbind", source, str(target)], check=True)
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "--recursive", str(target)], check=False)
+        for target in reversed(made):
+            with contextlib.suppress(OSError):
+                target.rmdir()
+
+
+def install_project(rootfs: Path, repo: Path, prefix: Path) -> None:
+    """`make install PREFIX=<prefix>` inside the rootfs, with the rootfs's own python3; pip
+    trusts what this machine trusts (its CA certificates are bound in: PIP_CERT names them)."""
+    with bound_into(rootfs, str(repo), str(prefix), "/etc/ssl/certs"):
+        made = subprocess.run(
+            ["chroot", str(rootfs), "make", "-s", "-C", str(repo), "install", f"PREFIX={prefix}",
+             "PYTHON=/usr/bin/python3"], capture_output=True, text=True, timeout=900)
+    if made.returncode != 0:
+        raise RootfsError(f"make install in {rootfs} failed:\n{made.stdout}{made.stderr}")
