@@ -89,11 +89,13 @@ def spawn_reaper(config: Config) -> None:
         # Let go of slurmd's pipes first, before the reaper exists: slurmd (and anyone timing the
         # Epilog) sees end-of-file as soon as the Epilog itself exits.
         _detach_stdio()
+        # Nice 19 before the reaper exists, so that it never competes with the Epilog (or the next
+        # job) at normal priority, not even for its first few milliseconds.
+        _lower_priority()
         os.setsid()
         if os.fork():
             os._exit(0)
         os.chdir("/")  # hold no directory busy (slurmd's cwd, or a filesystem someone wants to unmount)
-        _lower_priority()
         log.configure("slurm-scratch-reaper", stderr=False)
         reap(config, wait=False)
     except BaseException as exc:  # noqa: BLE001 - a detached process has nobody else to tell
