@@ -151,7 +151,8 @@ def _lock(wait_seconds: float) -> int | None:
             time.sleep(0.05)
 
 
-def _trash_entries(config: Config) -> list[str]:
+def trash_entries(config: Config) -> list[str]:
+    """Names in the trash (none when the volume is not mounted or has no trash yet)."""
     from slurm_scratch import jobdir
 
     try:
@@ -186,7 +187,7 @@ def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
     failed: set[str] = set()
 
     def pending() -> list[str]:
-        return [entry for entry in _trash_entries(config) if entry not in failed]
+        return [entry for entry in trash_entries(config) if entry not in failed]
 
     while True:
         lock_fd = _lock(max(0.0, deadline - time.monotonic()) if wait else 0.0)

@@ -96,8 +96,12 @@ def cmd_status(config_path: str | None, as_json: bool = False) -> int:
 def cmd_reap(config_path: str | None) -> int:
     from slurm_scratch import cleanup
 
-    deleted = cleanup.reap(load_config(config_path), wait=True)
+    config = load_config(config_path)
+    deleted = cleanup.reap(config, wait=True)
     print(f"reaped {deleted} trash entr{'y' if deleted == 1 else 'ies'}")
+    left = cleanup.trash_entries(config)
+    if left:
+        raise ScratchError(f"{len(left)} left in {config.volume.mount_point}/{cleanup.TRASH_NAME} (the log says why): {', '.join(left)}")
     return EXIT_OK
 
 

@@ -219,6 +219,9 @@ def test_deletion_does_not_cross_into_another_filesystem(scratch) -> None:
         moved = scratch.trash / entry / "mnt"
         assert (moved / "keep.txt").read_text() == "on another filesystem\n"
         assert not (scratch.trash / entry / "gone.txt").exists()
+        stuck = scratch.cli("reap")
+        assert stuck.returncode == 1 and stuck.stdout == "reaped 0 trash entries\n"
+        assert f"1 left in {scratch.trash} (the log says why): {entry}" in stuck.stderr
         # The entry the reaper cannot finish does not hold up the next job's.
         assert scratch.prolog(322).returncode == 0
         (scratch.job_dir(322) / "out").write_text("x\n")
