@@ -99,10 +99,11 @@ def bound_into(rootfs: Path, *paths: str):
 
 def install_project(rootfs: Path, repo: Path, prefix: Path) -> None:
     """`make install PREFIX=<prefix>` inside the rootfs, with the rootfs's own python3; pip
-    trusts what this machine trusts (its CA certificates are bound in: PIP_CERT names them)."""
+    trusts what this machine trusts (its CA certificates, bound in)."""
+    env = {**os.environ, "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
     with bound_into(rootfs, str(repo), str(prefix), "/etc/ssl/certs"):
         made = subprocess.run(
             ["chroot", str(rootfs), "make", "-s", "-C", str(repo), "install", f"PREFIX={prefix}",
-             "PYTHON=/usr/bin/python3"], capture_output=True, text=True, timeout=900)
+             "PYTHON=/usr/bin/python3"], capture_output=True, text=True, timeout=900, env=env)
     if made.returncode != 0:
         raise RootfsError(f"make install in {rootfs} failed:\n{made.stdout}{made.stderr}")
