@@ -95,7 +95,9 @@ class Signature:
         elif self.type == "linux_raid_member":
             what = f"an md RAID member of array {self.label!r}"
         elif self.type:
-            what = f"a {self.type} filesystem" + (f" labelled {self.label!r}" if self.label else "")
+            article = "an" if self.type[0].lower() in "aeiox" else "a"  # an ext4, an xfs, a btrfs
+            what = f"{article} {self.type} " + ("filesystem" if self.usage == "filesystem" else "signature")
+            what += f" labelled {self.label!r}" if self.label else ""
         return what
 
 

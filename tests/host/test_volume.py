@@ -158,7 +158,7 @@ def test_foreign_filesystem_is_skipped_unless_wipe(tmp_path, loops) -> None:
 
     result = node.setup()
     assert result.returncode == 0, result.stderr
-    assert f"skipping {foreign.device}: carries a ext4 filesystem labelled 'theirs'" in result.stderr
+    assert f"skipping {foreign.device}: carries an ext4 filesystem labelled 'theirs'" in result.stderr
     assert node.mounts()[0][node.mounts()[0].index("-") + 2] == blank
     assert blkid(foreign.device)["LABEL"] == "theirs"
     report = node.status()

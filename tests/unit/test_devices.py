@@ -86,7 +86,7 @@ def test_never_used_even_with_wipe(candidate, signature, reason) -> None:
 @pytest.mark.parametrize(
     "candidate, signature, reason",
     [
-        (disk(), EXT4_THEIRS, "carries a ext4 filesystem labelled 'data'"),
+        (disk(), EXT4_THEIRS, "carries an ext4 filesystem labelled 'data'"),
         (disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg_other"), "LVM physical volume of VG 'vg_other'"),
         (disk(), Signature(type="LVM2_member", usage="raid", vg_name=""), "LVM physical volume (no VG)"),
         (disk(), Signature(type="linux_raid_member", usage="raid", label="host:other"), "md RAID member of array 'host:other'"),
