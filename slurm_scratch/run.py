@@ -8,8 +8,6 @@ captured and returned as text.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 
 from slurm_scratch import log
 from slurm_scratch.errors import ScratchError
@@ -62,6 +60,8 @@ def run(
     The command runs in its own session so that a timeout kills it and all its children.
     `check=True` raises CommandError on a non-zero exit; a timeout always raises.
     """
+    import subprocess  # here, not at the top: `tool` is used on hot paths that run nothing
+
     argv = [tool(argv[0]), *argv[1:]]
     timer = log.Timer()
     process = subprocess.Popen(
@@ -89,7 +89,9 @@ def run(
     return result
 
 
-def _kill_session(process: subprocess.Popen) -> None:
+def _kill_session(process) -> None:
+    import signal
+
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
