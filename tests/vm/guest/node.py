@@ -52,9 +52,11 @@ def slurm_scratch_argv(*args: str) -> list[str]:
     return ["/usr/bin/python3", "-m", "slurm_scratch", *args]
 
 
-def slurm_scratch(conf: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def slurm_scratch(conf: Path, *args: str, timeout: float = 300,
+                  extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python3 -m slurm_scratch ARGS` from the shared source, as the guest's root."""
-    return subprocess.run(slurm_scratch_argv(*args), env=tool_env(conf), capture_output=True,
+    env = dict(tool_env(conf), **(extra_env or {}))
+    return subprocess.run(slurm_scratch_argv(*args), env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -66,6 +66,25 @@ def test_reboot_mounts_the_same_volume_with_its_data(disks, conf, tool_available
     assert sorted(m["serial"] for m in recorded["members"]) == sorted(d.serial for d in made)
 
 
+def test_the_prolog_sets_up_a_volume_that_is_not_mounted(disks, conf, tool_available):
+    """After a reboot whose setup did not run, the first job's Prolog mounts the volume (with
+    its data) and makes the job's directory."""
+    _, config = build(disks, conf, "lvm")
+    uuid = node.fs_uuid(mounted_source())
+    payload = write_marker()
+    node.reboot(disks, autoactivate=False)
+
+    job = {"SLURM_JOB_ID": "4242", "SLURM_JOB_UID": "65534", "SLURM_JOB_GID": "65534",
+           "SLURM_JOB_USER": "nobody", "SLURMD_NODENAME": "vm"}
+    result = node.slurm_scratch(config, "prolog", extra_env=job)
+
+    assert result.returncode == 0, node.describe(result)
+    assert node.fs_uuid(mounted_source()) == uuid
+    assert (MOUNT_POINT / "marker").read_bytes() == payload
+    job_dir = MOUNT_POINT / "job_4242"
+    assert job_dir.is_dir() and job_dir.stat().st_uid == 65534
+
+
 @pytest.mark.parametrize("backend", ["lvm", "mdadm"])
 def test_stop_start_builds_a_new_volume_on_the_new_disks(disks, conf, tool_available, backend):
     _, config = build(disks, conf, backend)
