@@ -83,8 +83,8 @@ def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: 
 REAPER_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from slurm_scratch.cleanup import reaper_main; reaper_main(sys.argv[2])"
 
 
-def spawn_reaper(config: Config) -> None:
-    """Start a detached reaper and return at once (the caller's exit does not wait for it).
+def spawn_reaper(config: Config) -> int | None:
+    """Start a detached reaper and return its PID at once (the caller's exit does not wait for it).
 
     posix_spawn (vfork + exec), not fork: the Epilog neither copies its own memory nor waits for an
     intermediate child to be scheduled, which on a busy node cost it several ms. The reaper is in
@@ -103,9 +103,10 @@ def spawn_reaper(config: Config) -> None:
         pass  # reaper_main lowers its priority itself as well
     stdio = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY, 0) for fd in (0, 1, 2)]
     try:
-        os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=stdio, setsid=True)
+        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=stdio, setsid=True)
     except OSError as exc:
         log.warning(f"could not start the reaper ({exc}); the trash is emptied by the next Epilog, health check or `slurm-scratch reap`")
+        return None
 
 
 def reaper_main(config_path: str) -> None:

@@ -206,8 +206,9 @@ def retire(config: Config, job: JobContext) -> str | None:
     finally:
         os.close(root_fd)
     if trashed is not None:
-        log.info(f"epilog retired {path} to trash as {trashed}", job=job.job_id, ms=timer.ms())
-        cleanup.spawn_reaper(config)
+        reaper = cleanup.spawn_reaper(config)
+        started = f"reaper pid {reaper}" if reaper else "no reaper started"
+        log.info(f"epilog retired {path} to trash as {trashed}; {started}", job=job.job_id, ms=timer.ms())
     else:
         log.info(f"epilog: nothing to retire at {path}", job=job.job_id, ms=timer.ms())
     return trashed

@@ -37,7 +37,7 @@ class reaper_lock_held:
 
     def __exit__(self, *exc) -> None:
         try:
-            poll(lambda: not self.scratch.tagged_pids(), 60, what="the reaper to give up")
+            self.scratch.wait_reapers()
         finally:
             self.lock.release()
 
@@ -66,7 +66,7 @@ def test_epilog_renames_the_dir_into_the_trash(scratch) -> None:
         (entry,) = scratch.trash_entries()
         assert entry.startswith("job_201.")
         assert os.lstat(scratch.trash / entry).st_ino == inode  # renamed, not copied
-        assert f"retired {job_dir} to trash as {entry}" in result.stderr and "job=201" in result.stderr
+        assert f"retired {job_dir} to trash as {entry}; reaper pid " in result.stderr and "job=201" in result.stderr
         assert (scratch.trash / entry / "a" / "b" / "c" / "f7").read_text() == "7\n"
     # A reaper started while the lock was held gave up at once; `slurm-scratch reap` empties it now.
     reaped = scratch.cli("reap")
@@ -85,7 +85,7 @@ def test_reaper_empties_the_trash_in_the_background(scratch) -> None:
         assert not os.path.lexists(scratch.job_dir(job_id))
     scratch.wait_trash_empty(timeout=120)
     assert sorted(os.listdir(scratch.mount_point)) == sorted([TRASH, *(["lost+found"] if scratch.fstype == "ext4" else [])])
-    poll(lambda: not scratch.tagged_pids(), 60, what="the reapers to exit")
+    scratch.wait_reapers()
 
 
 def test_reap_with_empty_trash(scratch) -> None:
@@ -215,7 +215,7 @@ def test_deletion_does_not_cross_into_another_filesystem(scratch) -> None:
         result = scratch.epilog(321)
         assert result.returncode == 0, result.stderr
         (entry,) = scratch.trash_entries()
-        poll(lambda: not scratch.tagged_pids(), 60, what="the reaper to give up")
+        scratch.wait_reapers()
         moved = scratch.trash / entry / "mnt"
         assert (moved / "keep.txt").read_text() == "on another filesystem\n"
         assert not (scratch.trash / entry / "gone.txt").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -100,6 +101,7 @@ class Scratch:
         self.config = base / "slurm-scratch.conf"
         self.tag = uuid.uuid4().hex
         self.processes: list[subprocess.Popen] = []
+        self.reaper_pids: list[int] = []  # from the Epilogs' log lines: "...; reaper pid N"
         self.configure()
 
     # ---- configuration -------------------------------------------------------------------------
@@ -179,7 +181,9 @@ class Scratch:
         argv = ["/usr/bin/env", "-i", *(f"{key}={value}" for key, value in env.items()), str(hooks_dir / name)]
         if user is not None:
             argv = ["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", *argv]
-        return subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=timeout)
+        self.reaper_pids += [int(pid) for pid in re.findall(r"; reaper pid (\d+)", result.stderr)]
+        return result
 
     def prolog(self, job_id: object, user: str = "sstest1", **kwargs) -> subprocess.CompletedProcess:
         return self.hook("prolog", self.job_env(job_id, user, "prolog_slurmd"), **kwargs)
@@ -219,6 +223,13 @@ class Scratch:
     def wait_trash_empty(self, timeout: float = 60) -> None:
         poll(lambda: not self.trash_entries(), timeout, what=f"{self.trash} to be emptied by the reaper")
 
+    def live_reapers(self) -> list[int]:
+        return [pid for pid in self.reaper_pids if not _is_zombie(pid)]
+
+    def wait_reapers(self, timeout: float = 60) -> None:
+        """Until every reaper an Epilog of this volume reported (by PID) has exited."""
+        poll(lambda: not self.live_reapers(), timeout, what=f"reapers {self.live_reapers()} to exit")
+
     def tagged_pids(self) -> list[int]:
         """Processes started for this volume (hooks, reapers, user processes), found by our tag."""
         needle = f"{TAG_VAR}={self.tag}".encode()
@@ -241,9 +252,9 @@ class Scratch:
             process.wait(timeout=30)
         # Reapers finish by themselves (the trash of a test is small); a stuck one is ended by PID.
         deadline = time.monotonic() + 60
-        while self.tagged_pids() and time.monotonic() < deadline:
+        while (self.live_reapers() or self.tagged_pids()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for pid in self.tagged_pids():
+        for pid in self.live_reapers() + self.tagged_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         # Unmount here, retrying while anything still lets go, so that the loop factory finds it clean.
