@@ -75,8 +75,8 @@ def render(report: dict) -> str:
     if report.get("device"):
         lines.append(f"device:     {report['device']}" + (f" ({report['filesystem']})" if report.get("filesystem") else ""))
     if "size_bytes" in report:
-        lines.append(f"size:       {_size(report['size_bytes'])}, free {_size(report['free_bytes'])} "
-                     f"({report['free_inodes']} of {report['inodes']} inodes free)")
+        inodes = f" ({report['free_inodes']} of {report['inodes']} inodes free)" if report.get("inodes") else ""
+        lines.append(f"size:       {_size(report['size_bytes'])}, free {_size(report['free_bytes'])}{inodes}")
     lines.append(f"devices:    {report.get('devices')} -> {report.get('selector', '?')}")
     for disk in report.get("disks", []):
         extra = "ours" if disk["ours"] else ("will be wiped: " + disk["signature"] if disk["will_wipe"] else (disk["signature"] or "blank"))

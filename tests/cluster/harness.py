@@ -166,9 +166,15 @@ class Host:
         self.daemon: subprocess.Popen | None = None  # nsenter running slurmctld/slurmd
         self.daemon_pid: int | None = None          # the daemon itself (host PID)
         self.veth: str | None = None                # its peer, in the controller's namespace
-        self.loop_fd: int | None = None
-        self.loop_device: str | None = None
-        self.disk_image: Path | None = None
+        # The node's emulated local disks: sparse images on loop devices, each held open with
+        # autoclear (see hold_with_autoclear); index 0 is the one single-disk tests use.
+        self.disk_images: list[Path] = []
+        self.loop_devices: list[str] = []
+        self.loop_fds: list[int] = []
+
+    @property
+    def loop_device(self) -> str | None:
+        return self.loop_devices[0] if self.loop_devices else None
 
     def start_namespaces(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -317,6 +323,7 @@ class Cluster:
 
     def __init__(self, prefix: Path, scratch_settings: dict[str, dict[str, str]],
                  nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
+                 disks_per_node: int = 1,
                  use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
                  base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = ""):
         self.prefix = Path(prefix)
@@ -326,6 +333,7 @@ class Cluster:
         self.scratch_settings = {section: dict(keys) for section, keys in scratch_settings.items()}
         self.node_names = list(nodes)
         self.health_interval = health_interval
+        self.disks_per_node = disks_per_node
         self.use_project_setup = use_project_setup
         self.users = list(users)
         self.base_dir = base_dir
@@ -563,12 +571,13 @@ class Cluster:
         (node.dir / "spool").mkdir(exist_ok=True)
         etc = node.dir / "etc-slurm-scratch"
         etc.mkdir()
-        node.disk_image = node.dir / "disk.img"
-        with open(node.disk_image, "wb") as image:
-            image.truncate(DISK_MIB << 20)
-        node.loop_device = run(["losetup", "--find", "--show", str(node.disk_image)]
-                               ).stdout.strip()
-        node.loop_fd = hold_with_autoclear(node.loop_device)
+        for index in range(self.disks_per_node):
+            image_path = node.dir / f"disk{index}.img"
+            with open(image_path, "wb") as image:
+                image.truncate(DISK_MIB << 20)
+            node.disk_images.append(image_path)
+            node.loop_devices.append(run(["losetup", "--find", "--show", str(image_path)]).stdout.strip())
+            node.loop_fds.append(hold_with_autoclear(node.loop_devices[-1]))
         self.write_scratch_conf(node.name)
         script = []
         for directory in PRIVATE_DIRS:
@@ -589,10 +598,11 @@ class Cluster:
         if result.returncode != 0:
             raise HarnessError(f"{node.name}: slurm-scratch setup exited {result.returncode}: "
                                f"{result.stderr.strip()}")
-        if self.scratch_source(node.name) != ("ext4", node.loop_device):
+        fstype = self.scratch_settings.get("volume", {}).get("filesystem", "ext4")
+        source = self.scratch_source(node.name)
+        if source is None or source[0] != fstype or source[1] not in node.loop_devices:
             raise HarnessError(f"{node.name}: slurm-scratch setup exited 0 but /scratch is "
-                               f"{self.scratch_source(node.name)}, not ext4 on "
-                               f"{node.loop_device}")
+                               f"{source}, not {fstype} on {' '.join(node.loop_devices)}")
 
     def _setup_scratch_directly(self, node: Host) -> None:
         """STAND-IN for `slurm-scratch setup` (single backend, ext4), used only while the
@@ -647,21 +657,19 @@ class Cluster:
         return [f"{node.name}: /scratch still mounted"]
 
     def _detach_loop(self, node: Host) -> list[str]:
-        if node.loop_fd is not None:  # the last close detaches it (autoclear)
-            os.close(node.loop_fd)
-            node.loop_fd = None
-        if node.loop_device is None:
-            return []
-        device, image = node.loop_device, str(node.disk_image)
-        if loop_backing_file(device) == image:
-            # the node's mount namespace may take a moment to release the filesystem
-            wait_for(f"{device} to detach", lambda: run(["losetup", "-d", device],
-                                                        check=False).returncode == 0
-                     or loop_backing_file(device) != image, 10, 0.2)
-        node.loop_device = None
-        if loop_backing_file(device) == image:
-            return [f"{device} ({image}) is still attached"]
-        return []
+        while node.loop_fds:  # the last close detaches each (autoclear)
+            os.close(node.loop_fds.pop())
+        problems = []
+        for device, image in zip(node.loop_devices, map(str, node.disk_images)):
+            if loop_backing_file(device) == image:
+                # the node's mount namespace may take a moment to release the filesystem
+                wait_for(f"{device} to detach", lambda device=device, image=image: run(
+                    ["losetup", "-d", device], check=False).returncode == 0
+                    or loop_backing_file(device) != image, 10, 0.2)
+            if loop_backing_file(device) == image:
+                problems.append(f"{device} ({image}) is still attached")
+        node.loop_devices = []
+        return problems
 
     def _unmount_host_mounts(self) -> list[str]:
         problems = []
@@ -714,7 +722,7 @@ class Cluster:
         """(Re)write the node's /etc/slurm-scratch/slurm-scratch.conf atomically: the cluster's
         settings, the node's own device and slurm.conf, then `overrides`."""
         settings = {section: dict(keys) for section, keys in self.scratch_settings.items()}
-        settings.setdefault("volume", {})["devices"] = self.nodes[node].loop_device
+        settings.setdefault("volume", {})["devices"] = " ".join(self.nodes[node].loop_devices)
         settings.setdefault("slurm", {})["slurm_conf"] = str(self.slurm_conf)
         for section, keys in (overrides or {}).items():
             settings.setdefault(section, {}).update(keys)

@@ -27,7 +27,7 @@ class Footprint:
     def __init__(self, cluster: Cluster):
         self.hosts: list[Host] = list(cluster.nodes.values()) + (
             [cluster.controller] if cluster.controller else [])
-        self.images = {str(host.disk_image) for host in self.hosts if host.disk_image}
+        self.images = {str(image) for host in self.hosts for image in host.disk_images}
         self.munged = cluster.munged.pid if cluster.munged else None
         self.workdir = cluster.workdir
 
