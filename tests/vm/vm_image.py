@@ -161,10 +161,12 @@ def ensure_image(cache_root: Path = CACHE_ROOT) -> VmImage:
         image = _image_at(target)  # another process may have built it while we waited
         if image:
             return image
+        _remove_stale_builds(cache_root)
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_root))
         try:
             build(work, kernel, url)
+            work.chmod(0o755)
             os.rename(work, target)
         finally:
             if work.exists():
@@ -189,6 +191,12 @@ class _locked:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def _remove_stale_builds(cache_root: Path) -> None:
+    """Temporary folders of builds that were killed (we hold the lock: none is running)."""
+    for stale in cache_root.glob(".build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _prune_old_images(cache_root: Path, keep: Path, keep_count: int = 2) -> None:
