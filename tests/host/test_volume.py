@@ -99,7 +99,10 @@ def test_single_builds_reruns_and_survives_a_reboot(tmp_path, loops, fstype) -> 
     assert_ready(node, fstype)
     assert blkid(disk)["LABEL"] == "scratch"
     if fstype == "ext4":
-        assert "Reserved block count:     0" in sh("dumpe2fs", "-h", disk).stdout
+        header = sh("dumpe2fs", "-h", disk).stdout
+        assert "Reserved block count:     0" in header
+        features = next(line for line in header.splitlines() if line.startswith("Filesystem features:")).split()
+        assert "sparse_super2" in features and "resize_inode" not in features
     recorded = json.loads(STATE_FILE.read_text())
     assert recorded["status"] == "ready" and recorded["backend"] == "single" and recorded["filesystem"] == fstype
     assert [m["path"] for m in recorded["members"]] == [disk]
