@@ -12,9 +12,11 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
   namespace and nothing is named, so it all disappears with the namespaces' last processes;
 - on each node: private tmpfs over /run/slurm-scratch, /var/lib/slurm-scratch and /tmp, the
   cluster's /etc/hosts, the node's own slurm-scratch config bound over /etc/slurm-scratch,
-  and its own /scratch: an ext4 on a loop device, built inside the node's mount namespace.
-  The loop device is attached with autoclear while the harness holds it open, so even a
-  SIGKILLed test run leaves no loop device behind (teardown also detaches it explicitly);
+  and its own /scratch, built the way the docker-compose cluster's nodes build theirs
+  (node_bootstrap.py: sparse disk images on loop devices, the node's slurm-scratch.conf,
+  `slurm-scratch setup` inside the node's namespaces, a check of the mount). The loop devices
+  are attached with autoclear while the harness holds them open, so even a SIGKILLed test run
+  leaves no loop device behind (teardown also detaches them explicitly);
 - slurmctld and one slurmd per node, with the installed hooks as Prolog, Epilog, TaskProlog
   and HealthCheckProgram.
 
@@ -34,19 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import pwd
 import re
 import shlex
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from cluster.node_bootstrap import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
+    node_settings, write_scratch_conf
 
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NODE_INIT = Path(__file__).with_name("node_init.py")
@@ -167,10 +170,16 @@ class Host:
         self.daemon_pid: int | None = None          # the daemon itself (host PID)
         self.veth: str | None = None                # its peer, in the controller's namespace
         # The node's emulated local disks: sparse images on loop devices, each held open with
-        # autoclear (see hold_with_autoclear); index 0 is the one single-disk tests use.
-        self.disk_images: list[Path] = []
-        self.loop_devices: list[str] = []
-        self.loop_fds: list[int] = []
+        # autoclear (node_bootstrap.NodeDisks); index 0 is the one single-disk tests use.
+        self.disks = NodeDisks(self.dir)
+
+    @property
+    def disk_images(self) -> list[Path]:
+        return self.disks.images
+
+    @property
+    def loop_devices(self) -> list[str]:
+        return self.disks.devices
 
     @property
     def loop_device(self) -> str | None:
@@ -274,38 +283,6 @@ class Host:
                     or (self.net_ns and _ns_inode(entry, "net") == self.net_ns)):
                 pids.append(int(entry))
         return pids
-
-
-_LOOP_SET_STATUS64 = 0x4C04
-_LOOP_GET_STATUS64 = 0x4C05
-_LO_FLAGS_AUTOCLEAR = 4
-_LOOP_INFO64_SIZE = 232
-_LO_FLAGS_OFFSET = 52  # struct loop_info64: five __u64, then lo_number, encrypt type, key size
-
-
-def hold_with_autoclear(device: str) -> int:
-    """Open `device` and set LO_FLAGS_AUTOCLEAR: the kernel detaches it at its last close, so
-    the descriptor returned (held until teardown) is what keeps it attached, even while its
-    filesystem is unmounted by a test. A test process killed outright thus leaks no loop."""
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    info = bytearray(_LOOP_INFO64_SIZE)
-    fcntl.ioctl(fd, _LOOP_GET_STATUS64, info)
-    flags = struct.unpack_from("I", info, _LO_FLAGS_OFFSET)[0]
-    struct.pack_into("I", info, _LO_FLAGS_OFFSET, flags | _LO_FLAGS_AUTOCLEAR)
-    fcntl.ioctl(fd, _LOOP_SET_STATUS64, info)
-    return fd
-
-
-def loop_backing_file(device: str) -> str | None:
-    try:
-        return Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text().strip()
-    except OSError:
-        return None
-
-
-def render_ini(settings: dict[str, dict[str, str]]) -> str:
-    return "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
-                   + "\n" for section, keys in settings.items())
 
 
 class Cluster:
@@ -571,14 +548,6 @@ class Cluster:
         (node.dir / "spool").mkdir(exist_ok=True)
         etc = node.dir / "etc-slurm-scratch"
         etc.mkdir()
-        for index in range(self.disks_per_node):
-            image_path = node.dir / f"disk{index}.img"
-            with open(image_path, "wb") as image:
-                image.truncate(DISK_MIB << 20)
-            node.disk_images.append(image_path)
-            node.loop_devices.append(run(["losetup", "--find", "--show", str(image_path)]).stdout.strip())
-            node.loop_fds.append(hold_with_autoclear(node.loop_devices[-1]))
-        self.write_scratch_conf(node.name)
         script = []
         for directory in PRIVATE_DIRS:
             mode = "1777" if directory == "/tmp" else "0755"
@@ -588,21 +557,25 @@ class Cluster:
         script.append(f"mount --bind {etc} {self.root}/etc/slurm-scratch")
         node.sh("\n".join(script))
         if self.use_project_setup:
-            self._setup_scratch_with_project(node)
+            self._bootstrap_node(node)
         else:
+            node.disks.attach(self.disks_per_node, DISK_MIB)
+            self.write_scratch_conf(node.name)
             self._setup_scratch_directly(node)
 
-    def _setup_scratch_with_project(self, node: Host) -> None:
-        result = node.run([str(self.prefix / "bin" / "slurm-scratch"), "setup"], check=False,
-                          timeout=120)
-        if result.returncode != 0:
-            raise HarnessError(f"{node.name}: slurm-scratch setup exited {result.returncode}: "
-                               f"{result.stderr.strip()}")
-        fstype = self.scratch_settings.get("volume", {}).get("filesystem", "ext4")
-        source = self.scratch_source(node.name)
-        if source is None or source[0] != fstype or source[1] not in node.loop_devices:
-            raise HarnessError(f"{node.name}: slurm-scratch setup exited 0 but /scratch is "
-                               f"{source}, not {fstype} on {' '.join(node.loop_devices)}")
+    def _bootstrap_node(self, node: Host) -> None:
+        """Disks, config, `slurm-scratch setup` inside the node, check: node_bootstrap.py, the
+        steps the docker-compose nodes take too."""
+        try:
+            bootstrap_node(
+                node.disks, self.disks_per_node, DISK_MIB, self.scratch_conf_path(node.name),
+                self.scratch_settings, str(self.slurm_conf),
+                str(self.prefix / "bin" / "slurm-scratch"),
+                run_in_node=lambda argv: node.run(argv, check=False, timeout=120),
+                read_mountinfo=lambda: Path(f"/proc/{node.init_pid}/mountinfo").read_text(),
+                mount_point_seen=f"{self.root}/scratch")
+        except BootstrapError as exc:
+            raise HarnessError(f"{node.name}: {exc}") from exc
 
     def _setup_scratch_directly(self, node: Host) -> None:
         """STAND-IN for `slurm-scratch setup` (single backend, ext4), used only while the
@@ -657,19 +630,7 @@ class Cluster:
         return [f"{node.name}: /scratch still mounted"]
 
     def _detach_loop(self, node: Host) -> list[str]:
-        while node.loop_fds:  # the last close detaches each (autoclear)
-            os.close(node.loop_fds.pop())
-        problems = []
-        for device, image in zip(node.loop_devices, map(str, node.disk_images)):
-            if loop_backing_file(device) == image:
-                # the node's mount namespace may take a moment to release the filesystem
-                wait_for(f"{device} to detach", lambda device=device, image=image: run(
-                    ["losetup", "-d", device], check=False).returncode == 0
-                    or loop_backing_file(device) != image, 10, 0.2)
-            if loop_backing_file(device) == image:
-                problems.append(f"{device} ({image}) is still attached")
-        node.loop_devices = []
-        return problems
+        return node.disks.detach()  # the last close detaches each (autoclear), then losetup -d
 
     def _unmount_host_mounts(self) -> list[str]:
         problems = []
@@ -721,16 +682,9 @@ class Cluster:
                            overrides: dict[str, dict[str, str]] | None = None) -> None:
         """(Re)write the node's /etc/slurm-scratch/slurm-scratch.conf atomically: the cluster's
         settings, the node's own device and slurm.conf, then `overrides`."""
-        settings = {section: dict(keys) for section, keys in self.scratch_settings.items()}
-        settings.setdefault("volume", {})["devices"] = " ".join(self.nodes[node].loop_devices)
-        settings.setdefault("slurm", {})["slurm_conf"] = str(self.slurm_conf)
-        for section, keys in (overrides or {}).items():
-            settings.setdefault(section, {}).update(keys)
-        path = self.scratch_conf_path(node)
-        temporary = path.with_suffix(".new")
-        temporary.write_text(render_ini(settings))
-        temporary.chmod(0o644)
-        os.replace(temporary, path)
+        write_scratch_conf(self.scratch_conf_path(node), node_settings(
+            self.scratch_settings, self.nodes[node].loop_devices, str(self.slurm_conf),
+            overrides))
 
     def home(self, user: str) -> Path:
         return self.workdir / "home" / user
@@ -861,12 +815,7 @@ class Cluster:
     def scratch_source(self, node: str) -> tuple[str, str] | None:
         """(filesystem type, device) of the topmost mount at the node's /scratch, or None."""
         mountinfo = Path(f"/proc/{self.nodes[node].init_pid}/mountinfo").read_text()
-        found = None
-        for line in mountinfo.splitlines():
-            fields, _, tail = line.partition(" - ")
-            if fields.split()[4] == f"{self.root}/scratch":
-                found = tuple(tail.split()[:2])
-        return found
+        return mount_source(mountinfo, f"{self.root}/scratch")
 
     def slurmd_log(self, node: str) -> str:
         return (self.workdir / "hosts" / node / "slurmd.log").read_text(errors="replace")
