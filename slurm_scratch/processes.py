@@ -34,6 +34,17 @@ def _uids(pid: str) -> tuple[int, int] | None:
         return None
 
 
+def _has_program(pid: str) -> bool:
+    """False for kernel threads (no executable), and for processes already gone."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: look closer
+
+
 def _holds(pid: str, directory: str) -> bool:
     for link in ("cwd", "root"):
         try:
@@ -69,6 +80,8 @@ def holders(directory: str, uid: int) -> list[int]:
             continue
         if owner not in (uid, 0):
             continue
+        if owner == 0 and uid != 0 and not _has_program(pid):
+            continue  # a kernel thread (most root-owned entries on a many-core node): one syscall, not three
         uids = _uids(pid)
         if uids is None or uid not in uids:
             continue

@@ -264,3 +264,22 @@ def test_holders_finds_cwd_root_and_descriptors_of_that_user_only(scratch) -> No
     assert processes.end_holders(str(job_dir), 4201, job=341) == 2
     assert in_cwd.wait(timeout=30) == -9 and dir_fd.wait(timeout=30) == -9
     assert near_miss.poll() is None
+
+
+def test_a_setuid_style_process_of_the_user_is_found_too(scratch) -> None:
+    # Real uid the user's, effective uid root (a setuid program the job ran): /proc/PID is root's,
+    # so the scan must read its real uid rather than pass it over with the kernel threads.
+    from slurm_scratch import processes
+
+    assert scratch.prolog(351).returncode == 0
+    job_dir = scratch.job_dir(351)
+    setuid_like = subprocess.Popen(
+        ["/usr/bin/setpriv", "--ruid", "4201", "--euid", "0", "--", "/bin/sleep", "600"],
+        cwd=str(job_dir), env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    scratch.processes.append(setuid_like)
+    poll(lambda: _is_running_sleep(setuid_like), 30, what="the sleep")
+    assert os.stat(f"/proc/{setuid_like.pid}").st_uid == 0
+    assert processes.holders(str(job_dir), 4201) == [setuid_like.pid]
+    assert scratch.epilog(351).returncode == 0
+    assert setuid_like.wait(timeout=30) == -9
