@@ -268,16 +268,18 @@ def main() -> int:
         print(f"  (medians: {args.runs} Prolog/bash runs interleaved; {args.reps} Epilog/rm -rf repetitions, alternating order)")
         return 0
     finally:
-        # Let a reaper still at work finish before unmounting (it holds the filesystem busy).
-        trash = work / "scratch" / TRASH
-        deadline = time.monotonic() + 300
-        while trash.is_dir() and os.listdir(trash) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        loops.cleanup()
-        while undo:
-            undo.pop()()
-        sh("rm", "-rf", "--one-file-system", str(work), check=False)
+        try:
+            # Let a reaper still at work finish before unmounting (it holds the filesystem busy).
+            trash = work / "scratch" / TRASH
+            deadline = time.monotonic() + 300
+            while trash.is_dir() and os.listdir(trash) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            loops.cleanup()  # unmount and detach whatever happened above
+            while undo:
+                undo.pop()()
+            sh("rm", "-rf", "--one-file-system", str(work), check=False)
 
 
 if __name__ == "__main__":
