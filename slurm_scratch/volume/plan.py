@@ -104,7 +104,9 @@ def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool
         # No discard (instance store arrives trimmed), lazy inode table and journal init, no
         # reserved blocks; and two superblock backups instead of dozens, no blocks reserved for
         # online growth (a scratch volume never grows): on 4 x 1.9 TB that is 3x less mkfs time.
-        return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-O", "sparse_super2,^resize_inode",
+        # -G 4096 packs the metadata of 4096 block groups together (flex_bg): about half the mkfs
+        # time again on multi-TB volumes (measured in the VM: 4.0 -> 2.1 s at 7.6 TB).
+        return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-O", "sparse_super2,^resize_inode", "-G", "4096",
                 "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", "-L", volume.label, *devices)
     if fstype == "xfs":
         return ("mkfs.xfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *devices)

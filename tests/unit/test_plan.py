@@ -12,7 +12,7 @@ from slurm_scratch.volume.plan import effective_backend, missing_members, plan
 
 AWS = "Amazon EC2 NVMe Instance Storage"
 LV = "/dev/vg.01/lv_ephemeral"
-MKFS_EXT4 = "mkfs.ext4 -q -O sparse_super2,^resize_inode -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch"
+MKFS_EXT4 = "mkfs.ext4 -q -O sparse_super2,^resize_inode -G 4096 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch"
 
 
 def volume(**keys: str):
@@ -366,7 +366,7 @@ def test_filesystem_left_by_an_interrupted_mkfs_is_made_again() -> None:
     obs = observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status="building"))
     p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
     assert p.state == "complete" and any("interrupted" in note for note in p.notes)
-    assert commands(p)[0] == f"mkfs.ext4 -q -F -O sparse_super2,^resize_inode -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch {LV}"
+    assert commands(p)[0] == f"mkfs.ext4 -q -F -O sparse_super2,^resize_inode -G 4096 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch {LV}"
     assert [step.args for step in p.steps if step.kind == "record"] == [("building",), ("formatted",), ("ready",)]
 
 
