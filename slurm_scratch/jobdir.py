@@ -183,7 +183,10 @@ def export_lines(config: Config, job: JobContext) -> list[str]:
 
 
 def retire(config: Config, job: JobContext) -> str | None:
-    """Move the job's directory into the trash (one rename) and start the reaper; None if there is none."""
+    """Move the job's directory into the trash (one rename) and start the reaper; None if there is none.
+
+    Starting the reaper points this process's stdio at /dev/null (see cleanup.spawn_reaper): this
+    is the Epilog's last act."""
     from slurm_scratch import cleanup
 
     timer = log.Timer()
@@ -206,9 +209,8 @@ def retire(config: Config, job: JobContext) -> str | None:
     finally:
         os.close(root_fd)
     if trashed is not None:
-        reaper = cleanup.spawn_reaper(config)
-        started = f"reaper pid {reaper}" if reaper else "no reaper started"
-        log.info(f"epilog retired {path} to trash as {trashed}; {started}", job=job.job_id, ms=timer.ms())
+        log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
+        cleanup.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
     else:
         log.info(f"epilog: nothing to retire at {path}", job=job.job_id, ms=timer.ms())
     return trashed

@@ -66,7 +66,7 @@ def test_epilog_renames_the_dir_into_the_trash(scratch) -> None:
         (entry,) = scratch.trash_entries()
         assert entry.startswith("job_201.")
         assert os.lstat(scratch.trash / entry).st_ino == inode  # renamed, not copied
-        assert f"retired {job_dir} to trash as {entry}; reaper pid " in result.stderr and "job=201" in result.stderr
+        assert f"retired {job_dir} to trash as {entry}; starting the reaper" in result.stderr and "job=201" in result.stderr
         assert (scratch.trash / entry / "a" / "b" / "c" / "f7").read_text() == "7\n"
     # A reaper started while the lock was held gave up at once; `slurm-scratch reap` empties it now.
     reaped = scratch.cli("reap")
@@ -283,3 +283,30 @@ def test_a_setuid_style_process_of_the_user_is_found_too(scratch) -> None:
     assert processes.holders(str(job_dir), 4201) == [setuid_like.pid]
     assert scratch.epilog(351).returncode == 0
     assert setuid_like.wait(timeout=30) == -9
+
+
+def test_reaper_survives_slurmd_killing_the_epilogs_process_group(scratch) -> None:
+    # slurmd runs the Epilog as a process group leader and SIGKILLs that group once the Epilog
+    # exits; the reaper must already be in a group of its own by then.
+    import signal
+
+    assert scratch.prolog(361).returncode == 0
+    fill_as_user(scratch, scratch.job_dir(361), files=2000)
+    env = scratch.job_env(361, context="epilog_slurmd")
+    epilog = subprocess.Popen(
+        ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), str(HOOKS / "epilog")],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0,
+    )
+    _, stderr = epilog.communicate(timeout=60)
+    if _group_exists(epilog.pid):  # what slurmd does; the group is gone if the reaper left it
+        os.killpg(epilog.pid, signal.SIGKILL)
+    assert epilog.returncode == 0, stderr
+    scratch.wait_trash_empty()
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -2,8 +2,9 @@
 
 Hooks run the way slurmd runs them: as separate processes started with `env -i` plus the variables
 Slurm sets, cwd /, as root (Prolog, Epilog) or as the job user (TaskProlog, via setpriv). Every
-process a test starts is recorded and ended by its PID; the reaper processes the hooks leave behind
-are found by a tag in their environment and waited for before the filesystem is unmounted.
+process a test starts is recorded and ended by its PID; the reaper processes the Epilogs fork are
+found by a tag in their environment (inherited, never re-exec'd) and waited for before the
+filesystem is unmounted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import re
 import shutil
 import signal
 import stat
@@ -101,7 +101,6 @@ class Scratch:
         self.config = base / "slurm-scratch.conf"
         self.tag = uuid.uuid4().hex
         self.processes: list[subprocess.Popen] = []
-        self.reaper_pids: list[int] = []  # from the Epilogs' log lines: "...; reaper pid N"
         self.configure()
 
     # ---- configuration -------------------------------------------------------------------------
@@ -181,9 +180,7 @@ class Scratch:
         argv = ["/usr/bin/env", "-i", *(f"{key}={value}" for key, value in env.items()), str(hooks_dir / name)]
         if user is not None:
             argv = ["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", *argv]
-        result = subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=timeout)
-        self.reaper_pids += [int(pid) for pid in re.findall(r"; reaper pid (\d+)", result.stderr)]
-        return result
+        return subprocess.run(argv, cwd="/", capture_output=True, text=True, timeout=timeout)
 
     def prolog(self, job_id: object, user: str = "sstest1", **kwargs) -> subprocess.CompletedProcess:
         return self.hook("prolog", self.job_env(job_id, user, "prolog_slurmd"), **kwargs)
@@ -224,11 +221,13 @@ class Scratch:
         poll(lambda: not self.trash_entries(), timeout, what=f"{self.trash} to be emptied by the reaper")
 
     def live_reapers(self) -> list[int]:
-        return [pid for pid in self.reaper_pids if not _is_zombie(pid)]
+        """Reapers the Epilogs of this volume forked (they carry the tag; our own processes aside)."""
+        ours = {process.pid for process in self.processes}
+        return [pid for pid in self.tagged_pids() if pid not in ours]
 
     def wait_reapers(self, timeout: float = 60) -> None:
-        """Until every reaper an Epilog of this volume reported (by PID) has exited."""
-        poll(lambda: not self.live_reapers(), timeout, what=f"reapers {self.live_reapers()} to exit")
+        """Until every reaper an Epilog of this volume started has exited."""
+        poll(lambda: not self.live_reapers(), timeout, what="the reapers to exit")
 
     def tagged_pids(self) -> list[int]:
         """Processes started for this volume (hooks, reapers, user processes), found by our tag."""
@@ -252,9 +251,9 @@ class Scratch:
             process.wait(timeout=30)
         # Reapers finish by themselves (the trash of a test is small); a stuck one is ended by PID.
         deadline = time.monotonic() + 60
-        while (self.live_reapers() or self.tagged_pids()) and time.monotonic() < deadline:
+        while self.tagged_pids() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for pid in self.live_reapers() + self.tagged_pids():
+        for pid in self.tagged_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         # Unmount here, retrying while anything still lets go, so that the loop factory finds it clean.
