@@ -1,0 +1,399 @@
+"""A one-node Slurm cluster inside the test VM: munged, slurmctld and slurmd (Debian bookworm's
+Slurm 22.05, in the image), with the project's hooks from the shared checkout (/src/hooks) as
+Prolog, Epilog, TaskProlog and HealthCheckProgram. Runs as root in the guest only.
+
+Every daemon is started directly (no wrapper) and stopped by the PID recorded at start; the
+files this writes outside its own work folder (/etc/hosts, /etc/passwd, /etc/group, the tool's
+/etc/slurm-scratch/slurm-scratch.conf) are put back by `stop()`.
+
+Only the standard library: the host imports this module when it collects the guest tests.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import node
+from nvme_disks import sh
+
+NODE_NAME = "vm"  # the guest's host name (vm_image.py writes /etc/hostname)
+ADDRESS = "127.0.0.1"
+HOOKS = node.SOURCE / "hooks"
+TOOL_CONF = Path("/etc/slurm-scratch/slurm-scratch.conf")  # what hooks without SLURM_SCRATCH_CONF read
+HEALTH_LOCK = Path("/run/slurm-scratch/health.lock")  # health.LOCK_FILE
+MUNGE_KEY = Path("/etc/munge/munge.key")  # made by munge's postinst in the image
+MUNGE_RUN = Path("/run/munge")
+HEALTH_INTERVAL_S = 5
+# glibc's getaddrinfo(AI_ADDRCONFIG), which slurmctld uses for its listening socket, answers
+# nothing while 127.0.0.1 is the only IPv4 address: a second loopback address fixes that.
+EXTRA_LOOPBACK = "127.0.0.2/32"
+# slurmd 22.05 initialises its cgroup plugin even with proctrack/linuxproc and task/none; its
+# cgroup/v2 plugin needs systemd's dbus, so it gets cgroup/v1 on a tmpfs (nothing uses it).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Files of the guest this changes; their content is restored by stop().
+TOUCHED_FILES = (Path("/etc/hosts"), Path("/etc/passwd"), Path("/etc/group"), TOOL_CONF)
+TERMINAL_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                       "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+T = TypeVar("T")
+
+
+class SlurmNodeError(AssertionError):
+    pass
+
+
+def poll(what: str, condition: Callable[[], T], timeout_s: float, interval_s: float = 0.5,
+         describe: Callable[[], str] | None = None) -> T:
+    """`condition()` until it is truthy (returned) or `timeout_s` passed (an AssertionError
+    naming `what` and, if given, `describe()`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{describe()}" if describe else ""
+            raise SlurmNodeError(f"timed out after {timeout_s} s waiting for {what}{extra}")
+        time.sleep(interval_s)
+
+
+def stop_pid(process: subprocess.Popen, grace_s: float = 15) -> bool:
+    """TERM the process by its PID, then KILL after `grace_s`; True once it has exited."""
+    if process.poll() is not None:
+        return True
+    try:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+        return True
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+    try:
+        process.wait(timeout=10)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+class SlurmNode:
+    """`start()` writes the configs and starts munged + slurmctld + slurmd; `stop()` stops them
+    (by PID) and puts every touched file back. `users` are created as (name, uid)."""
+
+    def __init__(self, workdir: Path, tool_settings: dict[str, dict[str, str]]) -> None:
+        self.workdir = workdir
+        self.tool_settings = tool_settings
+        self.slurm_conf = workdir / "etc" / "slurm.conf"
+        self.munged: subprocess.Popen | None = None
+        self.slurmctld: subprocess.Popen | None = None
+        self.slurmd: subprocess.Popen | None = None
+        self._saved: dict[Path, bytes | None] = {}
+        self._made_dirs: list[Path] = []
+        self.users: dict[str, int] = {}
+        self._added_address = False
+        self._mounted_cgroup = False
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Work folder, /etc/hosts, slurm.conf and the tool's config (no daemon yet)."""
+        self._saved = {path: path.read_bytes() if path.exists() else None
+                       for path in TOUCHED_FILES}
+        self.workdir.mkdir(mode=0o755, parents=True)
+        for sub in ("etc", "ctld", "slurmd", "munge", "home"):
+            (self.workdir / sub).mkdir(mode=0o755)
+        Path("/etc/hosts").write_text(f"127.0.0.1 localhost\n{ADDRESS} {NODE_NAME}\n")
+        sh("ip", "addr", "add", EXTRA_LOOPBACK, "dev", "lo")
+        self._added_address = True
+        if not os.path.ismount(CGROUP_ROOT):
+            sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=1m", "cgroup", str(CGROUP_ROOT))
+            self._mounted_cgroup = True
+        self._write_slurm_conf()
+        self.write_tool_conf()
+
+    def write_tool_conf(self, overrides: dict[str, dict[str, str]] | None = None) -> Path:
+        """/etc/slurm-scratch/slurm-scratch.conf: the settings given at construction, plus
+        `[slurm] slurm_conf` (a HealthCheckProgram gets no SLURM_CONF), plus `overrides`."""
+        sections = {section: dict(keys) for section, keys in self.tool_settings.items()}
+        sections.setdefault("slurm", {})["slurm_conf"] = str(self.slurm_conf)
+        for section, keys in (overrides or {}).items():
+            sections.setdefault(section, {}).update(keys)
+        if not TOOL_CONF.parent.is_dir():
+            TOOL_CONF.parent.mkdir(mode=0o755, parents=True)
+            self._made_dirs.append(TOOL_CONF.parent)
+        volume = sections.pop("volume", {})
+        return node.write_config(TOOL_CONF, volume, sections)
+
+    def _write_slurm_conf(self) -> None:
+        slurm = pwd.getpwnam("slurm")
+        ctld = self.workdir / "ctld"
+        (ctld / "state").mkdir(mode=0o755)
+        for path in (ctld, ctld / "state"):
+            os.chown(path, slurm.pw_uid, slurm.pw_gid)
+        slurmd = self.workdir / "slurmd"
+        (slurmd / "spool").mkdir(mode=0o755)
+        lines = [
+            "ClusterName=fullstack",
+            f"SlurmctldHost={NODE_NAME}({ADDRESS})",
+            "SlurmUser=slurm",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"StateSaveLocation={ctld}/state",
+            f"SlurmctldPidFile={ctld}/slurmctld.pid",
+            f"SlurmctldLogFile={ctld}/slurmctld.log",
+            f"SlurmdSpoolDir={slurmd}/spool",
+            f"SlurmdPidFile={slurmd}/slurmd.pid",
+            f"SlurmdLogFile={slurmd}/slurmd.log",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "MpiDefault=none",
+            "MailProg=/bin/true",
+            "SchedulerType=sched/backfill",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "ReturnToService=2",
+            "SlurmdTimeout=60",
+            "SlurmctldTimeout=60",
+            "MessageTimeout=20",
+            "InactiveLimit=0",
+            "KillWait=5",
+            "MinJobAge=600",
+            f"Prolog={HOOKS}/prolog",
+            f"Epilog={HOOKS}/epilog",
+            f"TaskProlog={HOOKS}/task_prolog",
+            "PrologFlags=Alloc",
+            f"HealthCheckProgram={HOOKS}/healthcheck",
+            f"HealthCheckInterval={HEALTH_INTERVAL_S}",
+            "HealthCheckNodeState=ANY",
+            f"NodeName={NODE_NAME} NodeAddr={ADDRESS} CPUs={os.cpu_count() or 1} RealMemory=100 "
+            "State=UNKNOWN",
+            f"PartitionName=main Nodes={NODE_NAME} Default=YES MaxTime=INFINITE State=UP",
+        ]
+        self.slurm_conf.write_text("\n".join(lines) + "\n")
+        self.slurm_conf.chmod(0o644)
+        cgroup_conf = self.slurm_conf.with_name("cgroup.conf")
+        cgroup_conf.write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n")
+        cgroup_conf.chmod(0o644)
+
+    def add_user(self, name: str, uid: int) -> Path:
+        """An ordinary user (own group, home in the work folder); returns the home."""
+        home = self.workdir / "home" / name
+        with open("/etc/group", "a") as group:
+            group.write(f"{name}:x:{uid}:\n")
+        with open("/etc/passwd", "a") as passwd:
+            passwd.write(f"{name}:x:{uid}:{uid}::{home}:/bin/sh\n")
+        home.mkdir(mode=0o755)
+        os.chown(home, uid, uid)
+        self.users[name] = uid
+        return home
+
+    # -- daemons -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.start_munged()
+        self.start_slurmctld()
+        self.start_slurmd()
+
+    def _daemon(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.workdir / log_name, "ab")
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    cwd="/", start_new_session=True,
+                                    env={"PATH": node.TOOL_PATH, "LANG": "C.UTF-8"})
+        finally:
+            log.close()
+
+    def start_munged(self) -> None:
+        munge = pwd.getpwnam("munge")
+        mdir = self.workdir / "munge"
+        mdir.chmod(0o700)
+        os.chown(mdir, munge.pw_uid, munge.pw_gid)
+        if not MUNGE_RUN.exists():
+            MUNGE_RUN.mkdir(mode=0o755)
+            self._made_dirs.append(MUNGE_RUN)
+        os.chown(MUNGE_RUN, munge.pw_uid, munge.pw_gid)
+        self.munged = self._daemon(
+            ["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
+             "--", "/usr/sbin/munged", "--foreground", f"--key-file={MUNGE_KEY}",
+             f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log",
+             f"--seed-file={mdir}/munged.seed"], "munged.out")
+
+        def munge_works() -> bool:
+            if self.munged.poll() is not None:
+                raise SlurmNodeError(f"munged exited {self.munged.returncode}: "
+                                     f"{self.log_tail('munged.out')}")
+            cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
+            return cred.returncode == 0 and subprocess.run(
+                ["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
+
+        poll("munged to answer", munge_works, 20, 0.1)
+
+    def start_slurmctld(self) -> None:
+        self.slurmctld = self._daemon(["/usr/sbin/slurmctld", "-D", "-f", str(self.slurm_conf)],
+                                      "slurmctld.out")
+        poll("slurmctld to answer", lambda: self._alive(self.slurmctld, "slurmctld") and
+             self.scontrol("ping", check=False).stdout.count("UP") >= 1, 60,
+             describe=lambda: self.log_tail("ctld/slurmctld.log"))
+
+    def start_slurmd(self) -> None:
+        self.slurmd = self._daemon(["/usr/sbin/slurmd", "-D", "-f", str(self.slurm_conf)],
+                                   "slurmd.out")
+        poll("slurmd to register", lambda: self._alive(self.slurmd, "slurmd") and
+             "NOT_RESPONDING" not in self.node_state() and "UNKNOWN" not in self.node_state(),
+             60, describe=self.describe_node)
+
+    def stop_slurmd(self) -> None:
+        """Stop slurmd by its PID, after any health check it started has finished (one that
+        still ran would hold /scratch busy)."""
+        if self.slurmd is None:
+            return
+        with self.health_checks_paused():
+            if not stop_pid(self.slurmd):
+                raise SlurmNodeError(f"slurmd PID {self.slurmd.pid} did not stop")
+        self.slurmd = None
+
+    def _alive(self, process: subprocess.Popen, name: str) -> bool:
+        if process.poll() is not None:
+            raise SlurmNodeError(f"{name} exited {process.returncode}: "
+                                 f"{self.log_tail(name + '.out')}")
+        return True
+
+    def stop(self) -> list[str]:
+        """Stop every daemon by PID (slurmd, slurmctld, munged) and restore the touched files.
+        Returns what could not be undone."""
+        problems = []
+        for name in ("slurmd", "slurmctld", "munged"):
+            process = getattr(self, name)
+            if process is not None and not stop_pid(process):
+                problems.append(f"{name} PID {process.pid} did not stop")
+            setattr(self, name, None)
+        for path, content in self._saved.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
+        if self._added_address:
+            result = sh("ip", "addr", "del", EXTRA_LOOPBACK, "dev", "lo", check=False)
+            if result.returncode != 0:
+                problems.append(f"ip addr del {EXTRA_LOOPBACK}: {result.stderr.strip()}")
+            self._added_address = False
+        if self._mounted_cgroup:
+            result = sh("umount", str(CGROUP_ROOT), check=False)
+            if result.returncode != 0:
+                problems.append(f"umount {CGROUP_ROOT}: {result.stderr.strip()}")
+            self._mounted_cgroup = False
+        for directory in reversed(self._made_dirs):
+            shutil.rmtree(directory, ignore_errors=True)
+        return problems
+
+    @staticmethod
+    def health_checks_paused():
+        """Hold the tool's health-check lock: a check that starts meanwhile prints "skipped"
+        and touches nothing; waits (bounded) for one that is running."""
+        return _HealthLock()
+
+    # -- clients -----------------------------------------------------------------------------
+    def client_env(self, home: str = "/root") -> dict[str, str]:
+        return {"PATH": node.TOOL_PATH, "LANG": "C.UTF-8", "HOME": home,
+                "SLURM_CONF": str(self.slurm_conf)}
+
+    def scontrol(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30,
+                                env=self.client_env())
+        if check and result.returncode != 0:
+            raise SlurmNodeError(f"scontrol {' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr.strip()}")
+        return result
+
+    def node_info(self) -> dict[str, str]:
+        text = self.scontrol("show", "node", "-o", NODE_NAME, check=False).stdout
+        return parse_record(text.splitlines()[0] if text.strip() else "")
+
+    def node_state(self) -> str:
+        return self.node_info().get("State", "")
+
+    def node_reason(self) -> str:
+        """The node's drain/down reason as `sinfo -R` shows it ('' when it has none)."""
+        result = subprocess.run(["sinfo", "-R", "-h", "-N", "-n", NODE_NAME, "-o", "%E"],
+                                capture_output=True, text=True, timeout=30, env=self.client_env())
+        lines = result.stdout.splitlines()
+        text = lines[0].strip() if lines else ""
+        return "" if text == "none" else text
+
+    def describe_node(self) -> str:
+        return (f"scontrol show node: {self.node_info()}\n--- slurmd.log tail ---\n"
+                f"{self.log_tail('slurmd/slurmd.log')}")
+
+    def submit(self, user: str, script: str) -> int:
+        """sbatch `script` as `user` from their home; output in <home>/slurm-<id>.out."""
+        entry = pwd.getpwnam(user)
+        home = entry.pw_dir
+        argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+                "--", "sbatch", "--parsable", f"--chdir={home}", f"--output={home}/slurm-%j.out",
+                "-N1", "-n1"]
+        result = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=30,
+                                env=self.client_env(home), cwd=home)
+        if result.returncode != 0:
+            raise SlurmNodeError(f"sbatch as {user} exited {result.returncode}: {result.stderr}")
+        return int(result.stdout.strip().split(";")[0])
+
+    def job_info(self, job_id: int) -> dict[str, str]:
+        text = self.scontrol("show", "job", "-o", str(job_id)).stdout
+        return parse_record(text.splitlines()[0])
+
+    def wait_job(self, job_id: int, timeout_s: float = 60) -> dict[str, str]:
+        """Poll until the job ended (and is no longer completing); returns its record."""
+        def ended():
+            info = self.job_info(job_id)
+            return info if info.get("JobState") in TERMINAL_JOB_STATES else None
+        return poll(f"job {job_id} to end", ended, timeout_s,
+                    describe=lambda: f"{self.job_info(job_id)}\n{self.describe_node()}")
+
+    def log_tail(self, relative: str, lines: int = 30) -> str:
+        path = self.workdir / relative
+        if not path.exists():
+            return f"({path} does not exist)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class _HealthLock:
+    def __init__(self, timeout_s: float = 60) -> None:
+        self.timeout_s = timeout_s
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        HEALTH_LOCK.parent.mkdir(mode=0o755, exist_ok=True)
+        self.fd = os.open(HEALTH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+        def locked() -> bool:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        poll("the running health check to finish", locked, self.timeout_s, 0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def parse_record(line: str) -> dict[str, str]:
+    """`scontrol show -o` output: space-separated Key=Value (values may hold '=' but not
+    spaces, except Reason=..., which runs to the next known key)."""
+    fields: dict[str, str] = {}
+    key = None
+    for token in line.split(" "):
+        name, sep, value = token.partition("=")
+        if sep and name and name[0].isupper() and name.replace("_", "").isalnum():
+            key = name
+            fields[key] = value
+        elif key is not None:
+            fields[key] += " " + token
+    return fields
