@@ -220,7 +220,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="Prolog runs (and bash runs), interleaved")
     parser.add_argument("--files", type=int, default=100_000, help="files in the Epilog's job directory")
-    parser.add_argument("--reps", type=int, default=5, help="Epilog / rm -rf repetitions")
+    parser.add_argument("--reps", type=int, default=9, help="Epilog / rm -rf repetitions")
     parser.add_argument("--fs", choices=("ext4", "xfs"), default="ext4")
     parser.add_argument("--size-gb", type=int, default=256, help="size of the sparse loop filesystem (default 256: see above)")
     where = parser.add_mutually_exclusive_group()
