@@ -275,12 +275,18 @@ class Host:
         return problems
 
     def processes(self) -> list[int]:
-        """Host PIDs of every process in this host's mount or network namespace."""
+        """Host PIDs of every process in this host's network namespace and either its mount
+        namespace (the host's own processes, nsenter) or the harness's (client commands).
+        Matching one namespace alone could take someone else's process for ours: the kernel
+        reuses a freed namespace's inode number (seen: another session's private mount
+        namespace got a stopped node's)."""
+        if not self.net_ns:
+            return []
+        own_mnt = _ns_inode("self", "mnt")
         pids = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and (
-                    (self.mnt_ns and _ns_inode(entry, "mnt") == self.mnt_ns)
-                    or (self.net_ns and _ns_inode(entry, "net") == self.net_ns)):
+            if entry.isdigit() and _ns_inode(entry, "net") == self.net_ns \
+                    and _ns_inode(entry, "mnt") in (self.mnt_ns, own_mnt):
                 pids.append(int(entry))
         return pids
 

@@ -1,6 +1,7 @@
 """Static checks of the docker-compose cluster (docker-compose.yml, docker/): this machine has no
-Docker engine, so what can be checked without running it is checked here. The node bootstrap it
-runs (tests/cluster/node_bootstrap.py) is exercised for real by the cluster tests."""
+Docker engine, so what can be checked without running anything is checked here. The cluster tests
+run it for real with a stand-in for the engine (tests/cluster/test_compose_rehearsal.py) and the
+node bootstrap it shares with the harness (tests/cluster/test_node_bootstrap.py)."""
 from __future__ import annotations
 
 import json
@@ -340,3 +341,16 @@ def test_node_settings_make_a_valid_slurm_scratch_conf_that_stripes():
     config = parse_config(text, "node slurm-scratch.conf")
     assert config.volume.backend == "btrfs"  # stripes on any kernel, no device-mapper or md
     assert config.volume.mount_point == "/scratch"
+
+
+def test_readme_commands_name_existing_services_and_users():
+    section = (REPO / "README.md").read_text().split("## Try it with Docker", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"docker compose exec ((?:-[uw] \S+ )*)(\S+) ", section)
+    assert commands, "no `docker compose exec` in the README's Docker section"
+    users = {segment.split()[-1] for name, args in _dockerfile_instructions() if name == "RUN"
+             for segment in args.split("&&") if segment.strip().startswith("useradd ")}
+    for options, service in commands:
+        assert service in _services(), f"README: docker compose exec ... {service}: no such service"
+        user = re.search(r"-u (\S+)", options)
+        assert user is None or user.group(1) in users, f"README: no user {user.group(1)} in the image"
+    assert "docker compose up -d --build" in section
