@@ -18,6 +18,7 @@ import pytest
 
 import node
 from nvme_disks import EC2_INSTANCE_STORE, sh
+from slurm_node import TOOL_CONF, SlurmNode, poll
 
 VM_TIMEOUT_S = 600
 
@@ -58,8 +59,6 @@ class Steps:
 def slurm_stack(disks, tool_available):
     """make(tool_settings) -> a prepared slurm_node.SlurmNode (daemons not started); all its
     daemons are stopped by PID and its files put back after the test, before the disks go."""
-    from slurm_node import SlurmNode
-
     made = []
 
     def make(settings: dict[str, dict[str, str]]) -> SlurmNode:
@@ -91,14 +90,13 @@ def boot_node(disks, make_stack, settings, steps: Steps):
     stack = make_stack(settings)
     steps.done("2 EC2 instance-store disks, slurm.conf, tool config")
 
-    boot = node.setup_ok(stack_conf())
+    boot = node.setup_ok(TOOL_CONF)
     assert_striped_volume(made, boot)
     steps.done("boot-time setup (vg.01/lv_ephemeral over 2 disks, ext4, /scratch)")
     assert_healthy_volume()
 
     stack.start()
-    node_poll("slurmd's first health check to report to Slurm", HEALTH_STATE.exists, 30,
-              describe=stack.describe_node)
+    wait_first_health_check(stack)
     state = stack.node_state()
     assert "DRAIN" not in state and stack.node_reason() == "", stack.describe_node()
     steps.done("munged, slurmctld, slurmd started; node up")
@@ -107,11 +105,11 @@ def boot_node(disks, make_stack, settings, steps: Steps):
 
 def assert_healthy_volume() -> None:
     """The tool's own health check (report only) finds the volume healthy."""
-    check = node.slurm_scratch(stack_conf(), "healthcheck", "--report-only", "--node", "vm")
+    check = node.slurm_scratch(TOOL_CONF, "healthcheck", "--report-only", "--node", "vm")
     if check.returncode != 0 and "LV vg.01/lv_ephemeral not active" in check.stdout:
         attr = sh("lvs", "--readonly", "--noheadings", "-o", "lv_attr", f"{VG}/{LV}").stdout
         dm_state = sh("dmsetup", "info", "-c", "--noheadings", "-o", "attr",
-                           f"{VG}-{LV}").stdout.strip()
+                      f"{VG}-{LV}").stdout.strip()
         if attr.strip()[4:5] == "X" and dm_state.startswith("L"):
             pytest.xfail(
                 "tool bug (slurm_scratch/health.py check_lvm/parse_lvs): on Debian bookworm's "
@@ -121,12 +119,6 @@ def assert_healthy_volume() -> None:
                 f"{dm_state!r}) and drains every healthy LVM node; the rest of the story "
                 "cannot run until it is fixed")
     assert check.returncode == 0 and check.stdout.startswith("ok:"), node.describe(check)
-
-
-def stack_conf() -> Path:
-    from slurm_node import TOOL_CONF
-
-    return TOOL_CONF
 
 
 def assert_striped_volume(made, setup_result) -> None:
@@ -156,20 +148,14 @@ def run_job(stack, steps: Steps) -> int:
     fs = re.search(r"^fs=(\S+) on=(\S+)$", output, re.M)
     assert fs and fs.group(2) == str(MOUNT_POINT), output
     assert os.path.realpath(fs.group(1)) == os.path.realpath(LV_DEVICE), output
-    node_poll(f"the Epilog to retire {job_dir} and the reaper to empty the trash",
-              lambda: not job_dir.exists() and trash_empty(), 60)
+    poll(f"the Epilog to retire {job_dir} and the reaper to empty the trash",
+         lambda: not job_dir.exists() and trash_empty(), 60)
     steps.done(f"job {job_id} as {USER} wrote to $SCRATCH; its directory retired")
     return job_id
 
 
 def trash_empty() -> bool:
     return not TRASH.exists() or not any(TRASH.iterdir())
-
-
-def node_poll(what, condition, timeout_s, describe=None):
-    from slurm_node import poll
-
-    return poll(what, condition, timeout_s, describe=describe)
 
 
 def write_marker() -> bytes:
@@ -180,20 +166,27 @@ def write_marker() -> bytes:
     return payload
 
 
+def wait_first_health_check(stack) -> None:
+    """Until the health check slurmd runs at start has told Slurm what it found (/run is
+    empty at boot, so the first check always asks Slurm and then remembers it)."""
+    poll("slurmd's first health check to report to Slurm", HEALTH_STATE.exists, 30,
+         describe=stack.describe_node)
+
+
 def wait_drained(stack, what: str) -> str:
     def drained():
         reason = stack.node_reason()
         return reason if reason.startswith("scratch:") and "DRAIN" in stack.node_state() else None
-    return node_poll(f"the health check to drain the node ({what})", drained, DRAIN_WAIT_S,
-                     describe=stack.describe_node)
+    return poll(f"the health check to drain the node ({what})", drained, DRAIN_WAIT_S,
+                describe=stack.describe_node)
 
 
 def wait_resumed(stack, what: str) -> None:
     def resumed():
         state = stack.node_state()
         return "DRAIN" not in state and "DOWN" not in state and stack.node_reason() == ""
-    node_poll(f"the health check to resume the node ({what})", resumed, RESUME_WAIT_S,
-              describe=stack.describe_node)
+    poll(f"the health check to resume the node ({what})", resumed, RESUME_WAIT_S,
+         describe=stack.describe_node)
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -208,16 +201,18 @@ def test_boot_job_reboot_pulled_disk_drains_and_its_return_resumes(disks, slurm_
     # A reboot: slurmd stops, the volume goes down, the disks go and come back with their data,
     # /run is emptied; the boot-time setup mounts the same volume again.
     stack.stop_slurmd()
-    problems = node.reboot(disks) or []
+    problems = node.release_volumes()  # nothing may hold /scratch once slurmd is gone
     assert not problems, problems
+    node.reboot(disks)
     assert node.mount_of(str(MOUNT_POINT)) is None
-    again = node.setup_ok(stack_conf())
+    again = node.setup_ok(TOOL_CONF)
     assert node.fs_uuid(LV_DEVICE) == uuid, "reformatted at reboot: " + again.stderr
     assert "mkfs" not in again.stderr, again.stderr
     assert_striped_volume(made, again)
     assert (MOUNT_POINT / "marker").read_bytes() == marker
     steps.done("reboot: same volume, marker kept")
     stack.start_slurmd()
+    wait_first_health_check(stack)
     assert stack.node_reason() == "", stack.describe_node()
     run_job(stack, steps)
 
@@ -241,7 +236,7 @@ def test_boot_job_reboot_pulled_disk_drains_and_its_return_resumes(disks, slurm_
         sh("vgchange", "-ay", VG)
         fsck = sh("e2fsck", "-fy", LV_DEVICE, check=False, timeout=120)
         assert fsck.returncode in (0, 1), f"e2fsck exited {fsck.returncode}: {fsck.stdout}{fsck.stderr}"
-        repaired = node.setup_ok(stack_conf())
+        repaired = node.setup_ok(TOOL_CONF)
     assert node.fs_uuid(LV_DEVICE) == uuid, "reformatted at repair: " + repaired.stderr
     assert_striped_volume(made, repaired)
     assert (MOUNT_POINT / "marker").read_bytes() == marker
@@ -271,7 +266,7 @@ def test_a_pulled_disk_that_stays_gone_is_rebuilt_and_the_node_resumed(disks, sl
         node.clear_dir(directory)
     kept.connect()
     node.release_volumes()  # what udev auto-activated from the one disk (a partial VG)
-    rebuilt = node.setup_ok(stack_conf())
+    rebuilt = node.setup_ok(TOOL_CONF)
     assert gone.serial in rebuilt.stderr, "the rebuild does not name the lost disk: " + rebuilt.stderr
     new_uuid = node.fs_uuid(LV_DEVICE)
     assert new_uuid not in ("", old_uuid), rebuilt.stderr
