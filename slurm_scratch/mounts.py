@@ -55,9 +55,17 @@ def list_mounts() -> list[Mount]:
 
 
 def find_mount(path: str) -> Mount | None:
-    """The filesystem mounted exactly at `path` (the last one, if stacked), or None."""
-    found = None
-    for mount in list_mounts():
-        if mount.mount_point == path:
-            found = mount
-    return found
+    """The filesystem mounted exactly at `path` (the last one, if stacked), or None.
+
+    On the Prolog's path: only lines whose mount point field matches are parsed into records
+    (a node with containers or many cgroup mounts has hundreds of lines)."""
+    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as stream:
+        text = stream.read()
+    needle = path if "\\" not in path and not any(ch in path for ch in " \t\n") else None
+    matches = []
+    for line in text.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) > 4 and (fields[4] == needle if needle is not None else _unescape(fields[4]) == path):
+            matches.append(line)
+    found = parse_mountinfo("\n".join(matches))
+    return found[-1] if found else None
