@@ -456,7 +456,10 @@ def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
     attr, pv_count, missing = fields[0], fields[1], fields[2]
     if attr[8] == "p" or (missing.isdigit() and int(missing)):
         return [bad("layers", f"LV {lv} partial (a disk is missing)")]
-    if attr[4] != "a":
+    # `lvs --readonly` does not ask device-mapper, so bookworm's LVM shows the state as 'X'
+    # (unknown): then whether the LV is active is the mount check's answer (mounted from the LV's
+    # device) and sysfs's (not suspended), not this one's.
+    if attr[4] not in ("a", "X"):
         return [bad("layers", f"LV {lv} not active")]
     if members is not None and pv_count.isdigit() and int(pv_count) != len(members):
         return [bad("layers", f"LV {lv} has {pv_count} disks, {len(members)} recorded")]

@@ -85,6 +85,9 @@ LV = "vg.01/lv_ephemeral"
         ("  -wi-ao----|4|0\n", ["a", "b", "c", "d"], True, "LV vg.01/lv_ephemeral active, 4 disks"),
         ("  -wi-ao---p|4|1\n", None, False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
         ("  -wi-------|4|0\n", None, False, "LV vg.01/lv_ephemeral not active"),
+        # `lvs --readonly` (LVM 2.03.16, bookworm) cannot tell the state: not a finding by itself
+        ("  -wi-XX----|2|0\n", ["a", "b"], True, "LV vg.01/lv_ephemeral active, 2 disks"),
+        ("  -wi-XX---p|2|1\n", ["a", "b"], False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
         ("  -wi-ao----|3|0\n", ["a", "b", "c", "d"], False, "LV vg.01/lv_ephemeral has 3 disks, 4 recorded"),
         ("", None, False, "LV vg.01/lv_ephemeral not found"),
     ],
