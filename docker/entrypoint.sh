@@ -78,14 +78,14 @@ node() {
   rm -f "$READY"
   bootstrap_pid="" slurmd_pid=""
   # shellcheck disable=SC2317  # called by the trap
-  stop_node() {
+  stop_node() {  # $1: the container's exit status
     say "stopping: slurmd, then /scratch and the loop devices"
     stop_pid "$slurmd_pid"
     stop_pid "$bootstrap_pid"  # it unmounts /scratch and detaches the disks it attached
     stop_munged
-    exit 0
+    exit "$1"
   }
-  trap stop_node TERM INT
+  trap 'stop_node 0' TERM INT
   /usr/bin/python3 "$BOOTSTRAP" up --image-dir "$DISK_DIR" --disks "$DISKS" \
     --disk-mib "$DISK_MIB" --base-conf "$BASE_CONF" \
     --conf /etc/slurm-scratch/slurm-scratch.conf \
@@ -96,14 +96,16 @@ node() {
     if ! kill -0 "$bootstrap_pid" 2> /dev/null; then
       say "node_bootstrap.py failed"; stop_munged; exit 1
     fi
-    [ "$waited" -lt 3000 ] || { say "no /scratch after 300 s"; stop_node; }
+    [ "$waited" -lt 3000 ] || { say "no /scratch after 300 s"; stop_node 1; }
     sleep 0.1; waited=$((waited + 1))
   done
   slurmd -D &
   slurmd_pid=$!
-  wait "$slurmd_pid" || true
-  say "slurmd exited"
-  stop_node
+  status=0
+  wait "$slurmd_pid" || status=$?
+  say "slurmd exited with status $status"
+  slurmd_pid=""
+  stop_node 1  # slurmd is not meant to end on its own: the container fails
 }
 
 case "${1:-}" in

@@ -21,7 +21,9 @@ Run it as root in a private mount namespace (the tests' conftest makes one).
 
 What differs from Docker: the base is an mmdebstrap minbase, not the registry's debian image;
 names resolve through /etc/hosts, not Docker's DNS; every service has root's full capabilities
-(Docker drops most of them for the unprivileged ones); the cgroup hierarchy is the machine's.
+(Docker drops most of them for the unprivileged ones); the cgroup hierarchy is the machine's
+(`cgroup_v2=True` mounts a cgroup2 at each container's /sys/fs/cgroup, as a cgroup v2 host
+gives it, though /proc/self/cgroup still shows this machine's v1 hierarchies).
 Only what docker-compose.yml uses is understood (short volume syntax, tmpfs, environment,
 hostname, command, privileged, depends_on conditions); anything else is ignored.
 """
@@ -364,8 +366,10 @@ def volume_entries(service: dict) -> list[tuple[str, str, str, bool]]:
 
 
 class Container:
-    def __init__(self, name: str, service: dict, image: Image, work: Path, address: str):
+    def __init__(self, name: str, service: dict, image: Image, work: Path, address: str,
+                 cgroup_v2: bool = False):
         self.name, self.service, self.image = name, service, image
+        self.cgroup_v2 = cgroup_v2
         self.hostname = service.get("hostname", name)
         self.address = address
         self.dir = work / "containers" / name
@@ -407,6 +411,8 @@ class Container:
                  "rehearsal-tmpfs", str(inside)])
         make_dev(self.root / "dev", bool(self.service.get("privileged")))
         run(["mount", "--rbind", "/sys", str(self.root / "sys")])
+        if self.cgroup_v2:  # what a container sees on a cgroup v2 Docker host
+            run(["mount", "-t", "cgroup2", "cgroup2", str(self.root / "sys" / "fs" / "cgroup")])
         for name, text in (("hosts", hosts_file.read_text()), ("hostname", self.hostname + "\n")):
             path = self.dir / name
             path.write_text(text)
@@ -503,10 +509,11 @@ class Container:
 class Compose:
     """The services of docker-compose.yml, started in depends_on order."""
 
-    def __init__(self, compose_file: Path, work: Path):
+    def __init__(self, compose_file: Path, work: Path, cgroup_v2: bool = False):
         import yaml  # python3-yaml; only the rehearsal needs it
         self.spec = yaml.safe_load(compose_file.read_text())
         self.work = work
+        self.cgroup_v2 = cgroup_v2  # give every container a cgroup2 /sys/fs/cgroup
         self.containers: dict[str, Container] = {}
         self.network: subprocess.Popen | None = None
         self.image: Image | None = None
@@ -547,7 +554,8 @@ class Compose:
         if self.network.stdout.readline().strip() != "up":
             raise RehearsalError("could not make the bridge")
         for name in names:
-            container = Container(name, services[name], self.image, self.work, addresses[name])
+            container = Container(name, services[name], self.image, self.work, addresses[name],
+                                  self.cgroup_v2)
             self.containers[name] = container
             for dependency, spec in (services[name].get("depends_on") or {}).items():
                 if spec.get("condition") == "service_completed_successfully":
