@@ -218,11 +218,12 @@ class Image:
         CACHE.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(json.dumps([suite, base_steps]).encode()).hexdigest()[:12]
         self.base = self._cached(f"compose-base-{suite}-{key}",
-                                 lambda root: self._build_base(root, suite, base_steps))
+                                 lambda root: self._build_base(root, suite, base_steps),
+                                 prune=f"compose-base-{suite}-")
         top_key = _hash_sources(self.context, top_steps)
         self.layer = self._cached(f"compose-layer-{key}-{top_key}",
                                   lambda layer: self._build_top(layer, top_steps),
-                                  prune=f"compose-layer-{key}-")
+                                  prune="compose-layer-")
         for name, arguments in self.instructions:
             if name == "ENTRYPOINT":
                 self.entrypoint = json.loads(arguments)
@@ -240,7 +241,7 @@ class Image:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if (CACHE / f".{name}.complete").exists():
                 return path
-            if prune:  # older top layers of this base: superseded
+            if prune:  # older versions (bases of another package list, layers): superseded
                 for old in CACHE.glob(f"{prune}*"):
                     shutil.rmtree(old, ignore_errors=True)
                     (CACHE / f".{old.name}.complete").unlink(missing_ok=True)
