@@ -74,9 +74,10 @@ def slurm_version(rootfs: Path) -> str:
 
 
 @contextlib.contextmanager
-def bound_into(rootfs: Path, *paths: str):
+def bound_into(rootfs: Path, *paths: str, read_only: tuple[str, ...] = ()):
     """Bind-mount `paths` (plus /proc, /sys, /dev) at the same place inside the rootfs, in this
-    process's (private) mount namespace, for the duration of the block."""
+    process's (private) mount namespace, for the duration of the block; those also named in
+    `read_only` are bound read-only (nothing run in the rootfs may write the host's copy)."""
     mounted: list[Path] = []
     made: list[Path] = []
     try:
@@ -88,6 +89,8 @@ def bound_into(rootfs: Path, *paths: str):
                 made.append(directory)
             subprocess.run(["mount", "--rbind", source, str(target)], check=True)
             mounted.append(target)
+            if source in read_only:
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
         yield
     finally:
         for target in reversed(mounted):
@@ -101,7 +104,7 @@ def install_project(rootfs: Path, repo: Path, prefix: Path) -> None:
     """`make install PREFIX=<prefix>` inside the rootfs, with the rootfs's own python3; pip
     trusts what this machine trusts (its CA certificates, bound in)."""
     env = {**os.environ, "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
-    with bound_into(rootfs, str(repo), str(prefix), "/etc/ssl/certs"):
+    with bound_into(rootfs, str(repo), str(prefix), "/etc/ssl/certs", read_only=("/etc/ssl/certs",)):
         made = subprocess.run(
             ["chroot", str(rootfs), "make", "-s", "-C", str(repo), "install", f"PREFIX={prefix}",
              "PYTHON=/usr/bin/python3"], capture_output=True, text=True, timeout=900, env=env)
