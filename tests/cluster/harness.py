@@ -39,7 +39,6 @@ import ctypes
 import os
 import pwd
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cluster.node_bootstrap import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
-    node_settings, write_scratch_conf
+    node_settings, run, wait_for, write_scratch_conf
 
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NODE_INIT = Path(__file__).with_name("node_init.py")
@@ -71,37 +70,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-class HarnessError(RuntimeError):
-    pass
+# One error type for the harness and the node bootstrap it shares with the compose nodes.
+HarnessError = BootstrapError
 
 
 def _die_with_parent() -> None:
     """preexec_fn: the child gets SIGKILL if the test process dies, so no daemon outlives it."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60, input: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a host command, capture text output; a failure names the command and its stderr."""
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
-                          env=env if env is not None else {"PATH": TOOL_PATH, "LANG": "C.UTF-8"},
-                          cwd="/")
-    if check and proc.returncode != 0:
-        raise HarnessError(f"{shlex.join(argv)} exited {proc.returncode}: "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.2):
-    """Poll `predicate` until it returns something truthy; HarnessError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise HarnessError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:

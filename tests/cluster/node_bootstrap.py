@@ -58,10 +58,10 @@ class BootstrapError(RuntimeError):
 
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run a command with a fixed PATH (plus `env`), capture text output; a failure names it."""
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, cwd="/",
-                          env={"PATH": TOOL_PATH, "LANG": "C.UTF-8", **(env or {})})
+                          input=input, env={"PATH": TOOL_PATH, "LANG": "C.UTF-8", **(env or {})})
     if check and proc.returncode != 0:
         raise BootstrapError(f"{shlex.join(argv)} exited {proc.returncode}: "
                              f"{proc.stderr.strip() or proc.stdout.strip()}")
