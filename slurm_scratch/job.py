@@ -81,8 +81,6 @@ def from_slurm_env(environ: dict[str, str] | None = None) -> JobContext:
         raise JobContextError(f"SLURM_JOB_UID={uid} does not match user {user!r} (uid {entry.pw_uid})")
     if gid != entry.pw_gid and not _is_member(user, gid):
         raise JobContextError(f"SLURM_JOB_GID={gid} is neither the primary group of user {user!r} ({entry.pw_gid}) nor one it belongs to")
-    if uid == 0:
-        raise JobContextError("SLURM_JOB_UID=0: refusing to manage a scratch directory for root jobs")
     return JobContext(job_id=job_id, uid=uid, gid=gid, user=user, node=node_name(environ))
 
 

@@ -42,6 +42,16 @@ def test_prolog_creates_private_dir_owned_by_job_user(scratch) -> None:
     assert os.lstat(scratch.trash).st_dev == os.lstat(scratch.mount_point).st_dev
 
 
+def test_a_root_job_gets_a_root_owned_dir_and_the_epilog_retires_it(scratch) -> None:
+    """An admin's job as root must not fail its Prolog (that would drain the node)."""
+    created = scratch.prolog(103, user="root")
+    assert created.returncode == 0, created.stderr
+    assert owner_and_mode(scratch.job_dir(103, user="root")) == (0, 0, 0o700)
+    retired = scratch.epilog(103, user="root")
+    assert retired.returncode == 0, retired.stderr
+    assert not os.path.lexists(scratch.job_dir(103, user="root"))
+
+
 def test_each_job_and_user_gets_its_own_dir(scratch) -> None:
     assert scratch.prolog(7).returncode == 0
     assert scratch.prolog(8, user="sstest2").returncode == 0
