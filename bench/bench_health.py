@@ -171,7 +171,8 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     print(line("NHC-like bash (mounts + df -Pk + df -Pi)", theirs))
     print(line("NHC-like bash + write/fsync/read/unlink probe (dd, cat)", theirs_probing))
     print(line("for scale: /usr/bin/python3 -I -S -c pass", python))
-    print(f"ratio healthcheck / NHC-like: {ours_median / theirs_median:.2f} (target <= 1.00)")
+    ratio = ours_median / theirs_median
+    print(f"ratio healthcheck / NHC-like: {ratio:.2f} (target <= 1.00) {'PASS' if ratio <= 1.0 else 'MISS'}")
     print(f"ratio healthcheck / NHC-like with the same probe: {ours_median / statistics.median(theirs_probing):.2f}")
     print(f"Slurm calls: {len(calls_after_first)} on the first check after boot, "
           f"{len(calls) - len(calls_after_first)} in the {rounds + 5} checks after it")
