@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
+from types import SimpleNamespace
 
 import pytest
 
 from slurm_scratch import job
 from slurm_scratch.errors import JobContextError
 
-ALICE = pwd.struct_passwd(("alice", "x", 5001, 5001, "", "/home/alice", "/bin/sh"))
-GROUPS = {5001: grp.struct_group(("alice", "x", 5001, [])), 6000: grp.struct_group(("proj", "x", 6000, ["alice"])), 7000: grp.struct_group(("other", "x", 7000, ["bob"]))}
+# Plain records, not pwd.struct_passwd/grp.struct_group: structseqs made from Python crash
+# CPython 3.11's garbage collector at exit in some test-session compositions.
+ALICE = SimpleNamespace(pw_name="alice", pw_uid=5001, pw_gid=5001, pw_dir="/home/alice", pw_shell="/bin/sh")
+GROUPS = {5001: SimpleNamespace(gr_name="alice", gr_gid=5001, gr_mem=[]),
+          6000: SimpleNamespace(gr_name="proj", gr_gid=6000, gr_mem=["alice"]),
+          7000: SimpleNamespace(gr_name="other", gr_gid=7000, gr_mem=["bob"])}
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +24,7 @@ def fake_databases(monkeypatch):
         if name == "alice":
             return ALICE
         if name == "root":
-            return pwd.struct_passwd(("root", "x", 0, 0, "", "/root", "/bin/sh"))
+            return SimpleNamespace(pw_name="root", pw_uid=0, pw_gid=0, pw_dir="/root", pw_shell="/bin/sh")
         raise KeyError(name)
 
     def getgrgid(gid: int):
