@@ -21,7 +21,7 @@ the loop device it made. Usage: bench/bench_health.py [--rounds N]
 from __future__ import annotations
 
 import argparse
-import ctypes
+import atexit
 import os
 import statistics
 import subprocess
@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from scratchtest.sandbox import Sandbox  # noqa: E402
 HOOK = REPO / "hooks" / "healthcheck"
 TOOLS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")
-CLONE_NEWNS = 0x00020000
 
 NHC_LIKE = r"""#!/bin/bash
 # What NHC's check_fs_mount_rw, check_fs_free and check_fs_ifree do for one mount point.
@@ -76,16 +76,6 @@ def sh(*argv: str) -> str:
     return subprocess.run(list(argv), env=TOOLS_ENV, check=True, capture_output=True, text=True, timeout=120).stdout
 
 
-def private_mount_namespace() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    sh("mount", "--make-rprivate", "/")
-    for directory in STATE_DIRS:
-        os.makedirs(directory, exist_ok=True)
-        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", directory)
-
-
 def timed(argv: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", timeout=60)
@@ -102,7 +92,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_health: needs root (loop device, private mount namespace)", file=sys.stderr)
         return 2
-    private_mount_namespace()
+    atexit.register(Sandbox().open().close)  # a private mount namespace, tmpfs state dirs
     work = Path(tempfile.mkdtemp(prefix="bench-health-"))
     image = work / "disk.img"
     with open(image, "wb") as stream:

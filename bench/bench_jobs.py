@@ -30,7 +30,6 @@ Usage: bench/bench_jobs.py [--runs N] [--files N] [--reps N] [--fs ext4|xfs] [--
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import subprocess
@@ -43,28 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from scratchtest.kernel import LoopFactory, sh  # noqa: E402
+from scratchtest.sandbox import Sandbox  # noqa: E402
 
-STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")
-CLONE_NEWNS = 0x00020000
 USER, GROUP = "nobody", "nogroup"
 TRASH = ".slurm-scratch-trash"
 
 MKDIR_CHOWN = """#!/bin/bash
 mkdir -p -m 0700 "$1" && chown "$2" "$1"
 """
-
-
-def private_namespace(undo: list) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
-    sh("mount", "--make-rprivate", "/")
-    for directory in STATE_DIRS:
-        if not os.path.exists(directory):
-            os.makedirs(directory)
-            undo.append(lambda d=directory: os.rmdir(d))
-        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", directory)
-        undo.append(lambda d=directory: sh("umount", d, check=False))
 
 
 def install(prefix: Path) -> Path:
@@ -231,11 +216,11 @@ def main() -> int:
         print("bench_jobs: needs root (loop devices, mounts); skipped")
         return 0
 
-    undo: list = []
+    sandbox = Sandbox()
     work = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     loops = LoopFactory(work)
     try:
-        private_namespace(undo)
+        sandbox.open()
         if args.checkout:
             hooks, what = REPO / "hooks", "checkout hooks/"
         elif args.prefix:
@@ -277,8 +262,7 @@ def main() -> int:
             time.sleep(0.2)
         finally:
             loops.cleanup()  # unmount and detach whatever happened above
-            while undo:
-                undo.pop()()
+            sandbox.close()
             sh("rm", "-rf", "--one-file-system", str(work), check=False)
 
 

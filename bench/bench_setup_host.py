@@ -24,7 +24,7 @@ the loop device it made. Usage: bench/bench_setup_host.py [--rounds N] [--size-g
 from __future__ import annotations
 
 import argparse
-import ctypes
+import atexit
 import os
 import statistics
 import subprocess
@@ -34,23 +34,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from scratchtest.sandbox import Sandbox  # noqa: E402
 TOOLS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")
-CLONE_NEWNS = 0x00020000
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), env=TOOLS_ENV, capture_output=True, text=True, check=check, timeout=600)
-
-
-def private_mount_namespace() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed (run as root)")
-    sh("mount", "--make-rprivate", "/")
-    for directory in STATE_DIRS:
-        os.makedirs(directory, exist_ok=True)
-        sh("mount", "-t", "tmpfs", "-o", "mode=0755,size=16m", "tmpfs", directory)
 
 
 def timed(argvs: list[list[str]], env: dict[str, str]) -> float:
@@ -69,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_setup_host: needs root (loop devices, mounts)")
-    private_mount_namespace()
+    atexit.register(Sandbox().open().close)  # a private mount namespace, tmpfs state dirs
     work = Path(tempfile.mkdtemp(prefix="bench-setup-", dir="/var/tmp"))
     image = work / "disk.img"
     with open(image, "wb") as stream:
