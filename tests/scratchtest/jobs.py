@@ -30,6 +30,16 @@ NODE = "node1"
 TAG_VAR = "SLURM_SCRATCH_TEST_TAG"  # not read by the tool: lets teardown find the detached reapers
 
 
+def with_overrides(env: dict[str, str], overrides: dict[str, object]) -> dict[str, str]:
+    """`env` with `overrides` applied: a value of None removes that variable."""
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
 def write_config(path: Path, mount_point: str, sections: dict[str, dict[str, str]] | None = None) -> Path:
     settings: dict[str, dict[str, str]] = {"volume": {"mount_point": mount_point}}
     for section, keys in (sections or {}).items():
@@ -149,12 +159,7 @@ class Scratch:
         }
         if context == "epilog_slurmd":
             env.update(SLURM_JOB_EXIT_CODE="0", SLURM_JOB_EXIT_CODE2="0:0", SLURM_JOB_DERIVED_EC="0")
-        for key, value in overrides.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
-        return env
+        return with_overrides(env, overrides)
 
     def task_env(self, job_id: object, **overrides: object) -> dict[str, str]:
         """What a TaskProlog sees (the submitter's environment plus job variables), reduced to the job's."""
@@ -168,12 +173,7 @@ class Scratch:
             "SLURM_SCRATCH_CONF": str(self.config),
             TAG_VAR: self.tag,
         }
-        for key, value in overrides.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
-        return env
+        return with_overrides(env, overrides)
 
     def hook(self, name: str, env: dict[str, str], hooks_dir: Path = HOOKS, user: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run hooks/<name> under `env -i` plus `env`, cwd /, as root or (user) as that user."""
