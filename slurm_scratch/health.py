@@ -55,7 +55,7 @@ from __future__ import annotations
 import os
 import time
 
-from slurm_scratch import log, mounts
+from slurm_scratch import log, mounts, timed
 from slurm_scratch.cleanup import RUN_DIR, TRASH_NAME
 from slurm_scratch.config import Config
 from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
@@ -87,121 +87,11 @@ def bad(check: str, text: str) -> Finding:
     return Finding(check=check, healthy=False, text=text)
 
 
-# ---- running a filesystem probe in a child, under a timeout ------------------------------------
-
-
-class ChildResult(Record):
-    status: str  # "ok", "error", "timeout", or "skipped" (an earlier step timed out)
-    text: str
-    pid: int
-
-
-SIGKILL = 9  # signal.SIGKILL on Linux; `import signal` costs ~6 ms (enum) on every health check
-
-
-class Child:
-    """Steps run one after another in a forked child, each reported back as one line.
-
-    `start(steps)` forks and returns at once, so that the parent can do other checks meanwhile;
-    `results(timeouts)` collects one ChildResult per step, each step within its own timeout
-    (counted from the end of the one before). A step still running at its timeout gets the
-    child SIGKILLed, and the later steps are "skipped". The child lets go of stdin, stdout,
-    stderr and every other inherited descriptor first: a child stuck in the kernel must hold
-    neither slurmd's pipes nor the health check's lock. A killed child stuck in uninterruptible
-    sleep is not waited for.
-    """
-
-    def __init__(self, steps) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            try:
-                os.close(read_fd)
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                os.closerange(3, write_fd)
-                os.closerange(write_fd + 1, 1024)
-                for step in steps:
-                    try:
-                        line = "ok " + step()
-                    except OSError as exc:
-                        line = f"error {exc.strerror or exc}"
-                    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                        line = f"error {exc}"
-                    os.write(write_fd, (" ".join(line.split()) + "\n").encode("utf-8", errors="replace"))
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        self.pid, self.fd, self.count, self.started = pid, read_fd, len(steps), time.monotonic()
-
-    def results(self, timeouts: list[float]) -> list[ChildResult]:
-        import select
-
-        results: list[ChildResult] = []
-        buffer = b""
-        deadline = self.started + timeouts[0]
-        try:
-            while len(results) < self.count:
-                while b"\n" in buffer and len(results) < self.count:
-                    line, buffer = buffer.split(b"\n", 1)
-                    status, _, text = line.decode("utf-8", errors="replace").partition(" ")
-                    results.append(ChildResult(status=status, text=text, pid=self.pid))
-                    if len(results) < self.count:
-                        deadline = time.monotonic() + timeouts[len(results)]
-                if len(results) == self.count:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._kill()
-                    results.append(ChildResult(status="timeout", text="", pid=self.pid))
-                    while len(results) < self.count:
-                        results.append(ChildResult(status="skipped", text="", pid=self.pid))
-                    return results
-                if select.select([self.fd], [], [], remaining)[0]:
-                    data = os.read(self.fd, 65536)
-                    if not data:  # ended without reporting every step
-                        while len(results) < self.count:
-                            results.append(ChildResult(status="error", text="the check ended without a result", pid=self.pid))
-                        break
-                    buffer += data
-        finally:
-            os.close(self.fd)
-        os.waitpid(self.pid, 0)
-        return results
-
-    def _kill(self) -> None:
-        try:
-            os.kill(self.pid, SIGKILL)
-            os.waitpid(self.pid, os.WNOHANG)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-
-
-def in_child(work, timeout: float) -> ChildResult:
-    """Run `work()` (returning a str) in a forked child, killed at `timeout` seconds."""
-    return Child([work]).results([timeout])[0]
-
-
-def _start_time(pid: int) -> str | None:
-    """A live process's start time (field 22 of /proc/PID/stat); None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stream:
-            fields = stream.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a killed child nobody has reaped yet
-        return None
-    return fields[19]
-
-
-def still_running(pid: int, start: str) -> bool:
-    """Whether `pid` is still the (live, not zombie) process that started at `start`."""
-    return _start_time(pid) == start
+# ---- the memory of a stuck check child ------------------------------------------------------
 
 
 def _remember_stuck(pid: int, text: str) -> None:
-    start = _start_time(pid)
+    start = timed.start_time(pid)
     if start is not None:
         os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
         with open(STUCK_FILE, "w", encoding="utf-8") as stream:
@@ -216,7 +106,7 @@ def _still_stuck() -> str | None:
             pid_text, start, text = stream.read().strip().split(" ", 2)
     except (OSError, ValueError):
         return None
-    if still_running(int(pid_text), start):
+    if timed.still_running(int(pid_text), start):
         return text
     try:
         os.unlink(STUCK_FILE)
@@ -550,7 +440,7 @@ def run_checks(config: Config) -> list[Finding]:
         steps = [_statvfs_work(mount_point)]
         if writable.healthy and findings[0].healthy:
             steps.append(_probe_work(mount_point))
-        child = Child(steps)
+        child = timed.Child(steps)
     findings += check_layers(config, mount, record)
     errors = check_fs_errors(config, mount)
     if errors is not None:
