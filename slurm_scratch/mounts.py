@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from slurm_scratch.record import Record
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -69,3 +71,31 @@ def find_mount(path: str) -> Mount | None:
             matches.append(line)
     found = parse_mountinfo("\n".join(matches))
     return found[-1] if found else None
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount an open descriptor lies on (fdinfo's mnt_id): the kernel's answer, not a
+    path's, so it holds for names a user can rename or swap for symlinks."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as stream:
+            for line in stream.read().splitlines():
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split(b":", 1)[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def detach(fd: int) -> None:
+    """Lazily detach (umount -l) the mount whose root `fd` is open on; OSError if the kernel refuses.
+
+    The mount is named by the descriptor (/proc/self/fd/N), never by a path a user could change into
+    a symlink between our look and the umount. Rare path (a user's FUSE mount inside a job
+    directory): ctypes is imported only here."""
+    import ctypes
+
+    mnt_detach = 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(f"/proc/self/fd/{fd}".encode(), mnt_detach) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
