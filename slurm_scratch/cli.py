@@ -41,6 +41,11 @@ def cmd_prolog(config_path: str | None) -> int:
             health.record_prolog_finding(config, str(exc))
             raise
         jobdir.create(config, context)
+    except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
+        from slurm_scratch import health
+
+        health.record_prolog_finding(config, str(hung))
+        raise
     except OSError as exc:  # mounted but broken (EROFS, EIO, ENOSPC): the health check names it
         from slurm_scratch import health
 

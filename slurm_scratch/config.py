@@ -10,6 +10,7 @@ Every problem in the file is reported at once, not just the first.
 from __future__ import annotations
 
 import os
+import stat
 
 from slurm_scratch.errors import ConfigError
 from slurm_scratch.record import Record
@@ -42,6 +43,7 @@ class JobsConfig(Record):
     kill_processes: bool
     sweep_guard: float
     reaper_max_seconds: float
+    fs_timeout: float  # seconds the Prolog's work on the volume may take (a frozen disk)
 
 
 class HealthConfig(Record):
@@ -229,6 +231,7 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "kill_processes": (parse_bool, "yes"),
         "sweep_guard": (number(0, 86400 * 30), "60"),
         "reaper_max_seconds": (number(1, 86400 * 7), "3600"),
+        "fs_timeout": (number(1, 3600), "30"),
     },
     "health": {
         "probe_timeout": (number(0.1, 3600), "10"),
@@ -264,9 +267,7 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
     if path is None:
         path, explicit = config_path(environ)
     try:
-        with open(path, encoding="utf-8") as stream:
-            _check_ownership(path, os.fstat(stream.fileno()))
-            text = stream.read()
+        text = _read_regular_file(path)
     except FileNotFoundError:
         if explicit:
             raise ConfigError([f"{path}: no such file (named by {ENV_VAR} or --config)"]) from None
@@ -276,6 +277,42 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     return parse_config(text, path)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_regular_file(path: str) -> str:
+    """The text of `path`, which must be a regular file (symlinks to one are followed: config
+    management keeps /etc files as links). It is first opened with O_PATH, which opens nothing, and
+    judged by fstat; only a regular file is then opened, without blocking, and must be the same
+    inode: a FIFO would block the hook for good, and a device may act on open or read forever."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    _check_regular(path, st)
+    _check_ownership(path, st)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        opened = os.fstat(fd)
+        _check_regular(path, opened)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            raise ConfigError([f"{path}: replaced while it was being read"])
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file"])
+    return data.decode("utf-8")
+
+
+def _check_regular(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))
+        kind = next((what for test, what in kinds if test(st.st_mode)), "not a regular file")
+        raise ConfigError([f"{path}: is {kind}, not a regular file"])
 
 
 def _check_ownership(path: str, st: os.stat_result) -> None:

@@ -35,21 +35,29 @@ def _require(environ: dict[str, str], *names: str) -> str:
     raise JobContextError(f"{' or '.join(names)} is not set (is this running as a Slurm hook?)")
 
 
+def shown(value: str) -> str:
+    """A value from the environment as a message shows it: quoted, and cut short when long (a user
+    can hand Slurm 100 KB; the log line must stay one readable line)."""
+    if len(value) <= 64:
+        return repr(value)
+    return f"{value[:32]!r}... ({len(value)} characters)"
+
+
 def _number(env_name: str, value: str, maximum: int) -> int:
     if not value.isascii() or not value.isdigit():
-        raise JobContextError(f"{env_name}={value!r} is not a number")
-    number = int(value)
-    if number > maximum:
-        raise JobContextError(f"{env_name}={value!r} is out of range")
-    return number
+        raise JobContextError(f"{env_name}={shown(value)} is not a number")
+    # Before int(): thousands of digits would hit Python's int() digit limit (a ValueError traceback).
+    if len(value.lstrip("0")) > len(str(maximum)) or int(value) > maximum:
+        raise JobContextError(f"{env_name}={shown(value)} is out of range")
+    return int(value)
 
 
 def check_name(env_name: str, value: str) -> str:
     """A user or node name that is safe inside a path component."""
     if value == "." or ".." in value or "/" in value or any(ch.isspace() or ord(ch) < 32 or ch == "\x7f" for ch in value):
-        raise JobContextError(f"{env_name}={value!r} contains '/', '..', NUL, whitespace or a control character")
+        raise JobContextError(f"{env_name}={shown(value)} contains '/', '..', NUL, whitespace or a control character")
     if value.startswith("-") or len(value) > 255:
-        raise JobContextError(f"{env_name}={value!r} is not a valid name")
+        raise JobContextError(f"{env_name}={shown(value)} is not a valid name")
     return value
 
 

@@ -7,8 +7,10 @@ directory), so no name is ever resolved through a symlink and nothing is chowned
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import time
 
 from slurm_scratch import log, mounts
 from slurm_scratch.cleanup import TRASH_NAME
@@ -17,11 +19,18 @@ from slurm_scratch.errors import ScratchError
 from slurm_scratch.job import JobContext
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # opens nothing: no FIFO, device or FUSE call
 INTERMEDIATE_MODE = 0o755
+MAX_ATTEMPTS = 16  # re-decisions when a name changes under the Prolog (a racing user or Prolog)
+MAX_MOUNTS = 1024  # filesystems a user may have stacked on one name (fuse.conf's mount_max is 1000)
 
 
 class VolumeNotMounted(ScratchError):
     pass
+
+
+class VolumeHung(ScratchError):
+    """The Prolog's work on the volume did not end within [jobs] fs_timeout (a frozen or dead disk)."""
 
 
 def expand(component: str, job: JobContext) -> str:
@@ -69,40 +78,38 @@ def open_mount_point(config: Config) -> int:
     return fd
 
 
-def _open_intermediate(parent_fd: int, name: str, path: str, create: bool) -> int | None:
-    """Open (and, with create, make) a root-owned directory level such as /scratch/alice for %u/job_%j."""
-    made = False
+def _open_intermediate(parent_fd: int, name: str, path: str, create: bool, place: _Place | None = None) -> int | None:
+    """Open (and, with create, make) a root-owned directory level such as /scratch/alice for %u/job_%j.
+
+    With create (the Prolog), anything at the name but root's own directory on the volume (a user's
+    directory, symlink, file or mount, made before the first job that needed the level) is moved
+    aside into the trash and replaced; a root-owned level with a mode users could write is fixed."""
     if create:
-        try:
-            os.mkdir(name, INTERMEDIATE_MODE, dir_fd=parent_fd)
-            made = True
-        except FileExistsError:
-            pass
+        assert place is not None
+        return place.level(parent_fd, name, path)
     try:
         fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
-        if create:
-            raise
         return None
     except (NotADirectoryError, OSError) as exc:
         raise ScratchError(f"{path} is not a plain directory ({exc.strerror}): leaving it alone") from None
     st = os.fstat(fd)
-    if made and st.st_uid == 0 and stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
-        os.fchmod(fd, INTERMEDIATE_MODE)  # slurmd's umask (say 077) must not lock users out of their level
     if st.st_uid != 0 or st.st_mode & 0o022:
         os.close(fd)
         raise ScratchError(f"{path} must be owned by root and not writable by others (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): leaving it alone")
     return fd
 
 
-def open_parent(config: Config, root_fd: int, components: list[str], create: bool) -> int | None:
-    """A descriptor of the job directory's parent (the mount point for a one-level pattern)."""
+def open_parent(config: Config, root_fd: int, components: list[str], create: bool, place: _Place | None = None) -> int | None:
+    """A descriptor of the job directory's parent (the mount point for a one-level pattern).
+
+    `place` (required with create) is the Prolog's view of the volume: its trash, mount and notes."""
     fd = os.dup(root_fd)
     path = config.volume.mount_point
     for name in components[:-1]:
         path = f"{path}/{name}"
         try:
-            next_fd = _open_intermediate(fd, name, path, create)
+            next_fd = _open_intermediate(fd, name, path, create, place)
         finally:
             os.close(fd)
         if next_fd is None:
@@ -112,62 +119,260 @@ def open_parent(config: Config, root_fd: int, components: list[str], create: boo
 
 
 def create(config: Config, job: JobContext) -> str:
-    """Make the job's directory, owned by the job's uid/gid with [jobs] mode; reuse it for a requeued job."""
+    """Make the job's directory, owned by the job's uid/gid with [jobs] mode; reuse the job's own.
+
+    The work on the volume runs in a child under `[jobs] fs_timeout` (a frozen or dead volume must
+    not hold the Prolog in D state): VolumeHung at the deadline, VolumeNotMounted, OSError (EROFS,
+    EIO, ENOSPC: the volume's fault) or ScratchError as the child reported them."""
+    from slurm_scratch import timed
+
     timer = log.Timer()
+    timeout = config.jobs.fs_timeout
+    result = timed.in_child(lambda: _create(config, job), timeout)
+    if result.status == "timeout":
+        raise VolumeHung(f"{config.volume.mount_point} hung: prolog timed out after {timeout:g} s")
+    if result.status != "ok":
+        if result.kind == "VolumeNotMounted":
+            raise VolumeNotMounted(result.text)
+        if result.kind == "OSError":
+            raise OSError(result.text)
+        if result.kind in ("ScratchError", "ChildError"):
+            raise ScratchError(result.text)
+        raise ScratchError(f"internal error ({result.kind}): {result.text}")
+    # The child cannot log (its stdio is /dev/null): it says what it did, and we log it.
+    (log.warning if "moved aside" in result.text else log.info)(f"prolog {result.text}", job=job.job_id, ms=timer.ms())
+    return job_dir_path(config, job)
+
+
+def _create(config: Config, job: JobContext) -> str:
+    """The Prolog's work on the volume (in the child): what it did, as one line for the log."""
     components = relative_components(config, job)
     path = job_dir_path(config, job)
     root_fd = open_mount_point(config)
     try:
-        _make_trash(root_fd)
-        parent_fd = open_parent(config, root_fd, components, create=True)
-        assert parent_fd is not None
+        place = _Place(root_fd, config.volume.mount_point)
         try:
-            reused = _make_owned_dir(parent_fd, components[-1], path, job, config.jobs.mode, os.fstat(root_fd).st_dev)
+            parent_fd = open_parent(config, root_fd, components, create=True, place=place)
+            assert parent_fd is not None
+            try:
+                verb = _make_owned_dir(parent_fd, components[-1], path, job, config.jobs.mode, place)
+            finally:
+                os.close(parent_fd)
         finally:
-            os.close(parent_fd)
+            os.close(place.trash_fd)
     finally:
         os.close(root_fd)
-    verb = "reused" if reused else "created"
-    log.info(f"prolog {verb} {path} owner={job.user} mode={config.jobs.mode:04o}", job=job.job_id, ms=timer.ms())
-    return path
+    return "; ".join([f"{verb} {path} owner={job.user} uid={job.uid} gid={job.gid} mode={config.jobs.mode:04o}", *place.notes])
 
 
-def _make_trash(root_fd: int) -> None:
-    # Made before any job can run, so that no user can take the name first under a 1777 mount point.
-    try:
-        os.mkdir(TRASH_NAME, 0o700, dir_fd=root_fd)
-    except FileExistsError:
-        pass
+class _Place:
+    """The Prolog's hold on the volume: its root's mount, the trash (made or repaired first), and
+    notes on what was moved aside, for the log.
+
+    Every existing name is first opened with O_PATH|O_NOFOLLOW: that neither follows a symlink nor
+    opens a FIFO or device nor calls into a filesystem mounted there (a user's FUSE daemon could
+    hang forever); the mount id (fdinfo) tells a mount from our own entry before anything is
+    asked of it."""
+
+    def __init__(self, root_fd: int, mount_point: str) -> None:
+        self.root_fd = root_fd
+        self.mount_point = mount_point
+        self.mount = mounts.mount_id(root_fd)
+        self.notes: list[str] = []
+        self.trash_fd = _make_trash(self)
+
+    def look(self, parent_fd: int, name: str, path: str) -> tuple[int, os.stat_result] | None:
+        """An O_PATH descriptor of parent/name and its stat, after detaching whatever is mounted there."""
+        for _ in range(MAX_MOUNTS):
+            try:
+                fd = os.open(name, PATH_FLAGS, dir_fd=parent_fd)
+            except FileNotFoundError:
+                return None
+            if mounts.mount_id(fd) == self.mount:
+                try:
+                    return fd, os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            try:
+                mounts.detach(fd)
+            finally:
+                os.close(fd)
+            self.notes.append(f"detached a filesystem mounted on {path}")
+        raise ScratchError(f"{path}: more than {MAX_MOUNTS} filesystems mounted on it: giving up")
+
+    def new_dir(self, prefix: str, uid: int, gid: int, mode: int) -> tuple[str, int]:
+        """A new directory in the trash (root 0700: no user can see or race it), owned and moded as
+        asked: its name there and a descriptor."""
+        name = f"{prefix}.{os.getpid()}.{time.time_ns()}"
+        os.mkdir(name, 0o700, dir_fd=self.trash_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=self.trash_fd)
+        try:
+            if (uid, gid) != (0, 0):
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return name, fd
+
+    def swap_in(self, new: str, parent_fd: int, name: str, path: str, st: os.stat_result | None) -> bool:
+        """Put trash/`new` at parent/`name`: a plain rename when nothing is there, else an atomic
+        exchange that leaves what was there in the trash. False when the name changed meanwhile."""
+        try:
+            if st is None:
+                os.rename(new, name, src_dir_fd=self.trash_fd, dst_dir_fd=parent_fd)
+                return True
+            _exchange(self.trash_fd, new, parent_fd, name)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR, errno.EBUSY, errno.ENOENT):
+                return False  # appeared, vanished or was mounted on meanwhile: decide again
+            raise
+        # trash/`new` now holds the squatter's entry: never followed, never opened, only renamed.
+        try:
+            moved = os.stat(new, dir_fd=self.trash_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            moved = st
+        target = f"squatted.{name[:160]}.{time.time_ns()}"
+        os.rename(new, target, src_dir_fd=self.trash_fd, dst_dir_fd=self.trash_fd)
+        self.notes.append(f"moved aside {path}: {_describe(moved)} of uid {moved.st_uid} (not followed), now {TRASH_NAME}/{target}")
+        return True
+
+    def level(self, parent_fd: int, name: str, path: str) -> int:
+        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry."""
+        new: tuple[str, int] | None = None
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                found = self.look(parent_fd, name, path)
+                st = found[1] if found else None
+                if found is not None:
+                    try:
+                        if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                            fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
+                            if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
+                                # root's own (an old release, an admin): fixed in place, since moving it would
+                                # take the running jobs' directories inside with it
+                                os.fchmod(fd, INTERMEDIATE_MODE)
+                                self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
+                            return fd
+                    finally:
+                        os.close(found[0])
+                if new is None:
+                    new = self.new_dir("level", 0, 0, INTERMEDIATE_MODE)
+                if self.swap_in(new[0], parent_fd, name, path, st):
+                    fd, new = new[1], None
+                    return fd
+            raise ScratchError(f"{path} kept changing while the Prolog made it ({MAX_ATTEMPTS} attempts): giving up")
+        finally:
+            if new is not None:
+                self.discard(new)
+
+    def discard(self, new: tuple[str, int]) -> None:
+        os.close(new[1])
+        try:
+            os.rmdir(new[0], dir_fd=self.trash_fd)
+        except OSError:
+            pass  # left to the reaper, like everything in the trash
 
 
-def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode: int, device: int) -> bool:
-    created = True
+def _describe(st: os.stat_result) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"), (stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(st.st_mode)), "a device node")
+
+
+def _exchange(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    """renameat2(RENAME_EXCHANGE): swap two names atomically (rare path: ctypes only here)."""
+    import ctypes
+
+    rename_exchange = 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _make_trash(place: _Place) -> int:
+    """The trash's descriptor: root's own 0700 directory at the mount point's TRASH_NAME.
+
+    Made by the first Prolog, before any job can run; on a volume where something else took the
+    name first (a user under a 1777 mount point, a volume used elsewhere), a new root 0700
+    directory is made under a random name and swapped in, and what was there moved into it."""
+    root_fd, path = place.root_fd, f"{place.mount_point}/{TRASH_NAME}"
+    for _ in range(MAX_ATTEMPTS):
+        found = place.look(root_fd, TRASH_NAME, path)
+        if found is None:
+            try:
+                os.mkdir(TRASH_NAME, 0o700, dir_fd=root_fd)
+            except FileExistsError:
+                pass
+            continue  # and look at what is there now
+        fd_path, st = found
+        try:
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
+                if stat.S_IMODE(st.st_mode) != 0o700:
+                    os.fchmod(fd, 0o700)
+                    place.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to 0700")
+                return fd
+        finally:
+            os.close(fd_path)
+        new = f"{TRASH_NAME}.new.{os.getpid()}.{time.time_ns()}"
+        try:
+            os.mkdir(new, 0o700, dir_fd=root_fd)  # a user could take the name first: EEXIST, try again
+        except FileExistsError:
+            continue
+        fd = os.open(new, DIR_FLAGS, dir_fd=root_fd)
+        try:
+            _exchange(root_fd, new, root_fd, TRASH_NAME)
+        except OSError:
+            os.close(fd)
+            os.rmdir(new, dir_fd=root_fd)
+            continue
+        target = f"squatted.{TRASH_NAME}.{time.time_ns()}"
+        try:
+            os.rename(new, target, src_dir_fd=root_fd, dst_dir_fd=fd)
+            place.notes.append(f"moved aside {path}: {_describe(st)} of uid {st.st_uid} (not followed), now {TRASH_NAME}/{target}")
+        except FileNotFoundError:
+            pass  # its owner took it away meanwhile
+        return fd
+    raise ScratchError(f"{path} kept changing while the Prolog made it ({MAX_ATTEMPTS} attempts): giving up")
+
+
+def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode: int, place: _Place) -> str:
+    """Put the job's directory at parent/name; "created" or "reused" (the job's own, e.g. requeued).
+
+    A new directory is made in the trash, given to the job's uid/gid and mode there, and renamed
+    into place: a crash leaves at most a temporary in the trash (the reaper empties it), never a
+    root-owned directory at the job's name. Anything at the name but a directory of the job's uid
+    on the volume is swapped out into the trash."""
+    new: tuple[str, int] | None = None
     try:
-        # Made root-only first: the user gets it only through fchown/fchmod on our descriptor.
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-    except FileExistsError:
-        created = False
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        raise ScratchError(f"{path} exists and is not a directory ({exc.strerror}): leaving it alone") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_dev != device:
-            raise ScratchError(f"{path} is not on the scratch volume: leaving it alone")
-        if created and (st.st_uid != 0 or st.st_mode & 0o077):
-            # Not the root-only directory we just made: someone swapped it (possible only under a
-            # mount point without the sticky bit). Give nothing away.
-            raise ScratchError(f"{path} was replaced while it was being created: leaving it alone")
-        if not created:
-            if (st.st_uid, st.st_gid) != (job.uid, job.gid):
-                raise ScratchError(f"{path} already exists, owned by {st.st_uid}:{st.st_gid}, not {job.uid}:{job.gid}: leaving it alone")
-            return True
-        os.fchown(fd, job.uid, job.gid)
-        os.fchmod(fd, mode)
-        return False
+        for _ in range(MAX_ATTEMPTS):
+            found = place.look(parent_fd, name, path)
+            st = found[1] if found else None
+            if found is not None:
+                try:
+                    if stat.S_ISDIR(st.st_mode) and st.st_uid == job.uid:
+                        fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
+                        try:
+                            os.fchown(fd, job.uid, job.gid)
+                            os.fchmod(fd, mode)
+                        finally:
+                            os.close(fd)
+                        was = (st.st_gid, stat.S_IMODE(st.st_mode))
+                        return "reused" if was == (job.gid, mode) else f"reused (had gid={was[0]} mode={was[1]:04o})"
+                finally:
+                    os.close(found[0])
+            if new is None:
+                new = place.new_dir(f"new.{name[:160]}", job.uid, job.gid, mode)
+            if place.swap_in(new[0], parent_fd, name, path, st):
+                os.close(new[1])
+                new = None
+                return "created"
+        raise ScratchError(f"{path} kept changing while the Prolog made it ({MAX_ATTEMPTS} attempts): giving up")
     finally:
-        os.close(fd)
+        if new is not None:
+            place.discard(new)
 
 
 def export_lines(config: Config, job: JobContext) -> list[str]:

@@ -104,26 +104,45 @@ def test_requeued_job_reuses_its_dir(scratch) -> None:
     assert owner_and_mode(scratch.job_dir(31)) == (UID1, UID1, 0o700)
 
 
-@pytest.mark.parametrize("owner", [(UID2, UID2), (0, 0), (UID1, UID2)])
-def test_dir_of_same_name_owned_by_someone_else_is_an_error_and_untouched(scratch, owner) -> None:
+@pytest.mark.parametrize("owner", [(UID2, UID2), (0, 0)])
+def test_dir_of_same_name_owned_by_someone_else_is_moved_aside_whole(scratch, owner) -> None:
+    # Another user's squat, or a root-owned 0700 dir an older release left after a crash before chown.
     job_dir = scratch.job_dir(41)
     job_dir.mkdir(mode=0o755)
     (job_dir / "theirs").write_text("not yours\n")
     os.chown(job_dir, *owner)
-    before = snapshot(scratch.mount_point)
     result = scratch.prolog(41)
-    assert result.returncode != 0
-    assert str(job_dir) in result.stderr and "owned by" in result.stderr
-    assert without_trash(snapshot(scratch.mount_point)) == before
+    assert result.returncode == 0, result.stderr
+    assert owner_and_mode(job_dir) == (UID1, UID1, 0o700) and os.listdir(job_dir) == []
+    assert f"moved aside {job_dir}: a directory of uid {owner[0]}" in result.stderr
+    (moved,) = [name for name in scratch.trash_entries() if name.startswith("squatted.job_41.")]
+    assert (scratch.trash / moved / "theirs").read_text() == "not yours\n"
+    assert os.lstat(scratch.trash / moved).st_uid == owner[0]
 
 
-def test_a_file_in_the_way_is_an_error_and_untouched(scratch) -> None:
+def test_the_job_users_own_dir_with_a_foreign_group_is_reused_with_the_jobs_group_and_mode(scratch) -> None:
+    job_dir = scratch.job_dir(43)
+    job_dir.mkdir(mode=0o777)
+    job_dir.chmod(0o777)
+    (job_dir / "mine").write_text("kept\n")
+    os.chown(job_dir, UID1, UID2)
+    result = scratch.prolog(43)
+    assert result.returncode == 0, result.stderr
+    assert owner_and_mode(job_dir) == (UID1, UID1, 0o700)
+    assert (job_dir / "mine").read_text() == "kept\n"
+    assert f"reused (had gid={UID2} mode=0777) {job_dir}" in result.stderr and "mode=0700" in result.stderr
+
+
+def test_a_file_in_the_way_is_moved_aside(scratch) -> None:
     job_dir = scratch.job_dir(42)
     job_dir.write_text("a file, not a directory\n")
-    before = snapshot(scratch.mount_point)
+    os.chown(job_dir, UID2, UID2)
     result = scratch.prolog(42)
-    assert result.returncode != 0 and "not a directory" in result.stderr
-    assert without_trash(snapshot(scratch.mount_point)) == before
+    assert result.returncode == 0, result.stderr
+    assert owner_and_mode(job_dir) == (UID1, UID1, 0o700)
+    assert f"moved aside {job_dir}: a file of uid {UID2}" in result.stderr
+    (moved,) = [name for name in scratch.trash_entries() if name.startswith("squatted.job_42.")]
+    assert (scratch.trash / moved).read_text() == "a file, not a directory\n"
 
 
 def test_not_mounted_fails_and_creates_nothing_below(scratch, tmp_path) -> None:
