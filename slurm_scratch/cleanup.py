@@ -49,27 +49,112 @@ def open_trash(root_fd: int, mount_point: str, create: bool) -> int | None:
     return fd
 
 
-def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: str, owner: int | None, job: object) -> str | None:
+def _detach_submounts(dir_fd: int, volume_mnt: int | None, path: str, say) -> None:
+    """Lazily detach mounts inside the directory (a user's FUSE mount deeper down), each opened by
+    walking from `dir_fd` with O_NOFOLLOW descriptors and named by descriptor, never by path."""
+    from slurm_scratch import mounts
+
+    for mnt, mount_point in mounts.mounts_below(path):
+        fd = os.dup(dir_fd)
+        try:
+            names = mount_point[len(path) + 1 :].split("/")
+            for index, name in enumerate(names):
+                next_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+                here = mounts.mount_id(fd)
+                if index < len(names) - 1 and here != volume_mnt:
+                    raise FileNotFoundError  # detached already with a mount above it, or not what mountinfo said
+            if mounts.mount_id(fd) == mnt:
+                mounts.detach(fd)
+                say("warning", f"{mount_point}: a mount inside the job directory (mount id {mnt}): detached it lazily")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _unmounted(parent_fd: int, name: str, path: str, volume_mnt: int | None, say) -> int | None:
+    """An O_PATH descriptor of parent/name once nothing is mounted on it, or None (gone, or a mount
+    the kernel will not detach). A mount on it (a user's FUSE or bind mount) is never stat'ed (a FUSE
+    daemon answers that): it is detached lazily, by descriptor."""
+    from slurm_scratch import mounts
+
+    for _ in range(16):  # mounts stacked on it: one at a time
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return None
+        mnt = mounts.mount_id(fd)
+        if mnt == volume_mnt:
+            return fd
+        try:
+            mounts.detach(fd)
+        except OSError as exc:
+            say("warning", f"{path} is a mount point (mount id {mnt}) that could not be detached ({exc.strerror}): leaving it for the sweep")
+            return None
+        finally:
+            os.close(fd)
+        say("warning", f"{path} was a mount point (mount id {mnt}): detached it lazily")
+    say("warning", f"{path} is still a mount point: leaving it for the sweep")
+    return None
+
+
+def _say_to_log(job: object):
+    def say(level: str, text: str) -> None:
+        getattr(log, level)(text, job=job)
+
+    return say
+
+
+def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: str, owner: int | None, job: object, index=None, deadline: float | None = None, say=None) -> str | None:
     """Rename parent/name into the trash; returns its name there, or None when nothing was moved.
 
     `owner` set: the entry must belong to that uid (an Epilog retiring its own job's directory).
+    A mount on the entry or inside it is detached lazily first (by descriptor), the processes
+    holding it are ended (`index`: a processes.Index already built, else one is built for the
+    owner), then it is renamed. What the user made impossible (a mount the kernel will not detach,
+    an entry of someone else's) is reported through `say(level, text)` and left for the sweep.
     """
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    if owner is not None and st.st_uid != owner:
-        log.warning(f"{path} belongs to uid {st.st_uid}, not the job's uid {owner}: leaving it alone", job=job)
-        return None
-    if stat.S_ISDIR(st.st_mode) and config.jobs.kill_processes:
-        from slurm_scratch import processes
+    from slurm_scratch import mounts
 
-        processes.end_holders(path, st.st_uid, job=job)
+    say = say or _say_to_log(job)
+    volume_mnt = mounts.mount_id(parent_fd)
+    fd = _unmounted(parent_fd, name, path, volume_mnt, say)
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        if owner is not None and st.st_uid != owner:
+            say("warning", f"{path} belongs to uid {st.st_uid}, not the job's uid {owner}: leaving it alone")
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            _detach_submounts(fd, volume_mnt, path, say)
+            if config.jobs.kill_processes:
+                from slurm_scratch import processes
+
+                if index is None:
+                    scan_end = time.monotonic() + 10 if deadline is None else deadline
+                    index = processes.Index(root_fd, scan_end, {st.st_uid})
+                if not index.complete:
+                    say("warning", f"{path}: the process scan ran out of time; holders not found may survive")
+                for line in processes.end_holders(index, st.st_ino, st.st_uid, path, deadline):
+                    say("warning" if "still alive" in line else "info", line)
+    finally:
+        os.close(fd)
     trash_fd = open_trash(root_fd, config.volume.mount_point, create=True)
     assert trash_fd is not None
     try:
         target = f"{name}.{time.time_ns()}"
-        os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+        try:
+            os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+        except OSError as exc:
+            import errno
+
+            if exc.errno not in (errno.EBUSY, errno.ENOENT, errno.EXDEV):
+                raise  # the volume's own fault (EROFS, EIO, ...): the caller records it
+            say("warning", f"{path} could not be moved into the trash ({exc.strerror}): leaving it for the sweep")
+            return None
     finally:
         os.close(trash_fd)
     return target
@@ -239,13 +324,24 @@ def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
 
 
 class SweepReport:
-    __slots__ = ("retired", "running", "young", "unattributed")
+    __slots__ = ("retired", "running", "young", "unattributed", "unfinished")
 
     def __init__(self) -> None:
         self.retired: list[str] = []
         self.running: list[str] = []
         self.young: list[str] = []
         self.unattributed: list[str] = []
+        self.unfinished = False  # the deadline came first: the next run does the rest
+
+
+class JobDir:
+    """One job directory the sweep found: its job id, path and lstat (None: something is mounted on
+    it, which is detached before the sweep retires it)."""
+
+    __slots__ = ("job_id", "path", "st", "parent_fd", "name")
+
+    def __init__(self, job_id: int, path: str, st: os.stat_result, parent_fd: int, name: str) -> None:
+        self.job_id, self.path, self.st, self.parent_fd, self.name = job_id, path, st, parent_fd, name
 
 
 def _component_regex(component: str, node: str):
@@ -276,28 +372,18 @@ def _component_regex(component: str, node: str):
     return re.compile("".join(pieces) + r"\Z")
 
 
-def sweep(config: Config, node: str, running_jobs: set[int]) -> SweepReport:
-    """Retire job directories of jobs not in `running_jobs` not modified for [jobs] sweep_guard seconds.
-
-    An entry is a job directory only if its name fits `[jobs] dir` on this node and it is a directory
-    owned by a non-root user (by the user the name carries, with %u); anything else is reported in
-    `unattributed` and left alone.
-    """
-    from slurm_scratch import jobdir
-
-    report = SweepReport()
+def _walk_job_dirs(config: Config, node: str, root_fd: int, report: SweepReport):
+    """Every job directory below the mount point (a JobDir, its parent_fd valid until the next one);
+    what fits no level of `[jobs] dir` or is not a job's goes into report.unattributed."""
     patterns = [_component_regex(c, node) for c in config.jobs.dir[len(config.volume.mount_point) + 1 :].split("/")]
-    now = time.time()
-    root_fd = jobdir.open_mount_point(config)
-    try:
-        _sweep_level(config, root_fd, root_fd, config.volume.mount_point, patterns, running_jobs, now, report, None)
-    finally:
-        os.close(root_fd)
-    return report
+    yield from _walk_level(root_fd, root_fd, config.volume.mount_point, patterns, report, None)
 
 
-def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, report, user) -> None:
+def _walk_level(root_fd, dir_fd, path, patterns, report, user):
     """One level of the pattern below dir_fd; `user` is the user name a %u level above captured."""
+    from slurm_scratch import mounts
+
+    volume_mnt = mounts.mount_id(root_fd)
     last_level = len(patterns) == 1
     for name in sorted(os.listdir(dir_fd)):
         entry_path = f"{path}/{name}"
@@ -316,31 +402,94 @@ def _sweep_level(config, root_fd, dir_fd, path, patterns, running_jobs, now, rep
                     report.unattributed.append(entry_path)
                     continue
                 level_user = match.groupdict().get("user") or user
-                _sweep_level(config, root_fd, child_fd, entry_path, patterns[1:], running_jobs, now, report, level_user)
+                yield from _walk_level(root_fd, child_fd, entry_path, patterns[1:], report, level_user)
             except OSError:
                 report.unattributed.append(entry_path)
             finally:
                 if child_fd is not None:
                     os.close(child_fd)
             continue
-        job_id = int(match.group("job"))
-        if job_id in running_jobs:
-            report.running.append(entry_path)
-            continue
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:
             continue
+        try:
+            if mounts.mount_id(fd) != volume_mnt:  # mounted on: not stat'ed (see _unmounted)
+                yield JobDir(int(match.group("job")), entry_path, None, dir_fd, name)
+                continue
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         if not _is_job_dir(st, match.groupdict().get("user") or user):
             report.unattributed.append(entry_path)
             continue
-        if now - st.st_mtime < config.jobs.sweep_guard:
-            report.young.append(entry_path)
-            continue
-        trashed = retire_entry(config, root_fd, dir_fd, name, entry_path, None, job_id)
-        if trashed is not None:
-            report.retired.append(entry_path)
-            log.info(f"sweep retired orphan {entry_path} (job {job_id} no longer runs here)", job=job_id)
+        yield JobDir(int(match.group("job")), entry_path, st, dir_fd, name)
+
+
+def job_dirs(config: Config, node: str) -> list[JobDir]:
+    """The job directories on the volume (their parent_fd no longer valid), without touching any."""
+    from slurm_scratch import jobdir
+
+    root_fd = jobdir.open_mount_point(config)
+    try:
+        return list(_walk_job_dirs(config, node, root_fd, SweepReport()))
+    finally:
+        os.close(root_fd)
+
+
+def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | None = None) -> SweepReport:
+    """Retire job directories of jobs not in `running_jobs` not modified for [jobs] sweep_guard seconds.
+
+    An entry is a job directory only if its name fits `[jobs] dir` on this node and it is a directory
+    owned by a non-root user (by the user the name carries, with %u); anything else is reported in
+    `unattributed` and left alone. /proc is scanned once for the whole sweep (processes.Index), and
+    the sweep stops at `deadline` (time.monotonic()) with report.unfinished set.
+    """
+    from slurm_scratch import jobdir
+
+    report = SweepReport()
+    now = time.time()
+    index = None
+    root_fd = jobdir.open_mount_point(config)
+    try:
+        for found in _walk_job_dirs(config, node, root_fd, report):
+            if deadline is not None and time.monotonic() >= deadline:
+                report.unfinished = True
+                break
+            if found.job_id in running_jobs:
+                report.running.append(found.path)
+                continue
+            if found.st is None:
+                from slurm_scratch import mounts
+
+                fd = _unmounted(found.parent_fd, found.name, found.path, mounts.mount_id(root_fd), _say_to_log(found.job_id))
+                if fd is None:
+                    continue
+                try:
+                    found.st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                if not _is_job_dir(found.st, None):
+                    report.unattributed.append(found.path)
+                    continue
+            if now - found.st.st_mtime < config.jobs.sweep_guard:
+                report.young.append(found.path)
+                continue
+            if index is None and config.jobs.kill_processes:
+                from slurm_scratch import processes
+
+                index = processes.Index(root_fd, time.monotonic() + 60 if deadline is None else deadline)
+                if not index.complete:  # holders could be missed: leave everything for the next run
+                    log.warning(f"sweep: the scan of /proc ran out of time; {found.path} and the rest are left for the next run")
+                    report.unfinished = True
+                    break
+            trashed = retire_entry(config, root_fd, found.parent_fd, found.name, found.path, None, found.job_id, index=index, deadline=deadline)
+            if trashed is not None:
+                report.retired.append(found.path)
+                log.info(f"sweep retired orphan {found.path} (job {found.job_id} no longer runs here)", job=found.job_id)
+    finally:
+        os.close(root_fd)
+    return report
 
 
 def _is_job_dir(st: os.stat_result, user: str | None) -> bool:

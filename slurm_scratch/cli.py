@@ -56,10 +56,25 @@ def cmd_prolog(config_path: str | None) -> int:
 
 
 def cmd_epilog(config_path: str | None) -> int:
+    """What the user did (a mount on the directory, an account gone from NSS, someone else's entry)
+    never fails the Epilog; a faulty volume does, after recording the finding for the health check."""
     from slurm_scratch import jobdir, job
 
     config = load_config(config_path)
-    jobdir.retire(config, job.from_slurm_env())
+    context = job.for_epilog()
+    try:
+        jobdir.retire(config, context)
+    except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
+        from slurm_scratch import health
+
+        health.record_prolog_finding(config, str(hung))
+        raise
+    except (OSError, ScratchError) as exc:  # EROFS, EIO, a trash that is not ours: the volume's fault
+        from slurm_scratch import health
+
+        message = f"{config.volume.mount_point}: cannot retire the job directory: {getattr(exc, 'strerror', None) or exc}"
+        health.record_prolog_finding(config, message)
+        raise ScratchError(message) from None
     return EXIT_OK
 
 

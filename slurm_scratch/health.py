@@ -473,35 +473,13 @@ def problems_of(findings: list[Finding]) -> list[Finding]:
 # ---- housekeeping -----------------------------------------------------------------------------
 
 
-class _EveryJobRunning:
-    """A stand-in for the running-jobs set: `cleanup.sweep` with it moves nothing and lists every
-    job directory (in `report.running`), in the order of the job ids asked about here."""
-
-    def __init__(self) -> None:
-        self.asked: list[int] = []
-
-    def __contains__(self, job_id: object) -> bool:
-        self.asked.append(int(job_id))  # type: ignore[arg-type]
-        return True
-
-
-def sweep_orphans(config: Config, node: str) -> int:
-    """Retire orphaned job dirs; slurmctld is asked only when a local candidate exists."""
-    import stat
-
+def sweep_orphans(config: Config, node: str, deadline: float | None = None) -> int:
+    """Retire orphaned job dirs until `deadline` (time.monotonic()); slurmctld is asked only when a
+    local candidate exists. /proc is scanned once for all of them (see cleanup.sweep)."""
     from slurm_scratch import cleanup, slurm
 
-    listing = _EveryJobRunning()
-    report = cleanup.sweep(config, node, listing)  # type: ignore[arg-type]
     now = time.time()
-    old = set()
-    for job_id, path in zip(listing.asked, report.running):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid != 0 and now - st.st_mtime >= config.jobs.sweep_guard:
-            old.add(job_id)
+    old = {found.job_id for found in cleanup.job_dirs(config, node) if found.st is None or now - found.st.st_mtime >= config.jobs.sweep_guard}
     if not old:
         return 0
     try:
@@ -509,14 +487,18 @@ def sweep_orphans(config: Config, node: str) -> int:
     except ScratchError as exc:
         log.warning(f"healthcheck: scontrol listpids failed ({exc}); asking slurmctld")
         local = set()
-    if not old - local:
+    if not old - local or (deadline is not None and time.monotonic() >= deadline):
         return 0
     running = slurm.running_jobs(config, node)
-    report = cleanup.sweep(config, node, running | local)
+    report = cleanup.sweep(config, node, running | local, deadline=deadline)
+    if report.unfinished:
+        log.info("healthcheck: the sweep ran out of [health] housekeeping_seconds; the next run goes on")
     return len(report.retired)
 
 
 def housekeeping(config: Config, node: str, seconds: float) -> None:
+    """Sweep and empty the trash, all of it (listing, scanning /proc, sweeping, deleting) within
+    `seconds` plus the Slurm calls' own timeouts; what is left is the next run's."""
     from slurm_scratch import cleanup
 
     deadline = time.monotonic() + seconds
@@ -524,7 +506,7 @@ def housekeeping(config: Config, node: str, seconds: float) -> None:
     try:
         entries = [name for name in os.listdir(mount_point) if name not in (TRASH_NAME, "lost+found")]
         if entries:
-            swept = sweep_orphans(config, node)
+            swept = sweep_orphans(config, node, deadline)
             if swept:
                 log.info(f"healthcheck: swept {swept} orphaned job directories")
         trash = f"{mount_point}/{TRASH_NAME}"

@@ -92,6 +92,20 @@ def from_slurm_env(environ: dict[str, str] | None = None) -> JobContext:
     return JobContext(job_id=job_id, uid=uid, gid=gid, user=user, node=node_name(environ))
 
 
+def for_epilog(environ: dict[str, str] | None = None) -> JobContext:
+    """The job of an Epilog: slurmd's ids and user name, checked for syntax only. The passwd database
+    is never asked: the job may be ending because its user was removed, or NSS (sssd, LDAP) may be
+    down, and retiring the job's directory needs only what slurmd says (the uid, for `job_%j`)."""
+    environ = dict(os.environ) if environ is None else environ
+    return JobContext(
+        job_id=parse_job_id(environ),
+        uid=_number("SLURM_JOB_UID", _require(environ, "SLURM_JOB_UID"), 2**32 - 2),
+        gid=_number("SLURM_JOB_GID", _require(environ, "SLURM_JOB_GID"), 2**32 - 2),
+        user=check_name("SLURM_JOB_USER", _require(environ, "SLURM_JOB_USER")),
+        node=node_name(environ),
+    )
+
+
 def for_current_user(environ: dict[str, str] | None = None) -> JobContext:
     """The job of a TaskProlog: the job id from the environment, the identity of this process."""
     environ = dict(os.environ) if environ is None else environ

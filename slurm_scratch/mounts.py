@@ -99,3 +99,21 @@ def detach(fd: int) -> None:
     if libc.umount2(f"/proc/self/fd/{fd}".encode(), mnt_detach) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+def mounts_below(path: str) -> list[tuple[int, str]]:
+    """(mount id, mount point) of every mount strictly below `path` in this namespace, shallowest
+    first. The mount points are hints for a walk with descriptors, never used as paths themselves."""
+    prefix = path.rstrip("/") + "/"
+    found = []
+    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as stream:
+        for line in stream.read().splitlines():
+            fields = line.split(" ", 5)
+            if len(fields) > 4:
+                mount_point = _unescape(fields[4])
+                if mount_point.startswith(prefix):
+                    try:
+                        found.append((int(fields[0]), mount_point))
+                    except ValueError:
+                        continue
+    return sorted(found, key=lambda item: item[1].count("/"))

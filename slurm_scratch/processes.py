@@ -1,9 +1,22 @@
-"""End a user's processes that still hold a job directory (cwd, root or an open descriptor), before
-it is retired.
+"""End a user's processes that still hold a job directory, before it is retired.
 
-Read straight from /proc rather than through psutil: the Epilog runs for every job, and importing
-psutil alone costs 10-25 ms, more than the rest of the Epilog. A process is signalled through a
-pidfd taken while it was seen holding the directory, so a PID reused in between is never hit.
+What a process holds is decided by what the kernel says, never by path strings: a process holds a
+directory when that directory's inode on the scratch volume is among the ancestors of its cwd, its
+root, its executable, an open descriptor or a mapped file. So a program run from the job directory
+with its cwd elsewhere, a file mapped and then closed, a cwd deeper than PATH_MAX and a bind mount of
+the directory in the process's own namespace are all seen.
+
+Objects on other filesystems are skipped without ever being stat'ed (a stat on a FUSE file asks its
+daemon, which a user can stop): their mount id (fdinfo's mnt_id) is looked up in the process's own
+mountinfo first, and only objects on the volume's device are looked at. Directories are walked up
+with descriptors (`..`, O_PATH), never leaving their mount; files are placed by their path inside the
+filesystem, walked down from the volume's root with O_NOFOLLOW descriptors and checked by inode.
+
+/proc is scanned once per run into an index from every ancestor directory of every held object to
+the processes holding it (`Index`), so the sweep of thousands of directories costs one scan; the
+scan stops at a deadline. Read straight from /proc rather than through psutil (10-25 ms to import,
+more than the rest of the Epilog). A process is signalled through a pidfd, and only when it is still
+the process the scan saw (same start time), so a PID reused in between is never hit.
 """
 
 from __future__ import annotations
@@ -14,10 +27,40 @@ import time
 from slurm_scratch import log
 
 WAIT_SECONDS = 2.0
+MAX_DEPTH = 8192  # directory levels walked up from one object (a cwd deeper than PATH_MAX is ~20-2000)
+PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+DIR_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory + "/")
+def _read(path: str, size: int = 65536) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _mnt_id_of(fdinfo_path: str) -> int | None:
+    data = _read(fdinfo_path, 4096)
+    if data is None:
+        return None
+    for line in data.splitlines():
+        if line.startswith(b"mnt_id:"):
+            try:
+                return int(line[7:])
+            except ValueError:
+                return None
+    return None
 
 
 def _uids(pid: str) -> tuple[int, int] | None:
@@ -45,95 +88,353 @@ def _has_program(pid: str) -> bool:
         return True  # cannot tell: look closer
 
 
-def _holds(pid: str, directory: str) -> bool:
-    for link in ("cwd", "root"):
-        try:
-            if _inside(os.readlink(f"/proc/{pid}/{link}"), directory):
-                return True
-        except OSError:
-            pass
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        descriptors = os.listdir(fd_dir)
-    except OSError:
-        return False
-    for fd in descriptors:
-        try:
-            if _inside(os.readlink(f"{fd_dir}/{fd}"), directory):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def holders(directory: str, uid: int) -> list[int]:
-    """PIDs of processes of `uid` (real or effective) whose cwd, root or an open file or directory
-    lies inside `directory`."""
-    me = str(os.getpid())
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        try:
-            owner = os.stat(f"/proc/{pid}").st_uid  # the effective uid, or root for a non-dumpable process
-        except OSError:
-            continue
-        if owner not in (uid, 0):
-            continue
-        if owner == 0 and uid != 0 and not _has_program(pid):
-            continue  # a kernel thread (most root-owned entries on a many-core node): one syscall, not three
-        uids = _uids(pid)
-        if uids is None or uid not in uids:
-            continue
-        if _holds(pid, directory):
-            found.append(int(pid))
-    return found
+def _start_time(pid: str) -> bytes | None:
+    data = _read(f"/proc/{pid}/stat", 4096)
+    if not data:
+        return None
+    fields = data.rsplit(b")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19]
 
 
 def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as stream:
-            return stream.read().strip()
-    except OSError:
-        return "?"
+    data = _read(f"/proc/{pid}/comm", 256)
+    return data.decode("utf-8", errors="replace").strip() if data else "?"
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stream:
-            return stream.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
+def _unescape(field: str) -> str:
+    from slurm_scratch.mounts import _unescape as unescape
+
+    return unescape(field)
 
 
-def end_holders(directory: str, uid: int, job: object = None) -> int:
-    """SIGKILL the holders (the job is over) and wait a bounded time for them; returns how many."""
-    victims = holders(directory, uid)
-    if not victims:
-        return 0
+class Index:
+    """Which processes hold which directories of the volume whose root `root_fd` is open on.
+
+    `uids`: look only at processes whose real or effective uid is in it (the Epilog: the job's
+    user); None: every process with a non-root real or effective uid (the sweep).
+    `deadline` (time.monotonic()): the scan stops there and `complete` is False.
+    """
+
+    def __init__(self, root_fd: int, deadline: float, uids: set[int] | None = None) -> None:
+        st = os.fstat(root_fd)
+        self.root_fd = root_fd
+        self.dev = st.st_dev
+        self.root_ino = st.st_ino
+        self.major_minor = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        self.deadline = deadline
+        self.uids = uids
+        self.complete = True
+        self.fs_root = self._own_fs_root(root_fd)
+        self.parents: dict[int, int] = {}  # directory inode -> its parent's (on the volume)
+        self.dir_of_path: dict[str, int | None] = {}  # a directory's path in the filesystem -> inode
+        self.held: dict[int, dict[int, set[str]]] = {}  # directory inode -> {pid: what holds it}
+        self.procs: dict[int, tuple[tuple[int, int], bytes]] = {}  # pid -> (uids, start time)
+        self.namespaces: dict[str, dict[int, tuple[str, str]]] = {}  # mnt ns -> {mnt_id: (root, mount point)}
+        self.unresolved = 0
+        self._by_ancestor: dict[int, dict[int, set[str]]] | None = None
+        self._scan()
+
+    # ---- the scan ------------------------------------------------------------------------------
+
+    def _own_fs_root(self, root_fd: int) -> str:
+        from slurm_scratch import mounts
+
+        mine = mounts.mount_id(root_fd)
+        for line in (_read("/proc/self/mountinfo") or b"").decode("utf-8", "surrogateescape").splitlines():
+            fields = line.split(" ", 5)
+            if len(fields) > 4 and fields[0] == str(mine):
+                return _unescape(fields[3])
+        return "/"
+
+    def _volume_mounts(self, pid: str) -> dict[int, tuple[str, str]]:
+        """The mounts of the volume in `pid`'s mount namespace: {mount id: (root in fs, mount point)}."""
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+        except OSError:
+            return {}
+        known = self.namespaces.get(namespace)
+        if known is not None:
+            return known
+        found: dict[int, tuple[str, str]] = {}
+        text = (_read(f"/proc/{pid}/mountinfo") or b"").decode("utf-8", "surrogateescape")
+        for line in text.splitlines():
+            fields = line.split(" ", 5)
+            if len(fields) > 4 and fields[2] == self.major_minor:
+                try:
+                    found[int(fields[0])] = (_unescape(fields[3]), _unescape(fields[4]))
+                except ValueError:
+                    continue
+        self.namespaces[namespace] = found
+        return found
+
+    def _scan(self) -> None:
+        me = str(os.getpid())
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            self.complete = False
+            return
+        for pid in entries:
+            if not pid.isdigit() or pid == me:
+                continue
+            if time.monotonic() > self.deadline:
+                self.complete = False
+                return
+            try:
+                self._scan_process(pid)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+
+    def _scan_process(self, pid: str) -> None:
+        owner = os.stat(f"/proc/{pid}").st_uid  # the effective uid, or root for a non-dumpable process
+        if self.uids is not None and owner not in self.uids and owner != 0:
+            return
+        if owner == 0 and not _has_program(pid):
+            return  # a kernel thread (most root-owned entries on a many-core node)
+        uids = _uids(pid)
+        if uids is None:
+            return
+        if self.uids is None and uids == (0, 0):
+            return
+        if self.uids is not None and not (set(uids) & self.uids):
+            return
+        mounts = self._volume_mounts(pid)
+        if not mounts:
+            return  # the volume is not even mounted in its namespace
+        start = _start_time(pid)
+        if start is None:
+            return
+        holds: dict[int, set[str]] = {}
+        base = f"/proc/{pid}"
+        for link in ("cwd", "root", "exe"):
+            self._object(f"{base}/{link}", None, mounts, link, holds)
+        try:
+            descriptors = os.listdir(f"{base}/fd")
+        except OSError:
+            descriptors = []
+        for count, fd in enumerate(descriptors):
+            if count % 256 == 255 and time.monotonic() > self.deadline:
+                self.complete = False
+                break
+            mnt = _mnt_id_of(f"{base}/fdinfo/{fd}")
+            if mnt is not None and mnt in mounts:
+                self._object(f"{base}/fd/{fd}", mnt, mounts, f"fd {fd}", holds)
+        self._maps(base, mounts, holds)
+        if holds:
+            self.procs[int(pid)] = (uids, start)
+            for ino, what in holds.items():
+                self.held.setdefault(ino, {}).setdefault(int(pid), set()).update(what)
+
+    def _maps(self, base: str, mounts: dict[int, tuple[str, str]], holds: dict[int, set[str]]) -> None:
+        data = _read(f"{base}/maps")
+        if not data:
+            return
+        major, minor = os.major(self.dev), os.minor(self.dev)
+        seen: set[bytes] = set()
+        for line in data.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) < 6 or fields[4] == b"0" or fields[4] in seen:
+                continue
+            try:
+                dev_major, dev_minor = (int(part, 16) for part in fields[3].split(b":"))
+            except ValueError:
+                continue
+            if (dev_major, dev_minor) != (major, minor):
+                continue
+            seen.add(fields[4])
+            self._object(f"{base}/map_files/{fields[0].decode()}", None, mounts, "map", holds)
+
+    def _object(self, link: str, mnt: int | None, mounts: dict[int, tuple[str, str]], what: str, holds: dict[int, set[str]]) -> None:
+        """Record the directory `link` (a /proc magic link) is in, or is, when it lies on the volume."""
+        try:
+            fd = os.open(link, PATH_FLAGS)  # O_PATH: no open, no lookup in the filesystem it points to
+        except OSError:
+            return
+        try:
+            from slurm_scratch import mounts as mount_table
+
+            own_mnt = mount_table.mount_id(fd)
+            if mnt is None:
+                mnt = own_mnt
+            if mnt is None or mnt not in mounts:
+                return  # on another filesystem: never stat'ed
+            st = os.fstat(fd)
+            if st.st_dev != self.dev:
+                return
+            if (st.st_mode & 0o170000) == 0o040000:
+                self._walk_up(fd, st.st_ino, own_mnt)
+                holds.setdefault(st.st_ino, set()).add(what)
+                return
+            parent = self._parent_by_path(link, mounts[mnt], st)
+            if parent is None:
+                self.unresolved += 1
+            else:
+                holds.setdefault(parent, set()).add(what)
+        finally:
+            os.close(fd)
+
+    def _walk_up(self, fd: int, ino: int, mnt: int | None) -> None:
+        """Learn the parents of the directory `fd` up to the volume's root, by `..` with descriptors,
+        never leaving the mount it is on (whose parent may be a FUSE filesystem)."""
+        from slurm_scratch import mounts as mount_table
+
+        current = os.dup(fd)
+        try:
+            for _ in range(MAX_DEPTH):
+                if ino == self.root_ino or ino in self.parents:
+                    return
+                parent = os.open("..", DIR_PATH_FLAGS, dir_fd=current)
+                os.close(current)
+                current = parent
+                if mount_table.mount_id(parent) != mnt:
+                    return  # the root of a (bind) mount: what lies above it is another filesystem's
+                parent_ino = os.fstat(parent).st_ino
+                if parent_ino == ino:
+                    return
+                self.parents[ino] = parent_ino
+                ino = parent_ino
+        finally:
+            os.close(current)
+
+    def _parent_by_path(self, link: str, mount: tuple[str, str], st: os.stat_result) -> int | None:
+        """The inode of the directory a file on the volume is in: its path inside the filesystem (the
+        mount's root plus the path below the mount point), walked down from the volume's root with
+        O_NOFOLLOW descriptors; only believed if the name there is that file (or it is deleted)."""
+        try:
+            path = os.readlink(link)
+        except OSError:  # ENAMETOOLONG: deeper than PATH_MAX
+            return None
+        if path.endswith(" (deleted)"):
+            path = path[: -len(" (deleted)")]
+        root, mount_point = mount
+        if mount_point == "/":
+            below = path
+        elif path == mount_point or path.startswith(mount_point + "/"):
+            below = path[len(mount_point) :]
+        else:
+            return None
+        fs_path = root.rstrip("/") + below
+        prefix = self.fs_root.rstrip("/")
+        if not fs_path.startswith(prefix + "/"):
+            return None
+        directory, _, name = fs_path[len(prefix) + 1 :].rpartition("/")
+        parent = self._dir_ino(directory)
+        if parent is None or not name:
+            return None
+        if st.st_nlink == 0:
+            return parent
+        dir_fd = self._open_dir(directory)
+        if dir_fd is None:
+            return None
+        try:
+            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+        return parent if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino) else None
+
+    def _open_dir(self, directory: str) -> int | None:
+        fd = os.dup(self.root_fd)
+        for name in directory.split("/") if directory else ():
+            try:
+                next_fd = os.open(name, DIR_PATH_FLAGS, dir_fd=fd)
+            except OSError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = next_fd
+        return fd
+
+    def _dir_ino(self, directory: str) -> int | None:
+        """A directory's inode by its path below the volume's root (memoised, parents learnt)."""
+        if directory in self.dir_of_path:
+            return self.dir_of_path[directory]
+        if not directory:
+            return self.root_ino
+        above, _, name = directory.rpartition("/")
+        parent = self._dir_ino(above) if directory.count("/") < MAX_DEPTH else None
+        ino = None
+        if parent is not None:
+            fd = self._open_dir(directory)
+            if fd is not None:
+                try:
+                    st = os.fstat(fd)
+                    if st.st_dev == self.dev:
+                        ino = st.st_ino
+                        if ino != parent:
+                            self.parents.setdefault(ino, parent)
+                finally:
+                    os.close(fd)
+        self.dir_of_path[directory] = ino
+        return ino
+
+    # ---- lookups -------------------------------------------------------------------------------
+
+    def _ancestors(self, ino: int) -> list[int]:
+        chain = [ino]
+        for _ in range(MAX_DEPTH):
+            ino = self.parents.get(ino, -1)
+            if ino < 0 or ino in chain[-2:]:
+                break
+            chain.append(ino)
+        return chain
+
+    def holders(self, ino: int, uid: int) -> dict[int, set[str]]:
+        """{pid: what it holds} of the processes of `uid` (real or effective) holding directory `ino`."""
+        if self._by_ancestor is None:
+            self._by_ancestor = {}
+            for held, pids in self.held.items():
+                for ancestor in self._ancestors(held):
+                    into = self._by_ancestor.setdefault(ancestor, {})
+                    for pid, what in pids.items():
+                        into.setdefault(pid, set()).update(what)
+        found = self._by_ancestor.get(ino, {})
+        return {pid: what for pid, what in found.items() if uid in self.procs[pid][0]}
+
+
+def holders(index: Index, ino: int, uid: int) -> list[int]:
+    return sorted(index.holders(ino, uid))
+
+
+def end_holders(index: Index, ino: int, uid: int, path: str, deadline: float | None = None) -> list[str]:
+    """SIGKILL the processes of `uid` holding directory `ino` (the job is over) and wait for them
+    until `deadline` (at most WAIT_SECONDS); returns one log line per process ended or surviving."""
+    found = index.holders(ino, uid)
+    if not found:
+        return []
     import signal
 
+    lines = []
     killed = []
-    for pid in victims:
+    for pid, what in sorted(found.items()):
         try:
             pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:
             continue
         try:
-            if not _holds(str(pid), directory):  # it let go (or the PID is another process's now)
-                continue
-            log.info(f"killing pid {pid} ({_comm(pid)}) of uid {uid}: it holds {directory}", job=job)
+            if _start_time(str(pid)) != index.procs[pid][1]:
+                continue  # gone, and the PID is another process's now
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             killed.append(pid)
+            lines.append(f"killed pid {pid} ({_comm(pid)}) of uid {uid}: it held {path} ({', '.join(sorted(what))})")
         except ProcessLookupError:
             continue
         finally:
             os.close(pidfd)
-    deadline = time.monotonic() + WAIT_SECONDS
-    alive = [pid for pid in killed if not _gone(pid)]
-    while alive and time.monotonic() < deadline:
+    end = time.monotonic() + WAIT_SECONDS
+    if deadline is not None:
+        end = min(end, deadline)
+    alive = [pid for pid in killed if _start_time(str(pid)) is not None]
+    while alive and time.monotonic() < end:
         time.sleep(0.01)
-        alive = [pid for pid in alive if not _gone(pid)]
-    for pid in alive:
-        log.warning(f"pid {pid} still alive {WAIT_SECONDS:g} s after SIGKILL", job=job)
-    return len(killed)
+        alive = [pid for pid in alive if _start_time(str(pid)) is not None]
+    lines.extend(f"pid {pid} still alive after SIGKILL" for pid in alive)
+    return lines
+
+
+def log_lines(lines: list[str], job: object = None) -> None:
+    for line in lines:
+        (log.warning if "still alive" in line else log.info)(line, job=job)
