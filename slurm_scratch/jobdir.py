@@ -181,16 +181,16 @@ class _Place:
         self.notes: list[str] = []
         self.trash_fd = _make_trash(self)
 
-    def look(self, parent_fd: int, name: str, path: str) -> tuple[int, os.stat_result] | None:
-        """An O_PATH descriptor of parent/name and its stat, after detaching whatever is mounted there."""
-        for _ in range(MAX_MOUNTS):
+    def look(self, parent_fd: int, name: str, path: str) -> tuple[int, os.stat_result, bool] | None:
+        """An O_PATH descriptor of parent/name, its stat, and whether anything mounted there was detached."""
+        for count in range(MAX_MOUNTS):
             try:
                 fd = os.open(name, PATH_FLAGS, dir_fd=parent_fd)
             except FileNotFoundError:
                 return None
             if mounts.mount_id(fd) == self.mount:
                 try:
-                    return fd, os.fstat(fd)
+                    return fd, os.fstat(fd), count > 0
                 except BaseException:
                     os.close(fd)
                     raise
@@ -306,7 +306,7 @@ def _make_trash(place: _Place) -> int:
             except FileExistsError:
                 pass
             continue  # and look at what is there now
-        fd_path, st = found
+        fd_path, st, _ = found
         try:
             if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
                 fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
@@ -352,7 +352,9 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
             st = found[1] if found else None
             if found is not None:
                 try:
-                    if stat.S_ISDIR(st.st_mode) and st.st_uid == job.uid:
+                    # A directory someone mounted on is not reused even if it is the job user's:
+                    # the user's own mount there is as much a squat as anyone's.
+                    if stat.S_ISDIR(st.st_mode) and st.st_uid == job.uid and not found[2]:
                         fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
                         try:
                             os.fchown(fd, job.uid, job.gid)
