@@ -47,9 +47,10 @@ def _number(env_name: str, value: str, maximum: int) -> int:
     if not value.isascii() or not value.isdigit():
         raise JobContextError(f"{env_name}={shown(value)} is not a number")
     # Before int(): thousands of digits would hit Python's int() digit limit (a ValueError traceback).
-    if len(value.lstrip("0")) > len(str(maximum)) or int(value) > maximum:
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
         raise JobContextError(f"{env_name}={shown(value)} is out of range")
-    return int(value)
+    return int(digits)
 
 
 def check_name(env_name: str, value: str) -> str:

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert cfg.jobs.export == ("SCRATCH",)
     assert cfg.jobs.kill_processes is True
     assert cfg.jobs.sweep_guard == 60.0
+    assert cfg.jobs.fs_timeout == 30.0
     assert cfg.slurm.squeue == "/usr/bin/squeue"
     assert all(not from_file for _, _, _, from_file in cfg.effective)
 
@@ -206,3 +207,38 @@ def test_file_others_can_change_is_refused_as_root(tmp_path, mode: int, uid: int
     path.chmod(mode)
     with pytest.raises(ConfigError, match="must be owned by root and not writable by group or others"):
         config.load_config(str(path))
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory", "a character device"])
+def test_a_path_that_is_not_a_regular_file_is_refused_without_opening_it(tmp_path, kind: str) -> None:
+    # Opening a FIFO nobody writes to blocks for good: this test would hang, not fail, if it were opened.
+    path = {"a FIFO": tmp_path / "conf.fifo", "a directory": tmp_path, "a character device": "/dev/zero"}[kind]
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    with pytest.raises(ConfigError, match=f"{path}: is {kind}, not a regular file") as caught:
+        config.load_config(environ={"SLURM_SCRATCH_CONF": str(path)})
+    assert caught.value.exit_code == 3
+
+
+def test_a_symlink_to_a_regular_file_is_followed(tmp_path) -> None:
+    # Config management keeps /etc files as symlinks (into a store or a checkout): a design choice.
+    real = tmp_path / "real.conf"
+    real.write_text("[jobs]\nfs_timeout = 5\n")
+    real.chmod(0o644)
+    (tmp_path / "link.conf").symlink_to(real)
+    assert config.load_config(str(tmp_path / "link.conf")).jobs.fs_timeout == 5.0
+
+
+def test_a_huge_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "huge.conf"
+    with open(path, "wb") as stream:
+        stream.truncate(config.MAX_CONFIG_BYTES + 1)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="larger than"):
+        config.load_config(str(path))
+
+
+@pytest.mark.parametrize("value", ["0", "0.5", "3601", "soon"])
+def test_fs_timeout_must_be_a_sane_number_of_seconds(value: str) -> None:
+    (problem,) = problems(f"[jobs]\nfs_timeout = {value}\n")
+    assert f"[jobs] fs_timeout = {value!r}" in problem

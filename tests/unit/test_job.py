@@ -87,6 +87,14 @@ def test_supplementary_group_is_accepted() -> None:
         ({"SLURMD_NODENAME": "n1\0"}, "SLURMD_NODENAME='n1\\x00' contains"),
         ({"SLURMD_NODENAME": "n\t1"}, "contains"),
         ({"SLURMD_NODENAME": "x" * 256}, "is not a valid name"),
+        # Beyond int()'s digit limit (4300 by default): still a JobContextError, the value cut short.
+        ({"SLURM_JOB_ID": "9" * 5000}, f"SLURM_JOB_ID={'9' * 32!r}... (5000 characters) is out of range"),
+        ({"SLURM_JOB_ID": "1" * 100_000}, "(100000 characters) is out of range"),
+        ({"SLURM_JOB_UID": "5" * 5000}, "(5000 characters) is out of range"),
+        ({"SLURM_JOB_GID": "5" * 5000}, "(5000 characters) is out of range"),
+        ({"SLURM_JOB_ID": "x" * 5000}, "(5000 characters) is not a number"),
+        ({"SLURM_JOB_USER": "a" * 100_000}, "(100000 characters) is not a valid name"),
+        ({"SLURM_JOB_USER": "a\n" * 50_000}, "(100000 characters) contains"),
     ],
 )
 def test_rejected(overrides: dict, message: str) -> None:
@@ -94,6 +102,12 @@ def test_rejected(overrides: dict, message: str) -> None:
         job.from_slurm_env(env(**overrides))
     assert message in str(caught.value)
     assert caught.value.exit_code == 4
+    assert len(str(caught.value)) < 300
+
+
+def test_leading_zeros_do_not_count_against_the_range() -> None:
+    assert job.from_slurm_env(env(SLURM_JOB_ID="0" * 5000 + "42")).job_id == 42
+    assert job.parse_job_id({"SLURM_JOB_ID": str(2**32 - 1)}) == 2**32 - 1
 
 
 @pytest.mark.parametrize("value", ["alice", "a.b", "a_b-c", "n001", "user@realm", "x" * 255])
