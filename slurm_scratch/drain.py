@@ -1,31 +1,35 @@
 """Drain and resume, NHC-style, with the fewest possible calls to slurmctld.
 
-The decision is a pure function, `decide(desired, node, prefix, prolog_pending)`: the drain reason
-the health check wants (None when healthy), the node as Slurm sees it, and whether a Prolog failure
-of ours is pending -> one Action (none, drain, resume). Its rules:
+The decision is a pure function, `decide(desired, node, prefix, hook_pending)`: the drain reason
+the health check wants (None when healthy), the node as Slurm sees it, and whether a hook finding
+of ours is pending (a Prolog or Epilog that failed on a broken volume) -> one Action (none, drain,
+resume). Its rules:
 
 - A node that is rebooting, powering up or down, or powered down (power save) is left alone.
 - Unhealthy: a node drained with our prefix gets our current reason (if it differs); a node that is
   not drained, down or in maintenance is drained with `<prefix> <finding>`; a node drained with
-  "Prolog error" while a Prolog failure of ours is pending gets our specific reason instead (so
-  that it can be resumed automatically later); any other drained/down/maintenance node keeps its
-  reason: nothing appended, nothing resumed.
+  "Prolog error" or "Epilog error" while a hook finding of ours is pending gets our specific reason
+  instead (so that it can be resumed automatically later); any other drained/down/maintenance node
+  keeps its reason: nothing appended, nothing resumed.
 - Healthy: a node drained with a reason that starts with our prefix is resumed; a node drained
-  with "Prolog error" while a Prolog failure of ours is pending is resumed (that failure was ours
-  and the volume is healthy now); every other reason is never resumed.
+  with "Prolog error" or "Epilog error" while a hook finding of ours is pending is resumed (that
+  failure was ours and the volume is healthy now); every other reason is never resumed: a
+  "Prolog error" or "Epilog error" with no finding of ours pending is an admin's business.
 
-The Prolog never calls Slurm: when the volume is broken at job start it writes its finding to
-/run/slurm-scratch/prolog-finding (`record_prolog_finding`) and fails; slurmctld then drains the
-node with "Prolog error". That finding stays pending until a health check has replaced or resumed
-a "Prolog error" with it, or for PROLOG_PENDING_SECONDS (slurmctld may show "Prolog error" only
-after the next health check has run).
+The Prolog and Epilog never call Slurm: when the volume is broken (not mountable, read-only, EIO,
+hung) they write their finding to /run/slurm-scratch/hook-finding (`record_hook_finding`) and
+fail; slurmctld then drains the node with "Prolog error" or "Epilog error". That finding stays
+pending until a health check has replaced or resumed such a reason with it, or for
+HOOK_PENDING_SECONDS (slurmctld shows the reason only after slurmd reports the failed hook, maybe
+after the next health check has run). The released version wrote /run/slurm-scratch/prolog-finding
+(same format): it is read too, so that a finding pending across an upgrade is not lost.
 
 Scale: `needs_slurm` says whether Slurm must be asked at all. What the tool did is remembered in
 /run/slurm-scratch/health.state (what it found, what it drained with, when it last asked). A
 healthy node whose last exchange left it healthy and not drained by us sends no RPC. Slurm is
 asked (`scontrol show node`, then `update` if the decision says so) when: there is no memory
 (first check since boot: /run is empty after a reboot, and a node we drained before the reboot
-must still be resumed); the finding changed (appeared, cleared, or different); a Prolog failure is
+must still be resumed); the finding changed (appeared, cleared, or different); a hook finding is
 pending; the node is unhealthy and not drained by us (another reason holds it, and an admin may
 lift that at any time); or the node is unhealthy and the last look is older than CONFIRM_SECONDS
 (an admin may have resumed a node we drained: it is drained again). When Slurm cannot be asked, nothing is
@@ -42,12 +46,15 @@ from slurm_scratch.slurm import NodeState
 
 RUN_DIR = "/run/slurm-scratch"
 STATE_FILE = f"{RUN_DIR}/health.state"
-PROLOG_FILE = f"{RUN_DIR}/prolog-finding"
+HOOK_FILE = f"{RUN_DIR}/hook-finding"
+RELEASED_HOOK_FILE = f"{RUN_DIR}/prolog-finding"  # what the released version wrote (read, never written)
+PROLOG_FILE = HOOK_FILE  # the former name, for callers and tests of the released version
 CONFIRM_SECONDS = 300.0
-# A Prolog finding stays pending this long even when Slurm does not (yet) show "Prolog error":
-# slurmctld sets that reason only after slurmd reports the failed Prolog.
-PROLOG_PENDING_SECONDS = 300.0
-PROLOG_ERROR = "Prolog error"
+# A hook finding stays pending this long even when Slurm does not (yet) show "Prolog error" or
+# "Epilog error": slurmctld sets that reason only after slurmd reports the failed hook.
+HOOK_PENDING_SECONDS = 300.0
+# The reasons slurmctld drains a node with when a Prolog or Epilog exits non-zero.
+HOOK_ERRORS = ("Prolog error", "Epilog error")
 
 
 class Memory(Record):
@@ -56,9 +63,11 @@ class Memory(Record):
     confirmed: float  # time.time() of that exchange
 
 
-class PrologFinding(Record):
+class HookFinding(Record):
     time: float
     finding: str
+    hook: str  # "prolog", "epilog", or "" (unknown, or written by the released version)
+    path: str  # the file it was read from
 
 
 class Action(Record):
@@ -66,7 +75,7 @@ class Action(Record):
     reason: str  # drain: the reason to set; resume: the reason being cleared
     why: str  # one line for the log
     drained: str  # what to remember as drained by us once the action succeeded
-    prolog_handled: bool  # the pending Prolog finding is dealt with (forget it)
+    hook_handled: bool  # the pending hook finding is dealt with (forget it)
 
 
 # ---- the decision (pure) --------------------------------------------------------------------
@@ -76,8 +85,8 @@ def reason_for(finding_text: str, prefix: str) -> str:
     return f"{prefix} {finding_text}"
 
 
-def needs_slurm(desired: str | None, memory: Memory | None, prolog_pending: bool, now: float) -> bool:
-    if memory is None or prolog_pending:
+def needs_slurm(desired: str | None, memory: Memory | None, hook_pending: bool, now: float) -> bool:
+    if memory is None or hook_pending:
         return True
     if (desired or "") != memory.finding:
         return True
@@ -88,13 +97,13 @@ def needs_slurm(desired: str | None, memory: Memory | None, prolog_pending: bool
     return False
 
 
-def decide(desired: str | None, node: NodeState, prefix: str, prolog_pending: bool) -> Action:
+def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool) -> Action:
     ours = node.reason.startswith(prefix)
-    prolog_error = node.reason.startswith(PROLOG_ERROR)
+    hook_error = node.reason.startswith(HOOK_ERRORS)
     held = node.drained or node.down or node.maintenance
 
-    def action(kind: str, reason: str, why: str, drained: str, prolog_handled: bool = False) -> Action:
-        return Action(kind=kind, reason=reason, why=why, drained=drained, prolog_handled=prolog_handled)
+    def action(kind: str, reason: str, why: str, drained: str, hook_handled: bool = False) -> Action:
+        return Action(kind=kind, reason=reason, why=why, drained=drained, hook_handled=hook_handled)
 
     if node.transitional:
         flags = "+".join(sorted(node.states))
@@ -104,16 +113,16 @@ def decide(desired: str | None, node: NodeState, prefix: str, prolog_pending: bo
             if node.reason == desired:
                 return action("none", "", f"already drained: {desired}", desired)
             return action("drain", desired, f"drained with {node.reason!r}; the finding is now {desired!r}", desired)
-        if node.drained and prolog_error and prolog_pending:
-            return action("drain", desired, f"replacing {node.reason!r} (our Prolog failure) with {desired!r}", desired, True)
+        if node.drained and hook_error and hook_pending:
+            return action("drain", desired, f"replacing {node.reason!r} (our hook's failure) with {desired!r}", desired, True)
         if held:
             state = "drained" if node.drained else "down" if node.down else "in maintenance"
             return action("none", "", f"node already {state} ({node.reason or 'no reason'}): keeping that", "")
         return action("drain", desired, f"draining: {desired}", desired)
     if node.drained and ours:
         return action("resume", node.reason, f"healthy again: resuming (was {node.reason!r})", "")
-    if node.drained and prolog_error and prolog_pending:
-        return action("resume", node.reason, f"healthy: resuming {node.reason!r} (our Prolog failure, now repaired)", "", True)
+    if node.drained and hook_error and hook_pending:
+        return action("resume", node.reason, f"healthy: resuming {node.reason!r} (our hook's failure, now repaired)", "", True)
     if node.drained or node.down:
         return action("none", "", f"healthy; the node keeps {node.reason or 'its state'!r} (not ours)", "")
     return action("none", "", "healthy", "")
@@ -171,25 +180,42 @@ def save_memory(memory: Memory) -> None:
     write_fields(STATE_FILE, memory.as_dict())
 
 
-def record_prolog_finding(finding: str, now: float | None = None) -> None:
-    """What the Prolog does when the volume is broken at job start: one small file, no Slurm call."""
-    write_fields(PROLOG_FILE, {"time": time.time() if now is None else now, "finding": _one_line(finding)[:400]})
+def record_hook_finding(finding: str, now: float | None = None, hook: str = "") -> None:
+    """What the Prolog or Epilog does when the volume is broken: one small file, no Slurm call."""
+    fields = {"time": time.time() if now is None else now, "finding": _one_line(finding)[:400]}
+    if hook:
+        fields["hook"] = hook
+    write_fields(HOOK_FILE, fields)
 
 
-def load_prolog_finding() -> PrologFinding | None:
-    fields = read_fields(PROLOG_FILE)
+record_prolog_finding = record_hook_finding
+
+
+def _load_finding(path: str) -> HookFinding | None:
+    try:
+        fields = read_fields(path)
+    except OSError:  # not a regular file we can read: no finding of ours
+        return None
     if fields is None:
         return None
-    return PrologFinding(time=_float(fields.get("time")), finding=fields.get("finding", ""))
+    return HookFinding(time=_float(fields.get("time")), finding=fields.get("finding", ""), hook=fields.get("hook", ""), path=path)
 
 
-def forget_prolog_finding(seen: PrologFinding) -> None:
-    """Remove the Prolog finding, unless a newer one replaced it meanwhile."""
-    if load_prolog_finding() == seen:
-        try:
-            os.unlink(PROLOG_FILE)
-        except FileNotFoundError:
-            pass
+def load_hook_finding() -> HookFinding | None:
+    """The pending hook finding: ours, else the released version's (the newer when both exist)."""
+    found = [finding for finding in (_load_finding(HOOK_FILE), _load_finding(RELEASED_HOOK_FILE)) if finding is not None]
+    return max(found, key=lambda finding: finding.time) if found else None
+
+
+def forget_hook_finding(seen: HookFinding) -> None:
+    """Remove the hook finding(s), unless a newer one replaced it meanwhile."""
+    for path in (HOOK_FILE, RELEASED_HOOK_FILE):
+        current = _load_finding(path)
+        if current is not None and current.time <= seen.time:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 # ---- one reconciliation -----------------------------------------------------------------------
@@ -208,21 +234,24 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
     prefix = config.slurm.drain_prefix
     desired = reason_for(finding_text, prefix) if finding_text is not None else None
     memory = load_memory()
-    prolog = load_prolog_finding()
-    if not needs_slurm(desired, memory, prolog is not None, now):
+    pending = load_hook_finding()
+    if not needs_slurm(desired, memory, pending is not None, now):
         return None
     backend = slurm.backend(config)
     state = backend.node_state(node)
-    action = decide(desired, state, prefix, prolog is not None)
+    action = decide(desired, state, prefix, pending is not None)
+    why = action.why
+    if action.hook_handled and pending is not None:
+        why += f"; the {pending.hook or 'hook'} found: {pending.finding}"
     if action.kind == "drain":
         backend.drain(node, action.reason)
-        log.warning(f"healthcheck: drained {node}: {action.reason} ({action.why})")
+        log.warning(f"healthcheck: drained {node}: {action.reason} ({why})")
     elif action.kind == "resume":
         backend.resume(node)
-        log.info(f"healthcheck: resumed {node} ({action.why})")
+        log.info(f"healthcheck: resumed {node} ({why})")
     elif desired is not None or (memory is not None and memory.drained):
         log.info(f"healthcheck: {node}: {action.why}")
     save_memory(Memory(finding=desired or "", drained=action.drained, confirmed=now))
-    if prolog is not None and (action.prolog_handled or now - prolog.time >= PROLOG_PENDING_SECONDS):
-        forget_prolog_finding(prolog)
+    if pending is not None and (action.hook_handled or now - pending.time >= HOOK_PENDING_SECONDS):
+        forget_hook_finding(pending)
     return action

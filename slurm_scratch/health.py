@@ -21,10 +21,29 @@ stuck in the kernel is remembered (/run/slurm-scratch/probe-stuck): no new one i
 lives, and the finding stays the same. The rest reads /proc and /sys (and runs lvs).
 
 Output: one line per problem on stdout, most important first (or one "ok: ..." line when
-healthy); exit 0 healthy, 1 not. `[health] repair = yes` lets it run volume setup when the volume
-is not mounted, then check again (default: only observe and report). Runs that overlap (slurmd and
-cron) are serialised by /run/slurm-scratch/health.lock: the second one prints "skipped: ..."
-and exits 0.
+healthy); exit 0 healthy, 1 not: whatever else runs, a run that prints "ok" and exits 0 has
+itself just found the volume healthy. `[health] repair = yes` lets a full run (not `--report-only`)
+run volume setup when the volume is not mounted, then check again (default: only observe and
+report).
+
+Runs that overlap (slurmd, cron, NHC) never hide a fault from each other:
+- `--report-only` takes no lock: it runs the checks, prints, and changes nothing in Slurm or on the
+  volume (no repair, no housekeeping). Checks of two runs at once are harmless: each probe has a
+  file name of its own (PID and a nanosecond clock).
+- A full run takes /run/slurm-scratch/health.lock for its checks and its exchange with Slurm
+  (reconcile), so that the later run's finding is the one Slurm gets. A second full run waits for
+  that lock, at most as long as the first may hold it (`lock_wait_bound`: its checks and three
+  Slurm calls, plus LOCK_SLACK_SECONDS), then reconciles its own finding. If the lock is still
+  held then (a stuck or deliberately paused holder), it checks and reports like `--report-only`.
+- Housekeeping runs after the check lock is released, under /run/slurm-scratch/housekeeping.lock,
+  taken without waiting: when another run is doing the housekeeping, this one skips it. So checks
+  and reports never wait on housekeeping.
+Worst case, with C = check_timeout + probe_timeout (the checks) and T = [slurm] timeout: a full
+run waits at most lock_wait_bound = C + 3 T + LOCK_SLACK_SECONDS for the check lock, checks (C),
+makes at most 3 Slurm calls (3 T), then housekeeps within [health] housekeeping_seconds plus its 2
+Slurm calls (`scontrol listpids`, `squeue`): 2 C + 8 T + housekeeping_seconds + 5 s in all (185 s
+with the defaults; C + 3 T + housekeeping_seconds + 2 T when no other full run holds the lock).
+`--report-only`: C. (`repair` adds volume setup's own bounds and one more round of checks.)
 
 Drain reason = `[slurm] drain_prefix` + the first problem in this order (mount, writable, layers,
 timed out, space/inodes, probe failure, fs errors), e.g. with mount_point /scratch and defaults:
@@ -41,8 +60,9 @@ timed out, space/inodes, probe failure, fs errors), e.g. with mount_point /scrat
   scratch: /scratch inodes 99% used (min free 3%)
   scratch: /scratch probe failed: write: Input/output error
   scratch: /scratch has 2 ext4 errors
-Drain/resume rules and the no-RPC-when-healthy rule: see drain.py. The Prolog only calls
-`record_prolog_finding` (a file in /run/slurm-scratch) and never waits on slurmctld.
+Drain/resume rules and the no-RPC-when-healthy rule: see drain.py. On a broken volume the Prolog
+and Epilog only call `record_hook_finding` (a file in /run/slurm-scratch) and never wait on
+slurmctld; the next full run replaces their "Prolog error"/"Epilog error" with its own reason.
 
 After the checks, a healthy node sweeps orphaned job directories and empties the trash, within
 [health] housekeeping_seconds. The sweep asks slurmctld (squeue) only when a candidate exists: a
@@ -62,6 +82,9 @@ from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
 from slurm_scratch.record import Record
 
 LOCK_FILE = f"{RUN_DIR}/health.lock"
+HOUSEKEEPING_LOCK = f"{RUN_DIR}/housekeeping.lock"
+LOCK_SLACK_SECONDS = 5.0  # over the holder's bound: process start, imports, /proc and /sys reads
+LOCK_POLL_SECONDS = 0.05
 STUCK_FILE = f"{RUN_DIR}/probe-stuck"
 RECORD_FILE = "/var/lib/slurm-scratch/volume.json"  # volume.state.STATE_FILE (importing it imports json)
 RECORD_CACHE = f"{RUN_DIR}/volume-record.cache"
@@ -258,7 +281,7 @@ def _probe_work(mount_point: str):
             step = "trash dir"
             trash_fd = open_trash(root_fd, mount_point, create=True)
             assert trash_fd is not None
-            name = f"{PROBE_PREFIX}{os.getpid()}"
+            name = f"{PROBE_PREFIX}{os.getpid()}.{time.time_ns()}"  # not a stuck earlier probe's file
             payload = (f"slurm-scratch health probe {os.getpid()} {time.time()}\n".encode() * 100)[:PROBE_SIZE]
             step = "create"
             fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=trash_fd)
@@ -520,69 +543,109 @@ def housekeeping(config: Config, node: str, seconds: float) -> None:
 # ---- entry points ---------------------------------------------------------------------------
 
 
-def record_prolog_finding(config: Config, finding: str) -> None:
-    """Remember why a Prolog failed, for the next health check's drain reason (no Slurm call)."""
+def record_hook_finding(config: Config | None, finding: str, hook: str | None = None) -> None:
+    """Remember why a Prolog or Epilog failed on a broken volume, for the next health check's
+    drain reason (no Slurm call). `hook` defaults to what SLURM_SCRIPT_CONTEXT says."""
     from slurm_scratch import drain
 
+    if hook is None:
+        hook = os.environ.get("SLURM_SCRIPT_CONTEXT", "").partition("_")[0]
+        hook = hook if hook in ("prolog", "epilog") else ""
     try:
-        drain.record_prolog_finding(finding)
+        drain.record_hook_finding(finding, hook=hook)
     except OSError as exc:
-        log.error(f"prolog: cannot record the finding in {drain.PROLOG_FILE}: {exc.strerror}")
+        log.error(f"{hook or 'hook'}: cannot record the finding in {drain.HOOK_FILE}: {exc.strerror}")
 
 
-def _lock():
-    """This check's lock (a descriptor), or None when another health check holds it."""
+record_prolog_finding = record_hook_finding  # the name the Prolog and Epilog call
+
+
+def _lock(path: str = LOCK_FILE, wait: float = 0.0):
+    """The flock on `path` (a descriptor), waiting at most `wait` seconds; None when another
+    process still holds it then."""
     import fcntl
 
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.close(fd)
+                return None
+            time.sleep(min(LOCK_POLL_SECONDS, remaining))
+
+
+def checks_bound(config: Config) -> float:
+    """The longest `run_checks` may take: statvfs then the probe in the child (lvs runs meanwhile,
+    under check_timeout)."""
+    return config.health.check_timeout + config.health.probe_timeout
+
+
+def lock_wait_bound(config: Config) -> float:
+    """How long a full run waits for another's check lock: what that one's checks and Slurm calls
+    (at most three: `scontrol --version` for `api = auto` with pyslurm, show, update) may take."""
+    return checks_bound(config) + 3 * config.slurm.timeout + LOCK_SLACK_SECONDS
+
+
+def _check_and_print(config: Config, repair: bool) -> list[Finding]:
+    """Run the checks (and the repair when asked and nothing is mounted); print; the problems."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        findings = run_checks(config)
+    except OSError as exc:  # of this process (no fork, no /proc): not a finding about the volume
+        raise ScratchError(f"cannot run the checks: {exc}") from None
+    problems = problems_of(findings)
+    if problems and repair and mounts.find_mount(config.volume.mount_point) is None:
+        from slurm_scratch import volume
+
+        log.warning(f"healthcheck: {problems[0].text}; repairing ([health] repair = yes)")
+        try:
+            volume.ensure_mounted(config)
+        except ScratchError as exc:
+            log.error(f"healthcheck: repair failed: {exc}")
+        findings = run_checks(config)
+        problems = problems_of(findings)
+    if problems:
+        print("\n".join(problem.text for problem in problems))
+    else:
+        print("ok: " + "; ".join(finding.text for finding in findings))
+    return problems
 
 
 def main(config: Config, node: str, report_only: bool = False) -> int:
-    """`report_only`: check and print, never drain, resume or clean up (for NHC or cron)."""
+    """`report_only`: check and print, never wait for another health check, never drain, resume,
+    repair or clean up (for NHC or cron)."""
     from slurm_scratch import drain
 
     timer = log.Timer()
-    lock_fd = _lock()
+    if report_only:
+        return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
+    wait = lock_wait_bound(config)
+    lock_fd = _lock(LOCK_FILE, wait)
     if lock_fd is None:
-        print("skipped: another health check is running")
-        return EXIT_OK
+        log.warning(f"healthcheck: another health check has held {LOCK_FILE} for over {wait:g} s: checking and reporting only")
+        return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
     try:
-        try:
-            findings = run_checks(config)
-        except OSError as exc:  # of this process (no fork, no /proc): not a finding about the volume
-            raise ScratchError(f"cannot run the checks: {exc}") from None
-        problems = problems_of(findings)
-        if problems and config.health.repair and mounts.find_mount(config.volume.mount_point) is None:
-            from slurm_scratch import volume
-
-            log.warning(f"healthcheck: {problems[0].text}; repairing ([health] repair = yes)")
-            try:
-                volume.ensure_mounted(config)
-            except ScratchError as exc:
-                log.error(f"healthcheck: repair failed: {exc}")
-            findings = run_checks(config)
-            problems = problems_of(findings)
-        if problems:
-            print("\n".join(problem.text for problem in problems))
-        else:
-            print("ok: " + "; ".join(finding.text for finding in findings))
-        if report_only:
-            return EXIT_FAILURE if problems else EXIT_OK
+        problems = _check_and_print(config, config.health.repair)
         try:
             drain.reconcile(config, node, problems[0].text if problems else None)
         except ScratchError as exc:
             log.error(f"healthcheck: could not update the node's state in Slurm: {exc}")
-        if not problems and config.health.housekeeping_seconds > 0:
-            housekeeping(config, node, config.health.housekeeping_seconds)
-        if problems:
-            log.warning(f"healthcheck: {len(problems)} problem(s): {problems[0].text}", ms=timer.ms())
-        return EXIT_FAILURE if problems else EXIT_OK
     finally:
         os.close(lock_fd)
+    if not problems and config.health.housekeeping_seconds > 0:
+        housekeeping_fd = _lock(HOUSEKEEPING_LOCK)
+        if housekeeping_fd is None:
+            log.info("healthcheck: another health check is doing the housekeeping; skipped")
+        else:
+            try:
+                housekeeping(config, node, config.health.housekeeping_seconds)
+            finally:
+                os.close(housekeeping_fd)
+    if problems:
+        log.warning(f"healthcheck: {len(problems)} problem(s): {problems[0].text}", ms=timer.ms())
+    return EXIT_FAILURE if problems else EXIT_OK

@@ -110,7 +110,7 @@ def no_memory():
     no volume record (these volumes are not built by setup: config says what to expect)."""
 
     def clear() -> None:
-        for path in (drain.STATE_FILE, drain.PROLOG_FILE, health.STUCK_FILE, health.RECORD_CACHE, health.RECORD_FILE):
+        for path in (drain.STATE_FILE, drain.HOOK_FILE, drain.RELEASED_HOOK_FILE, health.STUCK_FILE, health.RECORD_CACHE, health.RECORD_FILE):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -293,6 +293,184 @@ def test_prolog_error_not_explained_by_us_is_kept(node: Node) -> None:
     node.remount()
     assert node.healthcheck().returncode == 0
     assert node.state() == ("IDLE+DRAIN", "Prolog error")
+
+
+def test_epilog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(node: Node, monkeypatch) -> None:
+    assert node.healthcheck().returncode == 0
+    node.remount("remount,ro")
+    # What the Epilog does on a faulty volume: it records its finding under the name the hooks
+    # call (no Slurm call) and fails; slurmctld then drains the node with "Epilog error".
+    monkeypatch.setenv("SLURM_SCRIPT_CONTEXT", "epilog_slurmd")
+    health.record_prolog_finding(None, f"{node.mount_point}: cannot retire job_4711: Read-only file system")
+    assert "hook=epilog" in Path(drain.HOOK_FILE).read_text().splitlines()
+    node.set_state("MIXED+DRAIN", "Epilog error")
+    assert node.healthcheck().returncode == 1
+    reason = f"scratch: {node.mount_point} read-only"
+    assert node.calls()[-2:] == [SHOW, DRAIN + reason]
+    assert node.state() == ("MIXED+DRAIN", reason)
+    assert not os.path.exists(drain.HOOK_FILE)  # dealt with: a later "Epilog error" is not ours
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("MIXED", "")
+
+
+def test_epilog_error_shown_after_our_drain_is_replaced_again_and_resumed(node: Node) -> None:
+    """slurmctld may set "Epilog error" after a health check already drained with our reason
+    (it replaces a drained node's reason): the finding stays pending until that is undone."""
+    assert node.healthcheck().returncode == 0
+    node.remount("remount,ro")
+    health.record_hook_finding(None, f"{node.mount_point}: cannot retire job_4712: Read-only file system", "epilog")
+    reason = f"scratch: {node.mount_point} read-only"
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", reason)
+    assert os.path.exists(drain.HOOK_FILE)  # Slurm has not shown "Epilog error" yet: still pending
+    node.set_state("IDLE+DRAIN", "Epilog error")  # the failed Epilog reaches slurmctld
+    node.remount("remount,rw")  # ... and the volume is repaired before the next check
+    assert node.healthcheck().returncode == 0
+    assert node.calls()[-2:] == [SHOW, RESUME]
+    assert node.state() == ("IDLE", "")
+    assert not os.path.exists(drain.HOOK_FILE)
+
+
+def test_epilog_error_not_explained_by_us_is_kept(node: Node) -> None:
+    assert node.healthcheck().returncode == 0
+    node.set_state("IDLE+DRAIN", "Epilog error")  # some other Epilog of the site failed: the admin's business
+    node.remount("remount,ro")
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", "Epilog error")
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE+DRAIN", "Epilog error")
+    assert not any(call.startswith("update") for call in node.calls())
+
+
+def _flock_holders(path: str) -> set[int]:
+    """PIDs holding a flock on `path`, from /proc/locks (looking takes no lock)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return set()
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+            holders.add(int(fields[4]))
+    return holders
+
+
+def _wait_until(what: str, condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.02)
+
+
+def _fill(node: Node) -> Path:
+    """Leave 1% free (the threshold is 3%), with fallocate: nothing written."""
+    st = os.statvfs(node.mount_point)
+    filler = Path(node.mount_point) / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (st.f_bavail - st.f_blocks // 100) * st.f_frsize)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_reports_do_not_wait_on_another_checks_housekeeping(tmp_path, loops) -> None:
+    """A health check is busy emptying a trash of thousands of entries (a user's leftovers) when
+    the volume fills up. Meanwhile NHC's `--report-only` and the next full check must report the
+    fault and exit 1 (not "skipped", not 0), and the full one drains the node, without waiting."""
+    node = Node(tmp_path, loops, health_conf="housekeeping_seconds = 600")
+    assert node.healthcheck().returncode == 0  # makes the trash dir
+    trash = Path(node.mount_point) / ".slurm-scratch-trash"
+    for index in range(1000):  # empty files: deleting them frees no space
+        os.close(os.open(trash / f"job_{index}.leftover", os.O_WRONLY | os.O_CREAT, 0o600))
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config)}
+    busy = subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        _wait_until("the first check is in its housekeeping", lambda: busy.pid in _flock_holders(health.HOUSEKEEPING_LOCK), 60)
+        _fill(node)
+        argv = [sys.executable, "-m", "slurm_scratch", "--config", str(node.config), "healthcheck", "--node", NODE, "--report-only"]
+        report = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        full = node.healthcheck()
+        still_busy = busy.pid in _flock_holders(health.HOUSEKEEPING_LOCK)
+        left = len(os.listdir(trash))
+        print(f"{left} trash entries left when the other checks had ended")
+        assert still_busy, f"the first check's housekeeping ended before the others ran ({left} left): the test proves nothing"
+        for result in (report, full):
+            assert result.returncode == 1, (result.stdout, result.stderr)
+            assert "skipped" not in result.stdout
+            assert result.stdout.splitlines()[0].endswith("% full (min free 3%)"), result.stdout
+        assert node.state()[1].startswith("scratch: ") and node.state()[1].endswith("% full (min free 3%)")
+        first = busy.communicate(timeout=600)
+        assert busy.returncode == 0, first
+        assert first[0].startswith("ok: ")  # what it found before the volume filled up
+    finally:
+        if busy.poll() is None:
+            busy.kill()
+            busy.wait(timeout=30)
+    assert node.state()[0] == "IDLE+DRAIN"  # the busy check's earlier "ok" undid nothing
+    (Path(node.mount_point) / "filler").unlink()
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
+LOCK_WAIT_CONF = "check_timeout = 2\nprobe_timeout = 2\n"
+
+
+def _hold(path: str) -> int:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _fast_slurm(node: Node) -> None:
+    text = node.config.read_text().replace("[slurm]\n", "[slurm]\ntimeout = 1\n")
+    node.config.write_text(text)
+
+
+def test_a_full_check_waits_for_another_ones_checks_then_reconciles_its_own_finding(tmp_path, loops) -> None:
+    node = Node(tmp_path, loops, health_conf=LOCK_WAIT_CONF)
+    _fast_slurm(node)
+    assert node.healthcheck().returncode == 0
+    node.umount()
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config)}
+    fd = _hold(health.LOCK_FILE)  # another check's checks and reconcile are under way
+    try:
+        second = subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        time.sleep(1)  # the second check is waiting (its bound is 2 + 2 + 3 x 1 + 5 = 12 s)
+        assert second.poll() is None, second.communicate()
+    finally:
+        os.close(fd)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 1, err
+    assert out.splitlines() == [f"{node.mount_point} not mounted"]
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} not mounted")
+
+
+def test_a_full_check_whose_lock_stays_taken_reports_the_fault_within_its_bound(tmp_path, loops) -> None:
+    node = Node(tmp_path, loops, health_conf=LOCK_WAIT_CONF)
+    _fast_slurm(node)
+    assert node.healthcheck().returncode == 0
+    node.remount("remount,ro")
+    fd = _hold(health.LOCK_FILE)  # a holder that never lets go (stuck, or an admin's pause)
+    try:
+        started = time.monotonic()
+        result = node.healthcheck()  # the hang detector: healthcheck()'s 120 s timeout
+        waited = time.monotonic() - started
+    finally:
+        os.close(fd)
+    assert result.returncode == 1 and "skipped" not in result.stdout
+    assert result.stdout.splitlines() == [f"{node.mount_point} read-only"]
+    assert "checking and reporting only" in result.stderr
+    assert waited >= 2 + 2 + 3 * 1  # it did wait for the holder's bound before reporting
+    assert node.state() == ("IDLE", "")  # the lock holder owns the exchange with Slurm
+    assert node.healthcheck().returncode == 1  # the lock is free again: this one drains
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
 
 
 def _job_dir(node: Node, job_id: int, age_seconds: float) -> Path:

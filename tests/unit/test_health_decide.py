@@ -29,6 +29,10 @@ def node(states: str, reason: str = "") -> NodeState:
         (BROKEN, "IDLE+MAINTENANCE+RESERVED", "", False, "none", ""),
         (BROKEN, "IDLE+DRAIN", "Prolog error", False, "none", ""),
         (BROKEN, "IDLE+DRAIN", "Prolog error", True, "drain", BROKEN),
+        (BROKEN, "IDLE+DRAIN", "Epilog error", False, "none", ""),
+        (BROKEN, "IDLE+DRAIN", "Epilog error", True, "drain", BROKEN),
+        (BROKEN, "MIXED+DRAIN", "Epilog error", True, "drain", BROKEN),
+        (BROKEN, "DOWN", "Epilog error", True, "none", ""),
         (BROKEN, "IDLE+POWERED_DOWN", "", False, "none", ""),
         (BROKEN, "IDLE+REBOOT_REQUESTED", "", False, "none", ""),
         # healthy
@@ -38,6 +42,11 @@ def node(states: str, reason: str = "") -> NodeState:
         (None, "IDLE+DRAIN", "maintenance by admin", False, "none", ""),
         (None, "IDLE+DRAIN", "Prolog error", False, "none", ""),
         (None, "IDLE+DRAIN", "Prolog error", True, "resume", "Prolog error"),
+        (None, "IDLE+DRAIN", "Epilog error", False, "none", ""),
+        (None, "IDLE+DRAIN", "Epilog error", True, "resume", "Epilog error"),
+        (None, "IDLE", "", True, "none", ""),
+        (None, "IDLE+DRAIN", "Epilogue trouble (admin)", True, "none", ""),
+        (None, "IDLE+DRAIN+REBOOT_REQUESTED", "Epilog error", True, "none", ""),
         (None, "DOWN", "scratch: /scratch not mounted", False, "none", ""),
         (None, "IDLE+DRAIN+REBOOT_ISSUED", BROKEN, False, "none", ""),
         (None, "IDLE+DRAIN+POWERING_DOWN", BROKEN, False, "none", ""),
@@ -60,12 +69,47 @@ def test_what_is_remembered_as_drained_by_us() -> None:
     assert drain.decide(None, node("IDLE+DRAIN", BROKEN), PREFIX, False).drained == ""
 
 
-def test_prolog_finding_is_handled_only_where_prolog_error_was_replaced_or_resumed() -> None:
-    assert drain.decide(BROKEN, node("IDLE+DRAIN", "Prolog error"), PREFIX, True).prolog_handled
-    assert drain.decide(None, node("IDLE+DRAIN", "Prolog error"), PREFIX, True).prolog_handled
-    # Slurm may not show "Prolog error" yet: keep the finding pending.
-    assert not drain.decide(BROKEN, node("IDLE"), PREFIX, True).prolog_handled
-    assert not drain.decide(None, node("IDLE"), PREFIX, True).prolog_handled
+@pytest.mark.parametrize("hook_error", ["Prolog error", "Epilog error"])
+def test_hook_finding_is_handled_only_where_a_hook_error_was_replaced_or_resumed(hook_error) -> None:
+    assert drain.decide(BROKEN, node("IDLE+DRAIN", hook_error), PREFIX, True).hook_handled
+    assert drain.decide(None, node("IDLE+DRAIN", hook_error), PREFIX, True).hook_handled
+    assert drain.decide(BROKEN, node("IDLE+DRAIN", hook_error), PREFIX, True).drained == BROKEN
+    # Slurm may not show the hook's error yet (or our reason holds the node): keep it pending.
+    assert not drain.decide(BROKEN, node("IDLE"), PREFIX, True).hook_handled
+    assert not drain.decide(None, node("IDLE"), PREFIX, True).hook_handled
+    assert not drain.decide(BROKEN, node("IDLE+DRAIN", BROKEN), PREFIX, True).hook_handled
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(drain, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(drain, "HOOK_FILE", str(tmp_path / "hook-finding"))
+    monkeypatch.setattr(drain, "RELEASED_HOOK_FILE", str(tmp_path / "prolog-finding"))
+    return tmp_path
+
+
+def test_hook_finding_names_its_hook_and_is_forgotten_only_up_to_what_was_seen(run_dir) -> None:
+    drain.record_hook_finding("/scratch read-only", now=100.0, hook="epilog")
+    seen = drain.load_hook_finding()
+    assert (seen.finding, seen.hook, seen.time) == ("/scratch read-only", "epilog", 100.0)
+    drain.record_hook_finding("/scratch: Input/output error", now=200.0, hook="prolog")  # a newer one
+    drain.forget_hook_finding(seen)
+    assert drain.load_hook_finding().finding == "/scratch: Input/output error"
+    drain.forget_hook_finding(drain.load_hook_finding())
+    assert drain.load_hook_finding() is None
+
+
+def test_the_released_versions_prolog_finding_is_read_and_forgotten(run_dir) -> None:
+    (run_dir / "prolog-finding").write_text("time=100.5\nfinding=/scratch is not mounted and setup failed\n")
+    seen = drain.load_hook_finding()
+    assert (seen.finding, seen.hook, seen.time) == ("/scratch is not mounted and setup failed", "", 100.5)
+    drain.forget_hook_finding(seen)
+    assert not (run_dir / "prolog-finding").exists() and drain.load_hook_finding() is None
+
+
+def test_a_hook_finding_that_is_not_a_regular_file_is_no_finding(run_dir) -> None:
+    (run_dir / "hook-finding").mkdir()
+    assert drain.load_hook_finding() is None
 
 
 def memory(finding: str = "", drained: str = "", confirmed: float = 1000.0) -> drain.Memory:
@@ -86,7 +130,8 @@ def test_healthy_node_not_drained_by_us_asks_nobody() -> None:
         (BROKEN, memory(BROKEN, BROKEN), False, 1010.0, False),  # same finding, recently confirmed
         (BROKEN, memory(BROKEN, ""), False, 1010.0, True),  # broken, held by another reason: ask again
         (BROKEN, memory(BROKEN, BROKEN), False, 1000.0 + drain.CONFIRM_SECONDS, True),  # re-confirm
-        (None, memory(), True, 1010.0, True),  # a Prolog failure is pending
+        (None, memory(), True, 1010.0, True),  # a hook finding (failed Prolog or Epilog) is pending
+        (BROKEN, memory(BROKEN, BROKEN), True, 1010.0, True),  # ... even while drained by us
     ],
 )
 def test_needs_slurm(desired, remembered, pending, now, asks) -> None:
