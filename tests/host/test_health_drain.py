@@ -314,6 +314,30 @@ def test_epilog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     assert node.state() == ("MIXED", "")
 
 
+def test_epilog_on_a_read_only_volume_fails_and_the_health_check_takes_over_its_drain(node: Node) -> None:
+    """The installed Prolog and Epilog, as slurmd runs them; the volume turns read-only while the
+    job runs (ext4's errors=remount-ro)."""
+    assert node.healthcheck().returncode == 0
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config), "SLURM_JOB_ID": "4713",
+           "SLURM_JOB_UID": str(TEST_UID), "SLURM_JOB_GID": str(TEST_UID), "SLURM_JOB_USER": "sstest1"}
+    prolog = subprocess.run([str(REPO / "hooks" / "prolog")], env={**env, "SLURM_SCRIPT_CONTEXT": "prolog_slurmd"},
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert prolog.returncode == 0, prolog.stderr
+    node.remount("remount,ro")
+    epilog = subprocess.run([str(REPO / "hooks" / "epilog")], env={**env, "SLURM_SCRIPT_CONTEXT": "epilog_slurmd"},
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert epilog.returncode != 0 and "Traceback" not in epilog.stderr, epilog.stderr
+    recorded = Path(drain.HOOK_FILE).read_text().splitlines()
+    assert "hook=epilog" in recorded and any("Read-only file system" in line for line in recorded), recorded
+    assert node.calls() == [SHOW]  # the hooks asked Slurm nothing
+    node.set_state("IDLE+DRAIN", "Epilog error")  # what slurmctld does on a failed Epilog
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
 def test_epilog_error_shown_after_our_drain_is_replaced_again_and_resumed(node: Node) -> None:
     """slurmctld may set "Epilog error" after a health check already drained with our reason
     (it replaces a drained node's reason): the finding stays pending until that is undone."""
