@@ -13,11 +13,17 @@ device for sdX). Selectors (`[volume] devices`):
 - explicit paths or globs under /dev/ (on-prem nodes).
 
 Safety, for every matched disk, by `assess()` (a pure function of facts gathered by `probe()`):
-never a disk that holds root or swap, is mounted (outside our own mount point), is held by a
-device-mapper/md device that is not ours, or belongs to a mounted btrfs; and, unless
-`[volume] wipe = yes`, never one with partitions or a filesystem/RAID/LVM signature that is not
-ours. "Ours": recorded as a member in the state file, an LVM PV of `vg_name`, an md member named
-`md_name`, or a filesystem labelled `label`.
+never a disk that holds root or swap, is mounted (outside our own mount point) in this or any other
+mount namespace, is held by a device-mapper/md device that is not ours, belongs to a mounted btrfs,
+or cannot be opened exclusively (EBUSY: someone holds it); and, unless `[volume] wipe = yes`, never
+one with partitions or a filesystem/RAID/LVM signature that is not ours.
+
+"Ours" needs proof, never a label alone: the state file records the disk (by serial; by path for
+serial-less disks) and what it carries matches the record (the filesystem UUID, the VG or md name),
+or the volume carries a mark setup put on it: the LVM tag `slurm-scratch` on its VG, the md array
+name `md_name`, the root-only file `.slurm-scratch-volume` holding the filesystem's UUID in the
+filesystem's root (read through a private read-only mount); or it is the seed's layout (a VG
+`vg_name` holding exactly one LV, `lv_name`, as ParallelCluster makes it), which setup adopts.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from slurm_scratch import log, run
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.errors import ScratchError
+from slurm_scratch.volume import MARKER_NAME
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
 AWS_NEVER = ("Amazon Elastic Block Store",)
@@ -38,6 +45,7 @@ GCP_LINK_PREFIXES = ("google-local-nvme-ssd-", "google-local-ssd-")
 AZURE_MODELS = ("Microsoft NVMe Direct Disk", "Microsoft NVMe Direct Disk v2")
 CLOUDS = ("aws", "gcp", "azure")
 GLOB_CHARS = frozenset("*?[")
+TAG = "slurm-scratch"  # the LVM tag setup puts on its VG and LV
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,10 @@ class Signature:
     pttype: str = ""  # a partition table (gpt, dos)
     ambivalent: bool = False  # more than one signature
     vg_name: str | None = None  # LVM2_member: its VG ("" = orphan PV), when known
+    vg_tags: tuple[str, ...] = ()  # LVM2_member: its VG's tags
+    vg_lvs: tuple[str, ...] = ()  # LVM2_member: the LVs of its VG
     md_devices: int = 0  # linux_raid_member: raid disks of its array, when known
+    marker: bool = False  # a filesystem whose root holds our marker with its UUID (see `read_marker`)
 
     @property
     def md_name(self) -> str:
@@ -92,6 +103,8 @@ class Signature:
         what = self.type
         if self.type == "LVM2_member":
             what = f"an LVM physical volume of VG {self.vg_name!r}" if self.vg_name else "an LVM physical volume (no VG)"
+            if self.vg_name and self.vg_lvs:
+                what += f" (LV {', '.join(self.vg_lvs)})"
         elif self.type == "linux_raid_member":
             what = f"an md RAID member of array {self.label!r}"
         elif self.type:
@@ -109,6 +122,8 @@ class Facts:
     swap_devnums: frozenset[str] = frozenset()
     mounts: dict = field(default_factory=dict)  # devnum -> mount point (first seen)
     mounted_btrfs_uuids: frozenset[str] = frozenset()
+    elsewhere: dict = field(default_factory=dict)  # devnum -> (pid, mount point) in another mount namespace
+    busy: frozenset[str] = frozenset()  # devnums whose exclusive open failed with EBUSY
 
 
 @dataclass(frozen=True)
@@ -182,33 +197,56 @@ def select_cloud(selector: str, disks: list[Disk]) -> tuple[str, list[Disk]]:
     return selector, []
 
 
+def our_mark(volume: VolumeConfig, signature: Signature | None) -> str:
+    """Which mark of ours the disk's content carries ("" for none): a label is never one."""
+    if signature is None or signature.ambivalent:
+        return ""
+    if signature.type == "LVM2_member" and signature.vg_name and signature.vg_name == volume.vg_name:
+        if TAG in signature.vg_tags:
+            return f"VG {volume.vg_name} tagged {TAG}"
+        if signature.vg_lvs == (volume.lv_name,):
+            return f"the seed layout {volume.vg_name}/{volume.lv_name}"
+    if signature.type == "linux_raid_member" and signature.md_name == volume.md_name:
+        return f"md array named {volume.md_name}"
+    if signature.usage == "filesystem" and signature.marker:
+        return f"{MARKER_NAME} in its root"
+    return ""
+
+
 def is_ours(volume: VolumeConfig, disk: Disk, signature: Signature | None, recorded: dict | None) -> bool:
-    """Whether the disk belongs to our volume, by the state file or by our names/label."""
-    if signature is not None and not signature.ambivalent:
-        if signature.type == "LVM2_member" and signature.vg_name == volume.vg_name:
-            return True
-        if signature.type == "linux_raid_member" and signature.md_name == volume.md_name:
-            return True
-        if signature.usage == "filesystem" and signature.label and signature.label == volume.label:
-            return True
-    return recorded_member(disk, signature, recorded) is not None
+    """Whether the disk belongs to our volume: by the state file or by a mark we put on the volume."""
+    if signature is not None and signature.ambivalent:
+        return False
+    return bool(our_mark(volume, signature)) or recorded_member(disk, signature, recorded) is not None
 
 
 def recorded_member(disk: Disk, signature: Signature | None, recorded: dict | None) -> dict | None:
-    """The state file's member entry for this disk: by serial; by path only for serial-less disks
-    (loop devices) whose signature is blank or the recorded filesystem's."""
+    """The state file's member entry for this disk (by serial; by path only for serial-less disks
+    such as loop devices), when what the disk carries is what the record says: nothing, a PV
+    (orphan, or of the recorded VG), a member of the recorded md array, or the recorded filesystem
+    (its UUID). A recorded disk that now carries anything else is not ours."""
     if not recorded:
         return None
     for member in recorded.get("members", []):
         if member.get("serial"):
-            if disk.serial and member["serial"] == disk.serial:
-                return member
-        elif not disk.serial and member.get("path") == disk.path:
-            if signature is None or signature.type == "LVM2_member" and signature.vg_name == "":
-                return member
-            if signature.uuid and signature.uuid == recorded.get("fs_uuid"):
-                return member
+            same_disk = bool(disk.serial) and member["serial"] == disk.serial
+        else:
+            same_disk = not disk.serial and member.get("path") == disk.path
+        if same_disk and _matches_record(signature, recorded):
+            return member
     return None
+
+
+def _matches_record(signature: Signature | None, recorded: dict) -> bool:
+    if signature is None:
+        return True
+    if signature.ambivalent:
+        return False
+    if signature.type == "LVM2_member":
+        return signature.vg_name == "" or bool(signature.vg_name) and signature.vg_name == recorded.get("vg_name")
+    if signature.type == "linux_raid_member":
+        return bool(recorded.get("md_name")) and signature.md_name == recorded.get("md_name")
+    return bool(signature.uuid) and signature.uuid == recorded.get("fs_uuid")
 
 
 def never_reason(disk: Disk, facts: Facts) -> str:
@@ -232,14 +270,25 @@ def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts:
         return Skipped(disk, reason)
     devnums = (disk.devnum, *disk.partition_devnums)
     ours = is_ours(volume, disk, signature, recorded)
+    mounted_here = False
     for devnum in devnums:
         where = facts.mounts.get(devnum)
         if where is not None and not (ours and where == volume.mount_point):
             return Skipped(disk, f"is mounted at {where}")
-    if signature is not None and signature.type == "btrfs" and signature.uuid in facts.mounted_btrfs_uuids and not ours:
+        mounted_here = mounted_here or where is not None
+    for devnum in devnums:
+        if devnum in facts.elsewhere:
+            pid, where = facts.elsewhere[devnum]
+            if not (ours and where == volume.mount_point):
+                return Skipped(disk, f"is mounted in another mount namespace (pid {pid}, at {where})")
+            mounted_here = True
+    btrfs_mounted = signature is not None and signature.type == "btrfs" and signature.uuid in facts.mounted_btrfs_uuids
+    if btrfs_mounted and not ours:
         return Skipped(disk, f"is a member of the mounted btrfs filesystem {signature.uuid}")
     if disk.holders and not ours:
         return Skipped(disk, f"is in use by {', '.join(disk.holders)}")
+    if disk.devnum in facts.busy and not (ours and (mounted_here or btrfs_mounted or disk.holders)):
+        return Skipped(disk, "cannot be opened exclusively (EBUSY): another program or the kernel is using it")
     foreign = []
     if disk.partitions:
         foreign.append(f"has partitions ({', '.join(disk.partitions)})")
@@ -247,7 +296,12 @@ def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts:
         foreign.append(f"carries {signature.describe()}")
     if foreign:
         if not volume.wipe:
-            return Skipped(disk, " and ".join(foreign) + " that is not ours ([volume] wipe = yes would wipe it)")
+            why = ""
+            if signature is not None and signature.usage == "filesystem" and signature.label and signature.label == volume.label:
+                why = f": a label is no proof, and the state file does not record it nor is {MARKER_NAME} in its root"
+            elif signature is not None and signature.type == "LVM2_member" and signature.vg_name == volume.vg_name:
+                why = f": its VG is neither tagged {TAG} nor the seed layout {volume.vg_name}/{volume.lv_name} alone"
+            return Skipped(disk, " and ".join(foreign) + f" that is not ours{why} ([volume] wipe = yes would wipe it)")
         return Candidate(disk, signature, ours=False, wipe=True)
     return Candidate(disk, signature, ours=ours and signature is not None, wipe=False)
 
@@ -423,7 +477,131 @@ def probe_facts() -> Facts:
         btrfs = frozenset(name for name in os.listdir("/sys/fs/btrfs") if len(name) == 36)
     except OSError:
         btrfs = frozenset()
-    return Facts(root_devnums=frozenset(root), swap_devnums=frozenset(swaps), mounts=mounted, mounted_btrfs_uuids=btrfs)
+    return Facts(root_devnums=frozenset(root), swap_devnums=frozenset(swaps), mounts=mounted, mounted_btrfs_uuids=btrfs,
+                 elsewhere=other_namespace_mounts())
+
+
+def other_namespace_mounts(budget: float = 10.0) -> dict[str, tuple[int, str]]:
+    """Block devices mounted in any mount namespace but ours: {major:minor: (a pid in it, mount point)}.
+
+    /proc is read once: one mountinfo per namespace (by the inode of /proc/PID/ns/mnt). Users choose
+    how many processes and namespaces there are, so the scan stops after `budget` seconds; what it
+    misses the exclusive open still catches (a mounted device cannot be opened with O_EXCL)."""
+    import time
+
+    from slurm_scratch import mounts
+
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        seen = {os.stat("/proc/self/ns/mnt").st_ino}
+        pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    except OSError:
+        return found
+    deadline = time.monotonic() + budget
+    for pid in pids:
+        if time.monotonic() > deadline:
+            log.warning(f"setup: reading the mounts of every mount namespace took over {budget:g} s; stopped at pid {pid}")
+            break
+        try:
+            namespace = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if namespace in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as stream:
+                text = stream.read()
+        except (OSError, ValueError):
+            continue  # gone, or a kernel thread
+        seen.add(namespace)
+        for mount in mounts.parse_mountinfo(text):
+            if not mount.major_minor.startswith("0:"):
+                found.setdefault(mount.major_minor, (pid, mount.mount_point))
+    return found
+
+
+def exclusively_busy(disks: list[Disk]) -> frozenset[str]:
+    """Devnums of the disks an exclusive open refuses (EBUSY): mounted anywhere, held by dm/md, or
+    opened with O_EXCL by another program (mkfs, another setup's tools, a partitioner)."""
+    import errno
+
+    busy = set()
+    for disk in disks:
+        try:
+            fd = os.open(disk.path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                busy.add(disk.devnum)
+            continue
+        os.close(fd)
+    return frozenset(busy)
+
+
+MARKER_MOUNT_OPTIONS = {"ext4": "noload", "xfs": "norecovery", "btrfs": "rescue=nologreplay"}
+# In a private mount namespace that dies with the shell: a killed setup leaves no mount behind.
+# Journals are not replayed (noload/norecovery/nologreplay): a filesystem that is not ours is not
+# written to. The marker must be root's, not a symlink, not accessible to others, hold the UUID.
+_MARKER_SCRIPT = """
+t=$1 o=$2 d=$3 m=$4; shift 4
+if [ $# -gt 0 ]; then btrfs device scan "$@" >/dev/null || exit 4; fi
+mount -n -t "$t" -o "ro,nosuid,nodev,noexec,$o" "$d" "$m" || exit 5
+f="$m/%s"
+if [ -L "$f" ] || [ ! -f "$f" ]; then exit 3; fi
+stat -c '%%u %%a %%s' "$f"
+head -c 200 "$f"
+""" % MARKER_NAME
+
+
+def marker_matches(stat_line: str, content: str, uuid: str) -> bool:
+    """The marker's `uid mode size` and content: root's, no access for others, the filesystem's UUID."""
+    words = stat_line.split()
+    if len(words) != 3 or not uuid:
+        return False
+    try:
+        uid, mode = int(words[0]), int(words[1], 8)
+    except ValueError:
+        return False
+    return uid == 0 and not mode & 0o077 and content.strip() == uuid
+
+
+def read_marker(path: str, signature: Signature, timeout: float, scan: tuple[str, ...] = ()) -> bool:
+    """Whether the filesystem on `path` carries our marker (a private read-only mount, then gone)."""
+    options = MARKER_MOUNT_OPTIONS.get(signature.type)
+    if options is None or not signature.uuid:
+        return False
+    where = next((d for d in ("/mnt", "/tmp", "/media") if os.path.isdir(d) and not os.path.islink(d)), "/tmp")
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _MARKER_SCRIPT, "sh",
+            signature.type, options, path, where, *scan]
+    try:
+        result = run.run(argv, timeout=timeout, check=False, quiet=True)
+    except ScratchError as exc:
+        log.warning(f"setup: {path}: cannot look for {MARKER_NAME}: {exc}")
+        return False
+    if result.returncode != 0:
+        return False
+    stat_line, _, content = result.stdout.partition("\n")
+    return marker_matches(stat_line, content, signature.uuid)
+
+
+def read_mounted_marker(mount_point: str, uuid: str) -> bool:
+    """The marker in the root of the filesystem mounted at `mount_point` (never a symlink)."""
+    try:
+        root_fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fd = os.open(MARKER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=root_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(root_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        content = os.read(fd, 200).decode("utf-8", "replace")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return marker_matches(f"{st.st_uid} {stat.S_IMODE(st.st_mode):o} {st.st_size}", content, uuid)
 
 
 def parse_blkid_export(text: str) -> dict[str, str]:
@@ -483,23 +661,33 @@ def _probe_all(paths: list[str], timeout: float) -> dict[str, Signature | Scratc
     return results
 
 
-def pv_vg_names(timeout: float) -> dict[str, str]:
-    """{PV device (realpath): VG name ("" for an orphan PV)} from `pvs`."""
+def _lvm_report(argv: list[str], kind: str, timeout: float) -> list[dict]:
     import json
 
-    result = run.run(
-        ["pvs", "--reportformat", "json", "-o", "pv_name,vg_name", "--config", "log/command_names=0"],
-        timeout=timeout, check=False, quiet=True, env={"LVM_SUPPRESS_FD_WARNINGS": "1"},
-    )
+    result = run.run([*argv, "--reportformat", "json", "--config", "log/command_names=0"],
+                     timeout=timeout, check=False, quiet=True, env={"LVM_SUPPRESS_FD_WARNINGS": "1"})
     if result.returncode != 0:
-        log.warning(f"pvs failed (exit {result.returncode}): {result.stderr.strip()}")
-        return {}
-    names = {}
+        log.warning(f"{argv[0]} failed (exit {result.returncode}): {result.stderr.strip()}")
+        return []
+    rows: list[dict] = []
     for report in json.loads(result.stdout or "{}").get("report", []):
-        for pv in report.get("pv", []):
-            if pv.get("pv_name", "").startswith("/dev/"):
-                names[os.path.realpath(pv["pv_name"])] = pv.get("vg_name", "")
-    return names
+        rows.extend(report.get(kind, []))
+    return rows
+
+
+def pv_facts(timeout: float, vg_name: str) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """{PV device (realpath): (VG name ("" for an orphan PV), the VG's tags, the VG's LVs)} from
+    `pvs` (and `lvs`, only when a PV is in a VG named `vg_name`)."""
+    names: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for pv in _lvm_report(["pvs", "-o", "pv_name,vg_name,vg_tags"], "pv", timeout):
+        if pv.get("pv_name", "").startswith("/dev/"):
+            tags = tuple(tag for tag in pv.get("vg_tags", "").split(",") if tag)
+            names[os.path.realpath(pv["pv_name"])] = (pv.get("vg_name", ""), tags)
+    lvs: dict[str, list[str]] = {}
+    if any(vg == vg_name for vg, _ in names.values()):
+        for lv in _lvm_report(["lvs", "-o", "vg_name,lv_name"], "lv", timeout):
+            lvs.setdefault(lv.get("vg_name", ""), []).append(lv.get("lv_name", ""))
+    return {path: (vg, tags, tuple(sorted(lvs.get(vg, ())))) for path, (vg, tags) in names.items()}
 
 
 def md_examine_devices(path: str, timeout: float) -> int:
@@ -525,6 +713,7 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
         ignored = not_selected(selector, all_disks, selected)
         skipped = []
     facts = probe_facts()
+    facts = _with(facts, busy=exclusively_busy([disk for disk in selected if not never_reason(disk, facts)]))
     signatures = {}
     probed = []
     to_probe = [disk.path for disk in selected if not never_reason(disk, facts)]
@@ -538,13 +727,15 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
         probed.append(disk)
     selected = probed
     if any(sig is not None and sig.type == "LVM2_member" for sig in signatures.values()):
-        vg_of = pv_vg_names(volume.command_timeout)
+        pvs = pv_facts(volume.command_timeout, volume.vg_name)
         for path, sig in signatures.items():
             if sig is not None and sig.type == "LVM2_member":
-                signatures[path] = _with(sig, vg_name=vg_of.get(os.path.realpath(path)))
+                vg, tags, lvs = pvs.get(os.path.realpath(path), (None, (), ()))
+                signatures[path] = _with(sig, vg_name=vg, vg_tags=tags, vg_lvs=lvs)
     for path, sig in signatures.items():
         if sig is not None and sig.type == "linux_raid_member":
             signatures[path] = _with(sig, md_devices=md_examine_devices(path, volume.command_timeout))
+    _look_for_markers(volume, selected, signatures, facts, recorded)
     candidates = []
     for disk in selected:
         verdict = assess(volume, disk, signatures[disk.path], facts, recorded)
@@ -558,7 +749,34 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
     return Discovery(selector=selector, candidates=tuple(candidates), skipped=tuple(skipped), not_selected=tuple(ignored))
 
 
-def _with(signature: Signature, **changes: object) -> Signature:
+def _look_for_markers(volume: VolumeConfig, disks: list[Disk], signatures: dict, facts: Facts, recorded: dict | None) -> None:
+    """Set `marker` on the filesystems labelled like ours that the state file does not vouch for.
+
+    The label only says where to look: a filesystem mounted at our mount point is read there; one
+    mounted or held anywhere else is left alone (it is skipped anyway); any other gets a private
+    read-only mount (a btrfs once per filesystem, its disks registered first)."""
+    checked: dict[str, bool] = {}
+    for disk in disks:
+        sig = signatures.get(disk.path)
+        if (sig is None or sig.ambivalent or sig.usage != "filesystem" or sig.label != volume.label or not sig.uuid
+                or never_reason(disk, facts) or recorded_member(disk, sig, recorded) is not None):
+            continue
+        if facts.mounts.get(disk.devnum) == volume.mount_point:
+            marked = read_mounted_marker(volume.mount_point, sig.uuid)
+        elif disk.devnum in facts.mounts or disk.devnum in facts.elsewhere or disk.devnum in facts.busy or disk.holders:
+            continue
+        elif sig.uuid in checked:
+            marked = checked[sig.uuid]
+        else:
+            scan: tuple[str, ...] = ()
+            if sig.type == "btrfs":
+                scan = tuple(d.path for d in disks if (other := signatures.get(d.path)) is not None and other.uuid == sig.uuid)
+            marked = checked[sig.uuid] = read_marker(disk.path, sig, volume.command_timeout, scan)
+        if marked:
+            signatures[disk.path] = _with(sig, marker=True)
+
+
+def _with(record, **changes: object):
     from dataclasses import replace
 
-    return replace(signature, **changes)
+    return replace(record, **changes)

@@ -16,6 +16,10 @@ from slurm_scratch import log
 from slurm_scratch.config import Config, VolumeConfig
 from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
 
+# Our mark in the filesystem's root: root's 0600 file holding the filesystem's UUID (devices.py
+# reads it to tell our volume from one that merely has our label; apply.py writes it).
+MARKER_NAME = ".slurm-scratch-volume"
+
 
 def recorded() -> dict | None:
     """The state file: what setup built (backend, filesystem, device, fs_uuid, members, ...), or None."""
@@ -39,10 +43,12 @@ def _mounted_as_recorded(volume: VolumeConfig) -> bool:
     try:
         root = os.lstat(volume.mount_point)
         trash = os.lstat(os.path.join(volume.mount_point, TRASH_NAME))
+        marker = os.lstat(os.path.join(volume.mount_point, MARKER_NAME))
     except OSError:
         return False
     return (stat.S_IMODE(root.st_mode) == volume.mount_mode and stat.S_ISDIR(trash.st_mode)
-            and trash.st_uid == 0 and not trash.st_mode & 0o077)
+            and trash.st_uid == 0 and not trash.st_mode & 0o077
+            and stat.S_ISREG(marker.st_mode) and marker.st_uid == 0 and not marker.st_mode & 0o077)
 
 
 def make_plan(volume: VolumeConfig):

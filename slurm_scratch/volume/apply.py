@@ -1,7 +1,11 @@
-"""apply(): carry out a Plan's steps, each logged with its duration. The caller holds the setup lock."""
+"""apply(): carry out a Plan's steps, each logged with its duration. The caller holds the setup lock.
+
+It also puts our mark on the filesystem: `<mount_point>/.slurm-scratch-volume`, root's 0600 file
+holding the filesystem's UUID, written before the root is opened to users (see devices.py)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -9,7 +13,7 @@ import time
 from slurm_scratch import log, run
 from slurm_scratch.cleanup import DIR_FLAGS, open_trash
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import Disk, probe_signature
+from slurm_scratch.devices import MARKER_NAME, Disk, probe_signature
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.volume import state
 from slurm_scratch.volume.plan import Plan, Step
@@ -54,6 +58,8 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> str | None:
                 os.close(trash_fd)
         finally:
             os.close(root_fd)
+    elif step.kind == "mark":
+        return mark(step.args[0], timeout)
     elif step.kind == "chmod":
         root_fd = _open_root(step.args[0])
         try:
@@ -97,6 +103,64 @@ def _open_root(path: str) -> int:
         raise ScratchError(f"{path}: cannot open the mounted volume: {exc.strerror}") from None
 
 
+def mark(mount_point: str, timeout: float) -> str:
+    """Write the marker (a private temporary name, then renamed over whatever a user may have put
+    at its name; a directory there is moved into the trash first)."""
+    from slurm_scratch import mounts
+
+    mount = mounts.find_mount(mount_point)
+    signature = probe_signature(mount.source, timeout) if mount is not None and mount.source.startswith("/dev/") else None
+    if signature is None or not signature.uuid:
+        raise ScratchError(f"{mount_point}: cannot mark the volume: no filesystem UUID found on {mount.source if mount else 'its device'}")
+    root_fd = _open_root(mount_point)
+    temporary = ""
+    try:
+        for _ in range(100):
+            temporary = f"{MARKER_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise ScratchError(f"{mount_point}: cannot create a temporary name for {MARKER_NAME}")
+        try:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o600)
+            os.write(fd, f"{signature.uuid}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(temporary, MARKER_NAME, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        except (IsADirectoryError, FileExistsError, OSError) as exc:
+            if not isinstance(exc, IsADirectoryError) and exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # A directory squats the name: move it aside, into the trash.
+            trash_fd = open_trash(root_fd, mount_point, create=True)
+            if trash_fd is None:
+                raise
+            try:
+                aside = f"squatted{MARKER_NAME}.{time.time_ns()}"
+                os.rename(MARKER_NAME, aside, src_dir_fd=root_fd, dst_dir_fd=trash_fd)
+            finally:
+                os.close(trash_fd)
+            log.warning(f"setup: {mount_point}/{MARKER_NAME} was taken by something else: moved into the trash as {aside}")
+            os.rename(temporary, MARKER_NAME, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        temporary = ""
+        os.fsync(root_fd)
+    except OSError as exc:
+        raise ScratchError(f"{mount_point}/{MARKER_NAME}: cannot mark the volume: {exc.strerror}") from None
+    finally:
+        if temporary:
+            try:
+                os.unlink(temporary, dir_fd=root_fd)
+            except OSError:
+                pass
+        os.close(root_fd)
+    return f"marked {mount_point} as ours: {MARKER_NAME} = {signature.uuid}"
+
+
 def member_entry(disk: Disk) -> dict:
     return {"path": disk.path, "serial": disk.serial, "model": disk.model, "size_bytes": disk.size_bytes, "by_id": list(disk.by_id)}
 
@@ -118,6 +182,9 @@ def record(volume: VolumeConfig, plan: Plan, status: str) -> None:
         "stripe_kb": volume.stripe_kb,
     }
     previous = state.read() or {}
+    if status in ("building", "formatted"):
+        # The UUID mkfs is given (or gave): proof that what a crash leaves behind is ours.
+        data["fs_uuid"] = plan.fs_uuid or (previous.get("fs_uuid", "") if previous.get("device") == plan.device else "")
     data["created"] = previous.get("created") if previous.get("device") == plan.device and previous.get("created") else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if status == "ready":
         mount = mounts.find_mount(volume.mount_point)

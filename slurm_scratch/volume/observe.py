@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from slurm_scratch import log, mounts, run
 from slurm_scratch.cleanup import TRASH_NAME
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import Discovery, Signature, parse_blkid_export, probe_signature
+from slurm_scratch.devices import MARKER_NAME, Discovery, Signature, parse_blkid_export, probe_signature
 
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
@@ -29,6 +29,7 @@ class Mounted:
     source_devnum: str | None  # of the source device node, when it is one
     root_mode: int | None  # permission bits of the mounted root directory
     trash_ok: bool  # <mount_point>/.slurm-scratch-trash is root's 0700 directory
+    marked: bool = True  # <mount_point>/.slurm-scratch-volume is root's regular file, no access for others
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Vg:
     pv_count: int
     missing_pv_count: int
     pvs: tuple[str, ...] = ()  # PV device paths ("[unknown]" for a missing one)
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Observed:
     btrfs: tuple[BtrfsFs, ...] = ()
     device_signatures: tuple[tuple[str, Signature | None], ...] = ()  # existing volume devices: (path, sig)
     device_devnums: tuple[tuple[str, str], ...] = ()  # (path, major:minor)
+    new_uuid: str = ""  # the UUID for a filesystem this run makes (random; "" = let mkfs choose)
 
     def signature_of(self, path: str) -> Signature | None:
         return dict(self.device_signatures).get(path)
@@ -121,7 +124,8 @@ def parse_vgs(text: str, vg_name: str, pvs_text: str = "") -> Vg | None:
     for row in _lvm_rows(text, "vg"):
         if row.get("vg_name") == vg_name:
             pvs = tuple(pv.get("pv_name", "") for pv in _lvm_rows(pvs_text, "pv") if pv.get("vg_name") == vg_name)
-            return Vg(vg_name, _int(row.get("pv_count")), _int(row.get("vg_missing_pv_count")), pvs)
+            tags = tuple(tag for tag in str(row.get("vg_tags", "")).split(",") if tag)
+            return Vg(vg_name, _int(row.get("pv_count")), _int(row.get("vg_missing_pv_count")), pvs, tags)
     return None
 
 
@@ -182,7 +186,12 @@ def observe_mount(mount_point: str) -> Mounted | None:
         trash_ok = stat.S_ISDIR(trash.st_mode) and trash.st_uid == 0 and not trash.st_mode & 0o077
     except OSError:
         trash_ok = False
-    return Mounted(mount.source, mount.fstype, mount.major_minor, source_devnum, root_mode, bool(trash_ok))
+    try:
+        marker = os.lstat(os.path.join(mount_point, MARKER_NAME))
+        marked = stat.S_ISREG(marker.st_mode) and marker.st_uid == 0 and not marker.st_mode & 0o077 and marker.st_size > 0
+    except OSError:
+        marked = False
+    return Mounted(mount.source, mount.fstype, mount.major_minor, source_devnum, root_mode, bool(trash_ok), marked)
 
 
 def _lvm(argv: list[str], timeout: float) -> str:
@@ -195,7 +204,7 @@ def _lvm(argv: list[str], timeout: float) -> str:
 
 def observe_lvm(volume: VolumeConfig) -> tuple[Vg | None, Lv | None]:
     timeout = volume.command_timeout
-    vgs = _lvm(["vgs", "--reportformat", "json", "-o", "vg_name,pv_count,vg_missing_pv_count"], timeout)
+    vgs = _lvm(["vgs", "--reportformat", "json", "-o", "vg_name,pv_count,vg_missing_pv_count,vg_tags"], timeout)
     vg = parse_vgs(vgs, volume.vg_name, _lvm(["pvs", "--reportformat", "json", "-o", "pv_name,vg_name"], timeout)) if vgs else None
     if vg is None:
         return None, None
@@ -278,7 +287,9 @@ def observe(volume: VolumeConfig, discovery: Discovery, recorded: dict | None, b
             continue
         devnums.append((path, devnum))
         signatures.append((path, probe_signature(path, volume.command_timeout)))
-    observed = Observed(mount, recorded, vg, lv, md_arrays, btrfs, tuple(signatures), tuple(devnums))
+    new_uuid = os.urandom(16).hex()
+    new_uuid = f"{new_uuid[:8]}-{new_uuid[8:12]}-4{new_uuid[13:16]}-{'89ab'[int(new_uuid[16], 16) % 4]}{new_uuid[17:20]}-{new_uuid[20:]}"
+    observed = Observed(mount, recorded, vg, lv, md_arrays, btrfs, tuple(signatures), tuple(devnums), new_uuid)
     log.info(f"setup: observed mount={'yes' if mount else 'no'} vg={'yes' if vg else 'no'} lv={lv.attr if lv else 'no'} "
              f"md={len(md_arrays)} btrfs={len(btrfs)}", ms=timer.ms())
     return observed

@@ -5,7 +5,10 @@ skipped ones), and the observed state (mount, VG/LV, md arrays, btrfs filesystem
 Output: a Plan: the backend, the device to mount, the steps (each one line of `setup --dry-run`),
 or a failure that says which device is wrong and why. Rules:
 - never format anything that carries a signature, except disks being wiped (foreign ones with
-  `wipe = yes`, or our own members when `on_degraded = rebuild`);
+  `wipe = yes`, or our own members when `on_degraded = rebuild`) and a filesystem an interrupted
+  build of ours made (the state file says "building" and names its UUID, given to mkfs);
+- "ours" is decided by devices.assess (the state file or a mark, never a label); setup marks what
+  it builds or adopts: LVM tag `slurm-scratch` on VG and LV, md name, `.slurm-scratch-volume`;
 - an existing volume is completed (crash), activated and mounted (reboot), never rebuilt;
 - a volume with a member missing is a failure naming the missing disk, unless on_degraded = rebuild.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import Candidate, Discovery, Disk
+from slurm_scratch.devices import MARKER_NAME, TAG, Candidate, Discovery, Disk
 from slurm_scratch.volume.observe import Observed
 
 BACKENDS = ("lvm", "mdadm", "single", "btrfs")
@@ -38,6 +41,7 @@ class Plan:
     steps: tuple[Step, ...] = ()
     members: tuple[Disk, ...] = ()  # the disks the volume is made of
     failure: str = ""
+    fs_uuid: str = ""  # the UUID mkfs gives the filesystem this plan makes (recorded while "building")
     notes: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
@@ -98,8 +102,10 @@ def missing_members(recorded: dict | None, discovery: Discovery) -> list[dict]:
     return gone if gone and here else []
 
 
-def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool = False) -> tuple[str, ...]:
-    """`force`: over what an interrupted mkfs of ours left (ext4 -F once: never over a mounted fs)."""
+def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool = False, uuid: str = "") -> tuple[str, ...]:
+    """`force`: over what an interrupted mkfs of ours left (ext4 -F once: never over a mounted fs).
+    `uuid`: the filesystem's UUID, recorded before mkfs runs (how a later run knows the filesystem
+    an interrupted build left is ours)."""
     if fstype == "ext4":
         # No discard (instance store arrives trimmed), lazy inode table and journal init, no
         # reserved blocks; and two superblock backups instead of dozens, no blocks reserved for
@@ -107,35 +113,38 @@ def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool
         # -G 4096 packs the metadata of 4096 block groups together (flex_bg): about half the mkfs
         # time again on multi-TB volumes (measured in the VM: 4.0 -> 2.1 s at 7.6 TB).
         return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-O", "sparse_super2,^resize_inode", "-G", "4096",
-                "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", "-L", volume.label, *devices)
+                "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", "-L", volume.label,
+                *(("-U", uuid) if uuid else ()), *devices)
     if fstype == "xfs":
-        return ("mkfs.xfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *devices)
+        return ("mkfs.xfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *(("-m", f"uuid={uuid}") if uuid else ()), *devices)
     if fstype == "btrfs":
         layout = ("-d", "raid0", "-m", "raid1") if len(devices) > 1 else ("-d", "single")
-        return ("mkfs.btrfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *layout, *devices)
+        return ("mkfs.btrfs", "-q", *(("-f",) if force else ()), "-K", "-L", volume.label, *(("-U", uuid) if uuid else ()), *layout, *devices)
     raise ValueError(fstype)
 
 
-def interrupted(observed: Observed, backend: str) -> bool:
+def interrupted(observed: Observed, backend: str, uuid: str) -> bool:
     """A build of ours stopped before its filesystem was complete: the state file still says
-    "building" (it says "formatted" once mkfs has finished, "ready" once mounted). Whatever
-    filesystem its volume holds was never mounted, so making it again loses nothing."""
+    "building" (it says "formatted" once mkfs has finished, "ready" once mounted) and names the UUID
+    of the filesystem it was making, and that is the one found (`uuid`). That filesystem was never
+    mounted, so making it again loses nothing; any other filesystem is not the build's to redo."""
     recorded = observed.recorded or {}
-    return recorded.get("status") == "building" and recorded.get("backend") == backend
+    return (recorded.get("status") == "building" and recorded.get("backend") == backend
+            and bool(uuid) and recorded.get("fs_uuid") == uuid)
 
 
 def _record_formatted() -> Step:
     return Step("record", ("formatted",), "record that the filesystem is made (formatted)")
 
 
-def _tail(volume: VolumeConfig, device: str, fstype: str, mkfs: str, members: list[Disk], force: bool = False) -> list[Step]:
-    """mkfs (never / always / only if blank), mount, trash, mode, record."""
+def _tail(volume: VolumeConfig, device: str, fstype: str, mkfs: str, members: list[Disk], force: bool = False, uuid: str = "") -> list[Step]:
+    """mkfs (never / always / only if blank), mount, trash, mark, mode, record."""
     steps: list[Step] = []
     if mkfs == "always":
-        steps.append(run_step(*mkfs_argv(volume, fstype, [device], force)))
+        steps.append(run_step(*mkfs_argv(volume, fstype, [device], force, uuid)))
         steps.append(_record_formatted())
     elif mkfs == "if_blank":
-        argv = mkfs_argv(volume, fstype, [device])
+        argv = mkfs_argv(volume, fstype, [device], uuid=uuid)
         steps.append(Step("mkfs_if_blank", (device, argv), f"{' '.join(argv)}   # only if {device} carries no signature once active"))
     steps += _mount_steps(volume, device, fstype if mkfs == "always" else "")
     return steps
@@ -148,9 +157,14 @@ def _mount_steps(volume: VolumeConfig, device: str, fstype: str) -> list[Step]:
         Step("mkdir", (mp,), f"mkdir -p {mp}"),
         Step("mount", mount, " ".join(mount)),
         Step("trash", (mp,), f"mkdir -m 0700 {mp}/.slurm-scratch-trash"),
+        _mark_step(mp),
         Step("chmod", (mp, volume.mount_mode), f"chmod {volume.mount_mode:04o} {mp}"),
         Step("record", ("ready",), "record the volume in /var/lib/slurm-scratch/volume.json"),
     ]
+
+
+def _mark_step(mount_point: str) -> Step:
+    return Step("mark", (mount_point,), f"write {mount_point}/{MARKER_NAME} (root, 0600): the filesystem's UUID")
 
 
 def _wipe_steps(candidates: list[Candidate]) -> list[Step]:
@@ -211,6 +225,8 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
     steps = []
     if not mount.trash_ok:
         steps.append(Step("trash", (volume.mount_point,), f"mkdir -m 0700 {volume.mount_point}/.slurm-scratch-trash"))
+    if not mount.marked:
+        steps.append(_mark_step(volume.mount_point))
     if mount.root_mode != volume.mount_mode:
         steps.append(Step("chmod", (volume.mount_point, volume.mount_mode), f"chmod {volume.mount_mode:04o} {volume.mount_point}"))
     recorded = observed.recorded or {}
@@ -238,7 +254,7 @@ def _usable_for_build(discovery: Discovery, volume: VolumeConfig, rebuild: bool,
 
 
 def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str, state: str,
-           teardown: list[Step], reusable=lambda c: False, notes: tuple[str, ...] = (), force: bool = False) -> Plan:
+           teardown: list[Step], reusable=lambda c: False, notes: tuple[str, ...] = (), force: bool = False, uuid: str = "") -> Plan:
     use, wipe, failure = _usable_for_build(discovery, volume, state == "rebuild", reusable)
     if failure:
         return Plan(backend, "failed", failure=failure)
@@ -257,11 +273,11 @@ def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str
         fresh = [c.disk.path for c in use if c in wipe or c.signature is None]
         if fresh:
             steps.append(run_step("pvcreate", "-y", *fresh))
-        steps.append(run_step("vgcreate", "-y", volume.vg_name, *paths))
+        steps.append(run_step("vgcreate", "-y", "--addtag", TAG, volume.vg_name, *paths))
         steps += _lvcreate(volume, len(paths))
         device = f"/dev/{volume.vg_name}/{volume.lv_name}"
         steps.append(Step("wait", (device, timeout_wait), f"wait for {device}"))
-        steps += _tail(volume, device, fstype, "always", list(members))
+        steps += _tail(volume, device, fstype, "always", list(members), uuid=uuid)
     elif backend == "mdadm":
         device = f"/dev/md/{volume.md_name}"
         argv = ["mdadm", "--create", device, "--run", "--metadata=1.2", "--level=0", f"--chunk={volume.stripe_kb}",
@@ -273,78 +289,89 @@ def _build(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str
         # A new array over wiped members can show the old array's filesystem (same data offset,
         # same first chunk): the array was created just now, so whatever it shows is stale.
         steps.append(Step("wipe", (device,), f"wipefs -a {device}   # stale signatures seen through the new array"))
-        steps += _tail(volume, device, fstype, "always", list(members))
+        steps += _tail(volume, device, fstype, "always", list(members), uuid=uuid)
     elif backend == "single":
         device = paths[0]
-        steps += _tail(volume, device, fstype, "always", list(members), force)
+        steps += _tail(volume, device, fstype, "always", list(members), force, uuid)
     else:  # btrfs
         device = paths[0]
-        steps.append(run_step(*mkfs_argv(volume, "btrfs", paths, force)))
+        steps.append(run_step(*mkfs_argv(volume, "btrfs", paths, force, uuid)))
         steps.append(_record_formatted())
         steps.append(run_step("btrfs", "device", "scan", *paths))
         steps += _mount_steps(volume, device, "btrfs")
-    return Plan(backend, state, device=device, fstype=fstype, steps=tuple(steps), members=members, notes=notes)
+    return Plan(backend, state, device=device, fstype=fstype, steps=tuple(steps), members=members, notes=notes, fs_uuid=uuid)
 
 
 def _lvcreate(volume: VolumeConfig, stripes: int) -> list[Step]:
     stripe = ("-i", stripes, "-I", volume.stripe_kb) if stripes > 1 else ()
-    return [run_step("lvcreate", "-y", "-W", "y", *stripe, "-l", "100%FREE", "-n", volume.lv_name, volume.vg_name)]
+    return [run_step("lvcreate", "-y", "-W", "y", "--addtag", TAG, *stripe, "-l", "100%FREE", "-n", volume.lv_name, volume.vg_name)]
 
 
 def _degraded(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str, what: str,
-              missing: list[dict], count: int, present: int, teardown: list[Step]) -> Plan:
+              missing: list[dict], count: int, present: int, teardown: list[Step], uuid: str = "") -> Plan:
     message = _degraded_failure(volume, what, missing, count, present)
     if volume.on_degraded != "rebuild":
         return Plan(backend, "degraded", failure=message)
     note = f"rebuilding: {message.split('; formatting nothing')[0]}"
-    return _build(volume, discovery, backend, fstype, "rebuild", teardown, notes=(note,))
+    return _build(volume, discovery, backend, fstype, "rebuild", teardown, notes=(note,), uuid=uuid)
+
+
+def _first(steps: list[Step], p: Plan) -> Plan:
+    """`p` with `steps` run before its own (unless it fails)."""
+    from dataclasses import replace
+
+    return p if p.failure or not steps else replace(p, steps=tuple(steps) + p.steps)
 
 
 def _plan_lvm(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
     vg, lv = observed.vg, observed.lv
+    uuid = observed.new_uuid
     what = f"{volume.vg_name}/{volume.lv_name}"
     missing = missing_members(observed.recorded, discovery)
     teardown = [run_step("vgchange", "-an", volume.vg_name, check=False)] if vg is not None else []
     if vg is not None and (vg.missing_pv_count > 0 or missing or (lv is not None and lv.partial)):
         count = max(vg.pv_count, len((observed.recorded or {}).get("members", [])))
         present = vg.pv_count - vg.missing_pv_count if vg.missing_pv_count else count - len(missing)
-        return _degraded(volume, discovery, backend, fstype, what, missing, count, present, teardown)
+        return _degraded(volume, discovery, backend, fstype, what, missing, count, present, teardown, uuid)
     if vg is None:
         if missing:
             count = len((observed.recorded or {}).get("members", []))
-            return _degraded(volume, discovery, backend, fstype, what, missing, count, count - len(missing), [])
+            return _degraded(volume, discovery, backend, fstype, what, missing, count, count - len(missing), [], uuid)
         orphan_pv = lambda c: c.signature is not None and c.signature.type == "LVM2_member" and c.signature.vg_name == ""
         has_ours = any(c.ours for c in discovery.candidates)
-        return _build(volume, discovery, backend, fstype, "complete" if has_ours else "build", [], reusable=orphan_pv)
+        return _build(volume, discovery, backend, fstype, "complete" if has_ours else "build", [], reusable=orphan_pv, uuid=uuid)
     device = f"/dev/{volume.vg_name}/{volume.lv_name}"
     members = tuple(c.disk for c in discovery.candidates if c.ours)
     notes = _unused_note(discovery)
+    # Adopted (the seed's layout, or built by a release that did not tag): mark it ours.
+    tag = [run_step("vgchange", "--addtag", TAG, volume.vg_name)] if TAG not in vg.tags else []
     if lv is None:
-        steps = [_record_building(), *_lvcreate(volume, vg.pv_count), Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
-        steps += _tail(volume, device, fstype, "always", list(members))
-        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes)
+        steps = [*tag, _record_building(), *_lvcreate(volume, vg.pv_count), Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
+        steps += _tail(volume, device, fstype, "always", list(members), uuid=uuid)
+        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes, fs_uuid=uuid)
     if not lv.active:
-        steps = [run_step("vgchange", "-ay", volume.vg_name), Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
-        steps += _tail(volume, device, fstype, "if_blank", list(members))
-        return Plan(backend, "activate", device, "", tuple(steps), members, notes=notes)
-    return _plan_existing_device(volume, observed, backend, fstype, device, members, notes)
+        steps = [*tag, run_step("vgchange", "-ay", volume.vg_name), Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
+        steps += _tail(volume, device, fstype, "if_blank", list(members), uuid=uuid)
+        return Plan(backend, "activate", device, "", tuple(steps), members, notes=notes, fs_uuid=uuid)
+    return _first(tag, _plan_existing_device(volume, observed, backend, fstype, device, members, notes))
 
 
 def _plan_existing_device(volume, observed: Observed, backend, fstype, device, members, notes) -> Plan:
     """An active LV / running md array: mkfs when it is blank (a crash before mkfs), else mount what it holds."""
+    uuid = observed.new_uuid
     signature = observed.signature_of(device)
     if not observed.has_signature_info(device):
-        steps = _tail(volume, device, fstype, "if_blank", list(members))
-        return Plan(backend, "mount", device, "", tuple(steps), members, notes=notes)
+        steps = _tail(volume, device, fstype, "if_blank", list(members), uuid=uuid)
+        return Plan(backend, "mount", device, "", tuple(steps), members, notes=notes, fs_uuid=uuid)
     if signature is None:
-        steps = [_record_building(), *_tail(volume, device, fstype, "always", list(members))]
-        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes)
+        steps = [_record_building(), *_tail(volume, device, fstype, "always", list(members), uuid=uuid)]
+        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes, fs_uuid=uuid)
     if signature.usage != "filesystem":
         return Plan(backend, "failed", failure=f"{device} carries {signature.describe()}, not a filesystem: formatting nothing; wipe it by hand")
-    if interrupted(observed, backend):
+    if interrupted(observed, backend, signature.uuid):
         note = f"an interrupted setup left {signature.describe()} on {device}, never mounted: making it again"
-        steps = [_record_building(), *_tail(volume, device, fstype, "always", list(members), force=True)]
-        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes + (note,))
+        steps = [_record_building(), *_tail(volume, device, fstype, "always", list(members), force=True, uuid=uuid)]
+        return Plan(backend, "complete", device, fstype, tuple(steps), members, notes=notes + (note,), fs_uuid=uuid)
     if signature.type != fstype:
         notes = notes + (f"{device} holds {signature.type}, not [volume] filesystem = {fstype}: mounting it as it is",)
     steps = _mount_steps(volume, device, signature.type)
@@ -380,7 +407,7 @@ def _plan_mdadm(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
     if ours_members:
         count = max([c.signature.md_devices for c in ours_members] + [a.raid_disks for a in arrays] + [len(ours_members)])
         if missing or len(ours_members) < count:
-            return _degraded(volume, discovery, backend, fstype, device, missing, max(count, len(ours_members) + len(missing)), len(ours_members), stop)
+            return _degraded(volume, discovery, backend, fstype, device, missing, max(count, len(ours_members) + len(missing)), len(ours_members), stop, observed.new_uuid)
         uuid = next(iter(uuids.values()))
         steps = stop + [run_step("mdadm", "--assemble", device, f"--uuid={uuid}", "--run", *[c.disk.path for c in ours_members]),
                         Step("wait", (device, min(volume.command_timeout, 60.0)), f"wait for {device}")]
@@ -388,8 +415,8 @@ def _plan_mdadm(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
         return Plan(backend, "activate", device, "", tuple(steps), members, notes=notes)
     if missing:
         count = len((observed.recorded or {}).get("members", []))
-        return _degraded(volume, discovery, backend, fstype, device, missing, count, count - len(missing), stop)
-    return _build(volume, discovery, backend, fstype, "build", stop)
+        return _degraded(volume, discovery, backend, fstype, device, missing, count, count - len(missing), stop, observed.new_uuid)
+    return _build(volume, discovery, backend, fstype, "build", stop, uuid=observed.new_uuid)
 
 
 def _plan_single(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
@@ -400,14 +427,14 @@ def _plan_single(volume: VolumeConfig, discovery: Discovery, observed: Observed,
     if len(ours) > 1:
         return Plan(backend, "failed", failure=f"more than one disk carries our filesystem ({', '.join(c.disk.path for c in ours)}): "
                                                 "name the one to use in [volume] devices")
-    if ours and interrupted(observed, backend):
+    if ours and interrupted(observed, backend, ours[0].signature.uuid):
         note = f"an interrupted setup left {ours[0].signature.describe()} on {ours[0].disk.path}, never mounted: making it again"
-        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True)
+        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True, uuid=observed.new_uuid)
     if ours:
         c = ours[0]
         notes = () if c.signature.type == fstype else (f"{c.disk.path} holds {c.signature.type}, not [volume] filesystem = {fstype}: mounting it as it is",)
         return Plan(backend, "mount", c.disk.path, c.signature.type, tuple(_mount_steps(volume, c.disk.path, c.signature.type)), (c.disk,), notes=notes)
-    return _build(volume, discovery, backend, fstype, "build", [])
+    return _build(volume, discovery, backend, fstype, "build", [], uuid=observed.new_uuid)
 
 
 def _plan_btrfs(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
@@ -420,19 +447,19 @@ def _plan_btrfs(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
         return Plan(backend, "failed", failure=f"disks carry {len(uuids)} different btrfs filesystems labelled {volume.label!r}: "
                                                 f"{', '.join(c.disk.path for c in ours)}; wipe the stale ones")
     missing = missing_members(observed.recorded, discovery)
-    if uuids and interrupted(observed, backend):
+    if uuids and interrupted(observed, backend, uuids[0]):
         note = f"an interrupted setup left btrfs {uuids[0]} on {', '.join(c.disk.path for c in ours)}, never mounted: making it again"
-        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True)
+        return _build(volume, discovery, backend, fstype, "complete", [], reusable=lambda c: c in ours, notes=(note,), force=True, uuid=observed.new_uuid)
     if uuids:
         members = [c for c in ours if c.signature.uuid == uuids[0]]
         shown = [fs for fs in observed.btrfs if fs.uuid == uuids[0]]
         total = max([fs.total_devices for fs in shown] + [len(members)])
         if missing or len(members) < total:
-            return _degraded(volume, discovery, backend, fstype, f"btrfs {uuids[0]}", missing, max(total, len(members) + len(missing)), len(members), [])
+            return _degraded(volume, discovery, backend, fstype, f"btrfs {uuids[0]}", missing, max(total, len(members) + len(missing)), len(members), [], observed.new_uuid)
         paths = [c.disk.path for c in members]
         steps = [run_step("btrfs", "device", "scan", *paths)] + _mount_steps(volume, paths[0], "btrfs")
         return Plan(backend, "mount", paths[0], "btrfs", tuple(steps), tuple(c.disk for c in members), notes=_unused_note(discovery))
     if missing:
         count = len((observed.recorded or {}).get("members", []))
-        return _degraded(volume, discovery, backend, fstype, "btrfs", missing, count, count - len(missing), [])
-    return _build(volume, discovery, backend, fstype, "build", [])
+        return _degraded(volume, discovery, backend, fstype, "btrfs", missing, count, count - len(missing), [], observed.new_uuid)
+    return _build(volume, discovery, backend, fstype, "build", [], uuid=observed.new_uuid)

@@ -334,3 +334,206 @@ def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     other = filelock.FileLock("/run/slurm-scratch/setup.lock")
     other.acquire(timeout=0)
     other.release()
+
+
+# ---- issue 8: ours by proof, never by label; disks in use anywhere --------------------------------
+
+MARKER = ".slurm-scratch-volume"
+
+
+def foreign_scratch_labelled(loops, fstype: str = "ext4") -> tuple[str, str]:
+    """Someone else's filesystem that happens to be labelled `scratch`, holding their file; (device, UUID)."""
+    theirs = loops.filesystem(fstype, 320)
+    Path(theirs.mount_point, "theirs").write_text("precious")
+    umount(theirs.mount_point)
+    sh("e2label" if fstype == "ext4" else "xfs_admin", *((theirs.device, "scratch") if fstype == "ext4" else ("-L", "scratch", theirs.device)))
+    assert blkid(theirs.device)["LABEL"] == "scratch"
+    return theirs.device, blkid(theirs.device)["UUID"]
+
+
+def assert_intact(loops, device: str, uuid: str) -> None:
+    """Still their filesystem, with their file (read through a mount of our own, then undone)."""
+    assert blkid(device)["UUID"] == uuid
+    target = loops.workdir / f"check-{os.path.basename(device)}"
+    target.mkdir(exist_ok=True)
+    sh("mount", "-o", "ro", device, str(target))
+    try:
+        assert (target / "theirs").read_text() == "precious"
+    finally:
+        umount(str(target))
+
+
+def write_marker(device: str, workdir: Path, content: str, uid: int = 0, mode: int = 0o600) -> None:
+    target = workdir / f"forge-{os.path.basename(device)}"
+    target.mkdir(exist_ok=True)
+    sh("mount", device, str(target))
+    try:
+        marker = target / MARKER
+        marker.write_text(content)
+        os.chown(marker, uid, uid)
+        os.chmod(marker, mode)
+    finally:
+        umount(str(target))
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_a_filesystem_labelled_scratch_is_not_ours_without_proof(tmp_path, loops, fstype) -> None:
+    device, uuid = foreign_scratch_labelled(loops, fstype)
+    node = Node(tmp_path, [device], backend="single", filesystem=fstype)
+    refused = node.setup()
+    assert refused.returncode == 1, refused.stdout
+    assert f"skipping {device}: carries an {fstype} filesystem labelled 'scratch' that is not ours" in refused.stderr
+    assert "no usable disk" in refused.stderr and device in refused.stderr
+    assert not is_mounted(str(node.mount_point)) and not STATE_FILE.exists()
+    assert_intact(loops, device, uuid)
+    # A user's forged marker (their file, right UUID) or root's marker of another filesystem: no proof.
+    for content, uid in ((uuid, 4201), ("00000000-0000-4000-8000-000000000000", 0)):
+        write_marker(device, tmp_path, content + "\n", uid)
+        again = node.setup()
+        assert again.returncode == 1 and "that is not ours" in again.stderr
+        assert_intact(loops, device, uuid)
+    # Even with on_degraded = rebuild: nothing of ours here to rebuild from.
+    node.write([device], backend="single", filesystem=fstype, on_degraded="rebuild")
+    assert node.setup().returncode == 1
+    assert_intact(loops, device, uuid)
+
+
+def test_a_building_state_file_for_another_disk_formats_nothing(tmp_path, loops) -> None:
+    device, uuid = foreign_scratch_labelled(loops)
+    elsewhere = loops.device(320)
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    # Left by a build that was killed half-way: for another disk (by path, and by serial).
+    for member in ({"path": elsewhere, "serial": ""}, {"path": device, "serial": "S3RIAL-OF-ANOTHER"}):
+        STATE_FILE.write_text(json.dumps({"version": 1, "status": "building", "backend": "single", "filesystem": "ext4",
+                                          "device": member["path"], "mount_point": str(tmp_path / "scratch"), "members": [member]}))
+        node = Node(tmp_path, [device], backend="single")
+        refused = node.setup()
+        assert refused.returncode == 1, refused.stdout
+        assert mkfs_count(refused.stderr) == 0 and f"skipping {device}: carries an ext4 filesystem labelled 'scratch' that is not ours" in refused.stderr
+        assert not is_mounted(str(node.mount_point))
+        assert_intact(loops, device, uuid)
+    # ...and one naming this very disk, but not the UUID of the filesystem it finds (today's
+    # release recorded none while building): the filesystem is not remade either.
+    STATE_FILE.write_text(json.dumps({"version": 1, "status": "building", "backend": "single", "members": [{"path": device, "serial": ""}]}))
+    refused = node.setup()
+    assert refused.returncode == 1 and mkfs_count(refused.stderr) == 0
+    assert_intact(loops, device, uuid)
+
+
+def test_rebuild_never_wipes_a_member_that_now_carries_a_foreign_filesystem(tmp_path, loops) -> None:
+    disks = [loops.device(320) for _ in range(2)]
+    node = Node(tmp_path, disks, backend="btrfs", filesystem="btrfs", on_degraded="rebuild")
+    assert node.setup().returncode == 0
+    node.unmount()
+    # The second disk is now someone else's, labelled like ours.
+    sh("wipefs", "-a", disks[1])
+    sh("mkfs.ext4", "-q", "-F", "-L", "scratch", disks[1])
+    target = tmp_path / "theirs"
+    target.mkdir()
+    sh("mount", disks[1], str(target))
+    (target / "theirs").write_text("precious")
+    umount(str(target))
+    uuid = blkid(disks[1])["UUID"]
+
+    rebuilt = node.setup()
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"skipping {disks[1]}: carries an ext4 filesystem labelled 'scratch' that is not ours" in rebuilt.stderr
+    assert f"wipefs -a {disks[1]}" not in rebuilt.stderr
+    assert [m["path"] for m in json.loads(STATE_FILE.read_text())["members"]] == disks[:1]
+    node.unmount()
+    assert_intact(loops, disks[1], uuid)
+
+
+@pytest.mark.parametrize("backend, fstype, count", [("single", "ext4", 1), ("single", "xfs", 1), ("btrfs", "btrfs", 2)])
+def test_a_stateless_node_adopts_its_own_volume_by_its_marker(tmp_path, loops, backend, fstype, count) -> None:
+    disks = [loops.device(320) for _ in range(count)]
+    node = Node(tmp_path, disks, backend=backend, filesystem=fstype)
+    built = node.setup()
+    assert built.returncode == 0, built.stderr
+    marker = os.lstat(node.mount_point / MARKER)
+    assert stat.S_ISREG(marker.st_mode) and marker.st_uid == 0 and stat.S_IMODE(marker.st_mode) == 0o600
+    assert (node.mount_point / MARKER).read_text().strip() == blkid(disks[0])["UUID"] == json.loads(STATE_FILE.read_text())["fs_uuid"]
+    (node.mount_point / "data").write_text("kept")
+    node.unmount()
+    STATE_FILE.unlink()  # a stateless node (or a recreated container): /var/lib is gone, the disks are not
+
+    adopted = node.setup()
+    assert adopted.returncode == 0, adopted.stderr
+    assert mkfs_count(adopted.stderr) == 0 and "wipefs" not in adopted.stderr
+    assert_ready(node, fstype)
+    assert (node.mount_point / "data").read_text() == "kept"
+    assert [m["path"] for m in json.loads(STATE_FILE.read_text())["members"]] == disks
+    # The probe's private read-only mount is gone with its namespace.
+    assert [fields[4] for fields in map(str.split, open("/proc/self/mountinfo")) if fields[fields.index("-") + 2] in disks] == [str(node.mount_point)]
+
+
+def test_a_squatted_marker_name_is_moved_aside(tmp_path, loops) -> None:
+    """A volume from before the marker: a user takes its name first (a directory in the 1777 root)."""
+    disk = loops.device(320)
+    node = Node(tmp_path, [disk], backend="single")
+    assert node.setup().returncode == 0
+    (node.mount_point / MARKER).unlink()
+    squat = node.mount_point / MARKER  # what sstest1 can do in the 1777 root (made here as root, then given away)
+    squat.mkdir()
+    (squat / "mine").write_text("x")
+    for path in (squat, squat / "mine"):
+        os.chown(path, 4201, 4201)
+    again = node.setup()
+    assert again.returncode == 0, again.stderr
+    assert "moved into the trash" in again.stderr
+    marker = os.lstat(node.mount_point / MARKER)
+    assert stat.S_ISREG(marker.st_mode) and marker.st_uid == 0 and stat.S_IMODE(marker.st_mode) == 0o600
+    (aside,) = os.listdir(node.mount_point / TRASH)
+    assert os.lstat(node.mount_point / TRASH / aside).st_uid == 4201
+    assert_ready(node, "ext4")
+    assert "nothing to do" in node.setup().stdout  # the fast path holds again
+
+
+def hold(argv: list[str]) -> subprocess.Popen:
+    """Start a process that holds a disk and prints 'ready' once it does; killed by PID by the caller."""
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()  # EOF (not a hang) if it failed
+    assert line.strip() == "ready", process.stderr.read() if process.poll() is not None else line
+    return process
+
+
+def release(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait(timeout=30)
+
+
+def test_a_disk_mounted_only_in_another_mount_namespace_is_not_used(tmp_path, loops) -> None:
+    theirs = loops.filesystem("ext4", 320)
+    umount(theirs.mount_point)
+    sh("e2label", theirs.device, "scratch")  # even labelled like ours
+    blank = loops.device(320)
+    holder = hold(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                   f"mount {theirs.device} {theirs.mount_point} && echo ready && exec sleep 600"])
+    try:
+        assert not is_mounted(theirs.mount_point)  # not in ours
+        node = Node(tmp_path, [theirs.device, blank], backend="single", wipe="yes")
+        result = node.setup()
+        assert result.returncode == 0, result.stderr
+        assert f"skipping {theirs.device}: is mounted in another mount namespace (pid {holder.pid}, at {theirs.mount_point})" in result.stderr
+        assert f"wipefs -a {theirs.device}" not in result.stderr
+        assert node.mounts()[0][node.mounts()[0].index("-") + 2] == blank
+        (skipped,) = node.status()["skipped"]
+        assert skipped["path"] == theirs.device and f"pid {holder.pid}" in skipped["reason"]
+        assert blkid(theirs.device)["LABEL"] == "scratch"
+    finally:
+        release(holder)
+
+
+def test_a_disk_held_open_exclusively_is_not_used(tmp_path, loops) -> None:
+    busy = loops.device(320)
+    holder = hold([sys.executable, "-c", "import os, sys; os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL); print('ready', flush=True); sys.stdin.read()", busy])
+    try:
+        node = Node(tmp_path, [busy], backend="single", wipe="yes")
+        refused = node.setup()
+        assert refused.returncode == 1
+        assert f"skipping {busy}: cannot be opened exclusively (EBUSY)" in refused.stderr
+        assert blkid(busy) == {}
+    finally:
+        release(holder)
+    node = Node(tmp_path, [busy], backend="single")
+    assert node.setup().returncode == 0  # once let go, it is used

@@ -102,27 +102,87 @@ def test_foreign_content_is_skipped_unless_wipe(candidate, signature, reason) ->
     assert wiped == Candidate(candidate, signature, ours=False, wipe=True)
 
 
+PV_TAGGED = Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_tags=("slurm-scratch",), vg_lvs=("lv_ephemeral",))
+
+
 @pytest.mark.parametrize(
     "signature",
     [
-        Signature(type="LVM2_member", usage="raid", vg_name="vg.01"),
+        PV_TAGGED,
+        Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_tags=("slurm-scratch",)),  # a crash after vgcreate
+        Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_lvs=("lv_ephemeral",)),  # the seed's layout
         Signature(type="linux_raid_member", usage="raid", label="node7:scratch"),
-        Signature(type="ext4", usage="filesystem", label="scratch"),
-        Signature(type="btrfs", usage="filesystem", label="scratch", uuid="f"),
+        Signature(type="ext4", usage="filesystem", label="scratch", uuid="f", marker=True),
+        Signature(type="btrfs", usage="filesystem", label="scratch", uuid="f", marker=True),
     ],
 )
-def test_our_own_signatures_are_used(signature) -> None:
+def test_our_own_marks_are_used(signature) -> None:
     verdict = assess(volume(), disk(), signature, FACTS, None)
     assert verdict == Candidate(disk(), signature, ours=True, wipe=False)
 
 
+@pytest.mark.parametrize(
+    "signature, carries",
+    [
+        (Signature(type="ext4", usage="filesystem", label="scratch", uuid="f"), "an ext4 filesystem labelled 'scratch'"),
+        (Signature(type="xfs", usage="filesystem", label="scratch", uuid="f"), "an xfs filesystem labelled 'scratch'"),
+        (Signature(type="btrfs", usage="filesystem", label="scratch", uuid="f"), "a btrfs filesystem labelled 'scratch'"),
+        (Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_lvs=("data",)), "an LVM physical volume of VG 'vg.01' (LV data)"),
+        (Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_lvs=("data", "lv_ephemeral")), "an LVM physical volume of VG 'vg.01' (LV data, lv_ephemeral)"),
+        (Signature(type="LVM2_member", usage="raid", vg_name="vg.01"), "an LVM physical volume of VG 'vg.01'"),
+        (Signature(type="LVM2_member", usage="raid", vg_name="vg.01", vg_tags=("slurm-scratch",), ambivalent=True), "more than one signature"),
+    ],
+)
+def test_our_names_and_label_alone_are_no_proof(signature, carries) -> None:
+    verdict = assess(volume(), disk(), signature, FACTS, None)
+    assert isinstance(verdict, Skipped), verdict
+    assert f"carries {carries}" in verdict.reason and "not ours" in verdict.reason and "wipe = yes" in verdict.reason
+    # a state file that records another disk (a stale "building" included) changes nothing
+    other = {"status": "building", "backend": "single", "members": [{"path": "/dev/nvme9n1", "serial": "AWS9999"}]}
+    assert isinstance(assess(volume(), disk(), signature, FACTS, other), Skipped)
+
+
 def test_ours_mounted_at_our_mount_point_is_fine_elsewhere_not() -> None:
-    sig = Signature(type="ext4", usage="filesystem", label="scratch")
+    sig = Signature(type="ext4", usage="filesystem", label="scratch", uuid="f", marker=True)
     assert isinstance(assess(volume(), disk(devnum="259:9"), sig, FACTS, None), Candidate)
     assert isinstance(assess(volume(mount_point="/other"), disk(devnum="259:9"), sig, FACTS, None), Skipped)
     # ours, held by our own LV (dm) is fine
-    pv = Signature(type="LVM2_member", usage="raid", vg_name="vg.01")
-    assert isinstance(assess(volume(), disk(holders=("dm-0",)), pv, FACTS, None), Candidate)
+    assert isinstance(assess(volume(), disk(holders=("dm-0",)), PV_TAGGED, FACTS, None), Candidate)
+    # a label alone mounted at the mount point is not ours
+    label_only = Signature(type="ext4", usage="filesystem", label="scratch", uuid="f")
+    assert isinstance(assess(volume(), disk(devnum="259:9"), label_only, FACTS, None), Skipped)
+
+
+def test_mounted_in_another_mount_namespace_held_or_busy_is_never_used() -> None:
+    facts = Facts(elsewhere={"259:1": (4242, "/mnt/theirs"), "259:12": (77, "/data")}, busy=frozenset({"259:2", "259:1"}))
+    for wipe in ("no", "yes"):
+        verdict = assess(volume(wipe=wipe), disk(), None, facts, None)
+        assert isinstance(verdict, Skipped) and verdict.reason == "is mounted in another mount namespace (pid 4242, at /mnt/theirs)"
+        part = disk(devnum="259:11", partitions=("nvme1n1p1",), partition_devnums=("259:12",))
+        verdict = assess(volume(wipe=wipe), part, None, facts, None)
+        assert isinstance(verdict, Skipped) and "another mount namespace (pid 77, at /data)" in verdict.reason
+        verdict = assess(volume(wipe=wipe), disk(devnum="259:2"), None, facts, None)
+        assert isinstance(verdict, Skipped) and "cannot be opened exclusively (EBUSY)" in verdict.reason
+        held = disk(devnum="259:3", holders=("dm-7 (on nvme1n1p1)",))
+        verdict = assess(volume(wipe=wipe), held, None, Facts(), None)
+        assert isinstance(verdict, Skipped) and verdict.reason == "is in use by dm-7 (on nvme1n1p1)"
+    # our own volume, mounted at our mount point in another namespace, or busy because it is active
+    ours_elsewhere = Facts(elsewhere={"259:1": (9, "/scratch")}, busy=frozenset({"259:1"}))
+    assert isinstance(assess(volume(), disk(), PV_TAGGED, ours_elsewhere, None), Candidate)
+    assert isinstance(assess(volume(), disk(holders=("dm-0",)), PV_TAGGED, Facts(busy=frozenset({"259:1"})), None), Candidate)
+    # ...but ours and busy with nothing of ours explaining it: someone else holds it
+    assert isinstance(assess(volume(), disk(), PV_TAGGED, Facts(busy=frozenset({"259:1"})), None), Skipped)
+
+
+def test_marker_must_be_roots_private_file_with_the_uuid() -> None:
+    from slurm_scratch.devices import marker_matches
+
+    assert marker_matches("0 600 37", "11111111-2222-4333-8444-555555555555\n", "11111111-2222-4333-8444-555555555555")
+    assert not marker_matches("1000 600 37", "u\n", "u")  # a user's file
+    assert not marker_matches("0 644 2", "u\n", "u")  # readable by others
+    assert not marker_matches("0 600 2", "v\n", "u")  # another filesystem's
+    assert not marker_matches("0 600 2", "\n", "")
+    assert not marker_matches("", "u", "u")
 
 
 def test_blank_disk_is_a_plain_candidate() -> None:
@@ -139,6 +199,16 @@ def test_state_file_membership() -> None:
     assert recorded_member(loop, Signature(type="ext4", usage="filesystem", uuid="fs-1"), state) is not None
     # a serial-less disk at a recorded path but with someone else's filesystem is not ours
     assert recorded_member(loop, Signature(type="ext4", usage="filesystem", uuid="other"), state) is None
+    # nor is a recorded disk (same serial) that now carries another filesystem, or another VG/array
+    foreign = Signature(type="ext4", usage="filesystem", label="scratch", uuid="theirs")
+    assert recorded_member(disk(), foreign, state) is None
+    assert isinstance(assess(volume(on_degraded="rebuild"), disk(), foreign, FACTS, state), Skipped)
+    state = {**state, "vg_name": "vg.01", "md_name": "scratch"}
+    assert recorded_member(disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg.01"), state) is not None
+    assert recorded_member(disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg_other"), state) is None
+    assert recorded_member(disk(), Signature(type="linux_raid_member", usage="raid", label="h:scratch"), state) is not None
+    assert recorded_member(disk(), Signature(type="linux_raid_member", usage="raid", label="h:other"), state) is None
+    assert recorded_member(disk(), Signature(type="ext4", usage="filesystem", uuid="fs-1"), state) is not None
     verdict = assess(volume(), disk("nvme7n1"), orphan, FACTS, state)
     assert isinstance(verdict, Candidate) and verdict.ours
 

@@ -51,6 +51,11 @@ def observed(**fields) -> Observed:
     return Observed(mount=fields.pop("mount", None), recorded=fields.pop("recorded", None), **fields)
 
 
+def ourvg(pv_count: int, missing: int, pvs: tuple[str, ...] = ()) -> Vg:
+    """vg.01 as this tool makes it: tagged."""
+    return Vg("vg.01", pv_count, missing, pvs, ("slurm-scratch",))
+
+
 def lv(active: bool, partial: bool = False) -> Lv:
     attr = "-wi-" + ("a" if active else "-") + "---" + ("p" if partial else "-") + "-"
     return Lv("vg.01", "lv_ephemeral", LV, attr, 4)
@@ -78,8 +83,8 @@ def test_lvm_blank_disks_are_built_like_the_seed_but_faster() -> None:
     assert p.state == "build" and p.backend == "lvm" and p.device == LV and not p.failure
     assert commands(p) == [
         f"pvcreate -y {disks}",
-        f"vgcreate -y vg.01 {disks}",
-        "lvcreate -y -W y -i 4 -I 64 -l 100%FREE -n lv_ephemeral vg.01",
+        f"vgcreate -y --addtag slurm-scratch vg.01 {disks}",
+        "lvcreate -y -W y --addtag slurm-scratch -i 4 -I 64 -l 100%FREE -n lv_ephemeral vg.01",
         f"{MKFS_EXT4} {LV}",
         f"mount -t ext4 -o noatime,nodiratime {LV} /scratch",
     ]
@@ -92,9 +97,9 @@ def test_lvm_blank_disks_are_built_like_the_seed_but_faster() -> None:
 
 def test_lvm_one_disk_has_no_stripe_options_and_stripe_size_is_configurable() -> None:
     one = plan(volume(), discovery(blank(1)), observed())
-    assert "lvcreate -y -W y -l 100%FREE -n lv_ephemeral vg.01" in commands(one)
+    assert "lvcreate -y -W y --addtag slurm-scratch -l 100%FREE -n lv_ephemeral vg.01" in commands(one)
     two = plan(volume(stripe_kb="256", vg_name="vg_s", lv_name="lv_s"), discovery(blank(1, 2)), observed())
-    assert "lvcreate -y -W y -i 2 -I 256 -l 100%FREE -n lv_s vg_s" in commands(two)
+    assert "lvcreate -y -W y --addtag slurm-scratch -i 2 -I 256 -l 100%FREE -n lv_s vg_s" in commands(two)
 
 
 def test_lvm_xfs_uses_nodiscard_and_a_label() -> None:
@@ -103,7 +108,7 @@ def test_lvm_xfs_uses_nodiscard_and_a_label() -> None:
 
 
 def test_reboot_activates_and_mounts_never_formats() -> None:
-    p = plan(volume(), discovery(ours((1, 2, 3, 4), PV_OURS)), observed(vg=Vg("vg.01", 4, 0), lv=lv(active=False), recorded=recorded((1, 2, 3, 4))))
+    p = plan(volume(), discovery(ours((1, 2, 3, 4), PV_OURS)), observed(vg=ourvg(4, 0), lv=lv(active=False), recorded=recorded((1, 2, 3, 4))))
     assert p.state == "activate" and not p.failure
     assert commands(p)[0] == "vgchange -ay vg.01"
     assert "mkfs_if_blank" in kinds(p)  # only formats if the LV turns out blank once active
@@ -119,12 +124,14 @@ def test_seed_built_volume_is_adopted_with_its_data() -> None:
     p = plan(volume(filesystem="xfs"), discovery(ours((1, 2), PV_OURS)), seed)
     assert p.state == "mount" and p.fstype == "ext4"
     never_formats(p)
-    assert commands(p) == [f"mount -t ext4 -o noatime,nodiratime {LV} /scratch"]
+    # adopted: tagged ours, mounted, marked
+    assert commands(p) == ["vgchange --addtag slurm-scratch vg.01", f"mount -t ext4 -o noatime,nodiratime {LV} /scratch"]
+    assert kinds(p).index("mount") < kinds(p).index("mark") < kinds(p).index("chmod")
     assert any("holds ext4" in note for note in p.notes)
-    # Already mounted by the seed's script at /scratch: adopted, only recorded (and trash/mode).
-    mounted = Mounted("/dev/mapper/vg.01-lv_ephemeral", "ext4", "253:0", "253:0", 0o1777, False)
-    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mounted, vg=Vg("vg.01", 2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
-    assert p.state == "mounted" and kinds(p) == ["trash", "record"]
+    # Already mounted by the seed's script at /scratch: adopted, only recorded (and trash/mark/mode).
+    mounted = Mounted("/dev/mapper/vg.01-lv_ephemeral", "ext4", "253:0", "253:0", 0o1777, False, False)
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mounted, vg=ourvg(2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
+    assert p.state == "mounted" and kinds(p) == ["trash", "mark", "record"]
 
 
 def test_crash_after_pvcreate_creates_the_vg_without_recreating_pvs() -> None:
@@ -133,31 +140,31 @@ def test_crash_after_pvcreate_creates_the_vg_without_recreating_pvs() -> None:
     assert p.state == "complete" and not p.failure
     assert not any(step.kind == "wipe" for step in p.steps)  # our orphan PVs are used as they are
     assert commands(p)[0] == "pvcreate -y /dev/nvme3n1 /dev/nvme4n1"
-    assert commands(p)[1] == "vgcreate -y vg.01 /dev/nvme1n1 /dev/nvme2n1 /dev/nvme3n1 /dev/nvme4n1"
+    assert commands(p)[1] == "vgcreate -y --addtag slurm-scratch vg.01 /dev/nvme1n1 /dev/nvme2n1 /dev/nvme3n1 /dev/nvme4n1"
 
 
 def test_crash_after_vgcreate_creates_the_lv() -> None:
-    p = plan(volume(), discovery(ours((1, 2, 3), PV_OURS)), observed(vg=Vg("vg.01", 3, 0), lv=None))
+    p = plan(volume(), discovery(ours((1, 2, 3), PV_OURS)), observed(vg=ourvg(3, 0), lv=None))
     assert p.state == "complete"
-    assert commands(p)[0] == "lvcreate -y -W y -i 3 -I 64 -l 100%FREE -n lv_ephemeral vg.01"
+    assert commands(p)[0] == "lvcreate -y -W y --addtag slurm-scratch -i 3 -I 64 -l 100%FREE -n lv_ephemeral vg.01"
     assert commands(p)[1].startswith(MKFS_EXT4)
 
 
 def test_crash_after_lvcreate_formats_the_blank_lv() -> None:
-    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, None),), device_devnums=((LV, "253:0"),)))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(vg=ourvg(2, 0), lv=lv(True), device_signatures=((LV, None),), device_devnums=((LV, "253:0"),)))
     assert p.state == "complete"
     assert commands(p) == [f"{MKFS_EXT4} {LV}", f"mount -t ext4 -o noatime,nodiratime {LV} /scratch"]
 
 
 def test_lv_holding_something_else_than_a_filesystem_is_not_formatted() -> None:
     sig = Signature(type="crypto_LUKS", usage="crypto")
-    p = plan(volume(), discovery(ours((1,), PV_OURS)), observed(vg=Vg("vg.01", 1, 0), lv=lv(True), device_signatures=((LV, sig),)))
+    p = plan(volume(), discovery(ours((1,), PV_OURS)), observed(vg=ourvg(1, 0), lv=lv(True), device_signatures=((LV, sig),)))
     assert p.failure and LV in p.failure and not p.steps
 
 
 def test_missing_pv_fails_naming_the_disk_from_the_state_file() -> None:
     state = recorded((1, 2, 3, 4))
-    obs = observed(vg=Vg("vg.01", 4, 1, ("/dev/nvme1n1", "/dev/nvme2n1", "/dev/nvme3n1", "[unknown]")), lv=lv(False, partial=True), recorded=state)
+    obs = observed(vg=ourvg(4, 1, ("/dev/nvme1n1", "/dev/nvme2n1", "/dev/nvme3n1", "[unknown]")), lv=lv(False, partial=True), recorded=state)
     p = plan(volume(), discovery(ours((1, 2, 3), PV_OURS)), obs)
     assert p.state == "degraded" and not p.steps
     assert "missing disk /dev/nvme4n1, serial AWS00000000000000004" in p.failure
@@ -165,20 +172,20 @@ def test_missing_pv_fails_naming_the_disk_from_the_state_file() -> None:
 
 
 def test_missing_pv_without_state_file_still_fails() -> None:
-    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(vg=Vg("vg.01", 3, 1), lv=lv(False, partial=True)))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(vg=ourvg(3, 1), lv=lv(False, partial=True)))
     assert p.state == "degraded" and "1 of 3 member(s)" in p.failure and "2 of 3 present" in p.failure
 
 
 def test_on_degraded_rebuild_builds_from_the_disks_present() -> None:
     state = recorded((1, 2, 3, 4))
-    obs = observed(vg=Vg("vg.01", 4, 1), lv=lv(False, partial=True), recorded=state)
+    obs = observed(vg=ourvg(4, 1), lv=lv(False, partial=True), recorded=state)
     p = plan(volume(on_degraded="rebuild"), discovery(ours((1, 2, 3), PV_OURS)), obs)
     assert p.state == "rebuild" and not p.failure
     lines = commands(p)
     assert lines[0] == "vgchange -an vg.01"
     assert [line.split()[2] for line in lines[1:4]] == ["/dev/nvme1n1", "/dev/nvme2n1", "/dev/nvme3n1"]
     assert all(line.startswith("wipefs -a") for line in lines[1:4])
-    assert "lvcreate -y -W y -i 3 -I 64 -l 100%FREE -n lv_ephemeral vg.01" in lines
+    assert "lvcreate -y -W y --addtag slurm-scratch -i 3 -I 64 -l 100%FREE -n lv_ephemeral vg.01" in lines
     assert any("rebuilding" in note for note in p.notes)
 
 
@@ -218,7 +225,7 @@ def test_no_usable_disk_names_every_skipped_disk() -> None:
 def test_mounted_and_recorded_is_a_no_op() -> None:
     mount = Mounted(LV, "ext4", "253:0", "253:0", 0o1777, True)
     state = recorded((1, 2), mount_source=LV)
-    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mount, recorded=state, vg=Vg("vg.01", 2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mount, recorded=state, vg=ourvg(2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
     assert p.state == "mounted" and p.steps == ()
 
 
@@ -362,28 +369,46 @@ def test_missing_members_match_by_serial_even_when_names_change() -> None:
 # ---- a setup stopped during mkfs ----------------------------------------------------------------
 
 def test_filesystem_left_by_an_interrupted_mkfs_is_made_again() -> None:
-    # "building" in the state file: mkfs had not finished, nothing was ever mounted on it.
-    obs = observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status="building"))
+    # "building" in the state file with the UUID given to mkfs: mkfs had not finished, nothing was
+    # ever mounted on it.
+    obs = observed(vg=ourvg(2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), new_uuid="new-uuid",
+                   recorded=recorded((1, 2), status="building", fs_uuid="u1"))
     p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
     assert p.state == "complete" and any("interrupted" in note for note in p.notes)
-    assert commands(p)[0] == f"mkfs.ext4 -q -F -O sparse_super2,^resize_inode -G 4096 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch {LV}"
+    assert commands(p)[0] == f"mkfs.ext4 -q -F -O sparse_super2,^resize_inode -G 4096 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -m 0 -L scratch -U new-uuid {LV}"
     assert [step.args for step in p.steps if step.kind == "record"] == [("building",), ("formatted",), ("ready",)]
+    assert p.fs_uuid == "new-uuid"
+
+
+@pytest.mark.parametrize("fs_uuid", [None, "", "another-uuid"])
+def test_a_building_record_is_no_licence_to_format_another_filesystem(fs_uuid) -> None:
+    # "building" says nothing about a filesystem whose UUID it did not record (today's release
+    # recorded none; a stale record of another build names another one): it is mounted, not made again.
+    extra = {} if fs_uuid is None else {"fs_uuid": fs_uuid}
+    obs = observed(vg=ourvg(2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status="building", **extra))
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
+    assert p.state == "mount"
+    never_formats(p)
+    single = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)),
+                  observed(recorded=recorded((1,), backend="single", status="building", **extra)))
+    assert single.state == "mount"
+    never_formats(single)
 
 
 @pytest.mark.parametrize("status", ["formatted", "ready"])
 def test_filesystem_made_by_a_finished_mkfs_is_kept(status) -> None:
-    obs = observed(vg=Vg("vg.01", 2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status=status))
+    obs = observed(vg=ourvg(2, 0), lv=lv(True), device_signatures=((LV, EXT4_OURS),), recorded=recorded((1, 2), status=status))
     p = plan(volume(), discovery(ours((1, 2), PV_OURS)), obs)
     assert p.state == "mount"
     never_formats(p)
 
 
 def test_interrupted_mkfs_on_single_and_btrfs_disks() -> None:
-    single = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="single", status="building")))
+    single = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="single", status="building", fs_uuid="u1")))
     assert commands(single)[0].startswith("mkfs.ext4 -q -F ") and commands(single)[0].endswith("/dev/nvme1n1")
-    kept = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="lvm", status="building")))
+    kept = plan(volume(backend="single"), discovery(ours((1,), EXT4_OURS)), observed(recorded=recorded((1,), backend="lvm", status="building", fs_uuid="u1")))
     assert kept.state == "mount"  # a build of another backend says nothing about this filesystem
     btrfs_sig = Signature(type="btrfs", usage="filesystem", label="scratch", uuid="fs1")
     p = plan(volume(backend="btrfs", filesystem="btrfs"), discovery(ours((1, 2), btrfs_sig)),
-             observed(recorded=recorded((1, 2), backend="btrfs", status="building")))
-    assert commands(p)[0] == "mkfs.btrfs -q -f -K -L scratch -d raid0 -m raid1 /dev/nvme1n1 /dev/nvme2n1"
+             observed(recorded=recorded((1, 2), backend="btrfs", status="building", fs_uuid="fs1"), new_uuid="fs2"))
+    assert commands(p)[0] == "mkfs.btrfs -q -f -K -L scratch -U fs2 -d raid0 -m raid1 /dev/nvme1n1 /dev/nvme2n1"
