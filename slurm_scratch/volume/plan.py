@@ -227,6 +227,8 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
         steps.append(Step("trash", (volume.mount_point,), f"mkdir -m 0700 {volume.mount_point}/.slurm-scratch-trash"))
     if not mount.marked:
         steps.append(_mark_step(volume.mount_point))
+    if observed.vg is not None and TAG not in observed.vg.tags and mount.devnum in {devnum for _, devnum in observed.device_devnums}:
+        steps.append(run_step("vgchange", "--addtag", TAG, volume.vg_name))  # adopted while mounted (the seed's script)
     if mount.root_mode != volume.mount_mode:
         steps.append(Step("chmod", (volume.mount_point, volume.mount_mode), f"chmod {volume.mount_mode:04o} {volume.mount_point}"))
     recorded = observed.recorded or {}

@@ -130,6 +130,9 @@ def test_seed_built_volume_is_adopted_with_its_data() -> None:
     assert any("holds ext4" in note for note in p.notes)
     # Already mounted by the seed's script at /scratch: adopted, only recorded (and trash/mark/mode).
     mounted = Mounted("/dev/mapper/vg.01-lv_ephemeral", "ext4", "253:0", "253:0", 0o1777, False, False)
+    p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mounted, vg=Vg("vg.01", 2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
+    assert p.state == "mounted" and kinds(p) == ["trash", "mark", "run", "record"]
+    assert commands(p) == ["vgchange --addtag slurm-scratch vg.01"]
     p = plan(volume(), discovery(ours((1, 2), PV_OURS)), observed(mount=mounted, vg=ourvg(2, 0), lv=lv(True), device_devnums=((LV, "253:0"),)))
     assert p.state == "mounted" and kinds(p) == ["trash", "mark", "record"]
 

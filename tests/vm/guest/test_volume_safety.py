@@ -183,3 +183,66 @@ def test_an_explicit_list_skips_a_mounted_disk(disks, conf, tool_available, tmp_
         assert "mounted" in skipped.get(busy.serial, ""), skipped
     finally:
         sh("umount", str(mount_point), check=False)
+
+
+# -- issue 8: ours by proof (a tag, the md name, the marker), never by a name or label alone --
+STATE_FILE = Path("/var/lib/slurm-scratch/volume.json")
+
+
+@pytest.mark.parametrize("backend", ["lvm", "mdadm"])
+def test_a_stateless_node_adopts_its_volume_by_the_marks_setup_put_on_it(disks, conf, tool_available, backend):
+    """/var/lib is lost (a diskless node, a recreated container); the disks keep the VG tag or the
+    md array's name and the filesystem's marker: the next boot adopts the volume with its data."""
+    made = disks.create(2)
+    config = conf(devices="aws", backend=backend)
+    node.setup_ok(config)
+    source = node.mount_of(str(MOUNT_POINT))[0]
+    uuid = node.fs_uuid(source)
+    if backend == "lvm":
+        assert node.lvm_report("vgs", "vg_tags", "vg.01")[0]["vg_tags"] == "slurm-scratch"
+        assert node.lvm_report("lvs", "lv_tags", "vg.01/lv_ephemeral")[0]["lv_tags"] == "slurm-scratch"
+    else:
+        assert node.md_detail(source)["MD_NAME"].rsplit(":", 1)[-1] == "scratch"
+    marker = MOUNT_POINT / ".slurm-scratch-volume"
+    assert marker.read_text().strip() == uuid and marker.stat().st_uid == 0 and marker.stat().st_mode & 0o777 == 0o600
+    (MOUNT_POINT / "data").write_text("kept")
+
+    node.reboot(disks, autoactivate=False)
+    STATE_FILE.unlink()
+    result = node.setup_ok(config)
+
+    assert node.fs_uuid(node.mount_of(str(MOUNT_POINT))[0]) == uuid, "reformatted: " + result.stderr
+    assert (MOUNT_POINT / "data").read_text() == "kept"
+    assert "ran /usr/sbin/mkfs" not in result.stderr and "wipefs" not in result.stderr
+    assert members() == sorted(disk.serial for disk in made)
+
+
+def test_a_foreign_vg_named_vg01_is_never_touched(disks, conf, tool_available):
+    """Someone's VG that happens to be called vg.01, with an LV of another name and no tag of
+    ours: while active its disks are held (dm); inactive they still carry it. Never used, never
+    wiped (not even with on_degraded = rebuild), and the log names the disk and what it carries."""
+    theirs = disks.create(2)
+    devices = [str(disk.device()) for disk in theirs]
+    sh("pvcreate", "-y", *devices)
+    sh("vgcreate", "-y", "vg.01", *devices)
+    sh("lvcreate", "-y", "-l", "100%FREE", "-n", "data", "vg.01")
+    sh("mkfs.ext4", "-q", "-L", "scratch", "/dev/vg.01/data")
+    sh("udevadm", "settle")
+    config = conf(devices="aws", on_degraded="rebuild")
+
+    held = node.slurm_scratch(config, "setup")
+    assert held.returncode == 1, node.describe(held)
+    for disk in theirs:
+        assert f"skipping {disk.device()}" in held.stderr and "is in use by dm-" in held.stderr, node.describe(held)
+
+    sh("vgchange", "-an", "vg.01")
+    before = {disk.serial: head_digest(disk.device()) for disk in theirs}
+    refused = node.slurm_scratch(config, "setup")
+    assert refused.returncode == 1, node.describe(refused)
+    assert "carries an LVM physical volume of VG 'vg.01' (LV data) that is not ours" in refused.stderr, node.describe(refused)
+    assert "no usable disk" in refused.stderr
+    assert node.mount_of(str(MOUNT_POINT)) is None
+    assert {disk.serial: head_digest(disk.device()) for disk in theirs} == before
+    assert node.lvm_report("vgs", "vg_tags", "vg.01")[0]["vg_tags"] == ""
+    skipped = {d["serial"]: d["reason"] for d in node.status_json(config)["skipped"]}
+    assert all("(LV data) that is not ours" in skipped.get(disk.serial, "") for disk in theirs), skipped
