@@ -231,3 +231,49 @@ def test_healthy_nodes_send_no_rpc_to_slurmctld(cluster: Cluster):
     assert "NodeName=n1" in probe.stdout
     final = cluster.sdiag()
     assert sum(final.get(rpc, 0) - after.get(rpc, 0) for rpc in SLURM_RPCS_OF_A_HEALTH_CHECK) >= 1
+
+
+def _remount_read_only(cluster: Cluster, node: str) -> None:
+    """`mount -o remount,ro` fails with EBUSY while a file is open for writing: retry briefly."""
+    def done():
+        result = cluster.run_on_node(node, ["mount", "-o", "remount,ro", "/scratch"], check=False)
+        return result.returncode == 0
+
+    wait_for(f"{node}: /scratch remounted read-only", done, 30, 0.5)
+
+
+def test_epilog_on_a_faulty_volume_drains_with_epilog_error_then_our_reason_then_resumes(
+        cluster: Cluster):
+    """/scratch turns read-only while a job runs (ext4's errors=remount-ro): the job's Epilog
+    cannot retire the directory, records the finding and fails; slurmctld drains the node with
+    "Epilog error". The health check (held off by the test until Slurm has shown that) replaces
+    it with its own `scratch:` reason and, once the volume is repaired, resumes the node."""
+    assert_healthy(cluster)
+    script = ("#!/bin/bash\n"
+              "echo x > \"$SCRATCH/f\" && echo \"WROTE $SCRATCH\"\n"
+              "for i in $(seq 240); do\n"  # until the test has made /scratch read-only (<= 60 s)
+              "  awk '$2 == \"/scratch\" && $4 ~ /^ro(,|$)/ {f = 1} END {exit !f}' /proc/self/mounts"
+              " && break\n"
+              "  sleep 0.25\n"
+              "done\n")
+    with cluster.flock_on_node("n1", HEALTH_LOCK):  # no health check reconciles meanwhile
+        job = cluster.submit(script, USER, "-w", "n1")
+        cluster.wait_job(job, {"RUNNING", "COMPLETED"}, timeout=60)
+        wait_for(f"job {job} wrote into $SCRATCH", lambda: (
+            cluster.home(USER) / f"slurm-{job}.out").exists() and "WROTE /scratch/" in
+            cluster.job_output(job), 60, 0.25)
+        _remount_read_only(cluster, "n1")
+        cluster.wait_job(job, {"COMPLETED"}, timeout=90)
+        wait_for("n1 drained with 'Epilog error'", lambda: cluster.node_drained("n1") and
+                 cluster.node_reason("n1") == "Epilog error", 60, 0.5)
+        finding = cluster.run_on_node("n1", ["cat", "/run/slurm-scratch/hook-finding"]).stdout
+        assert "hook=epilog" in finding.splitlines() and "Read-only file system" in finding, finding
+        print(f"job {job}: n1 drained with 'Epilog error'; the Epilog recorded: {finding!r}")
+
+    reason = drained_with(cluster, "n1", "read-only", DRAIN_WITHIN)
+    print(f"n1 drained with {reason!r}")
+    cluster.run_on_node("n1", ["mount", "-o", "remount,rw", "/scratch"])
+    resumed(cluster, "n1")
+    runs_a_job(cluster, "n1")
+    assert cluster.run_on_node("n1", ["test", "-e", "/run/slurm-scratch/hook-finding"],
+                               check=False).returncode != 0  # dealt with: nothing pending
