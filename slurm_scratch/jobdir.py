@@ -389,35 +389,88 @@ def export_lines(config: Config, job: JobContext) -> list[str]:
     return [f"export {env_name}={path}" for env_name in config.jobs.export]
 
 
+NOTE_SEPARATOR = " \u241e "  # between the lines the Epilog's child reports (the child cannot log)
+
+
 def retire(config: Config, job: JobContext) -> str | None:
     """Move the job's directory into the trash (one rename) and start the reaper; None if there is none.
 
+    The work on the volume (mounts on or in the directory, its holders, the rename) runs in a child
+    under `[jobs] fs_timeout`: VolumeHung at the deadline, OSError (EROFS, EIO: the volume's fault)
+    or ScratchError as the child reported them. What the user made impossible (someone else's
+    directory, a squatted %u level, a mount the kernel keeps) is logged and left for the sweep.
     Starting the reaper points this process's stdio at /dev/null (see cleanup.spawn_reaper): this
     is the Epilog's last act."""
-    from slurm_scratch import cleanup
+    from slurm_scratch import cleanup, timed
 
     timer = log.Timer()
+    path = job_dir_path(config, job)
+    timeout = config.jobs.fs_timeout
+    result = timed.in_child(lambda: _retire(config, job, time.monotonic() + timeout * 0.6), timeout)
+    if result.status == "timeout":
+        raise VolumeHung(f"{config.volume.mount_point} hung: epilog timed out after {timeout:g} s")
+    if result.status != "ok":
+        if result.kind == "OSError":
+            raise OSError(result.text)
+        if result.kind in ("ScratchError", "ChildError"):
+            raise ScratchError(result.text)
+        raise ScratchError(f"internal error ({result.kind}): {result.text}")
+    outcome, *notes = result.text.split(NOTE_SEPARATOR.strip())
+    for note in notes:
+        level, _, text = note.strip().partition(" ")
+        (log.warning if level == "warning" else log.info)(f"epilog: {text}", job=job.job_id)
+    verb, _, trashed = outcome.strip().partition(" ")
+    if verb == "retired":
+        log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
+        cleanup.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
+        return trashed
+    if verb == "unmounted":
+        log.warning(f"epilog: {config.volume.mount_point} is not mounted; nothing to retire", job=job.job_id)
+    elif verb == "absent":
+        log.info(f"epilog: no directory {path}: nothing to retire", job=job.job_id, ms=timer.ms())
+    else:
+        log.info(f"epilog: nothing retired at {path}", job=job.job_id, ms=timer.ms())
+    return None
+
+
+def _retire(config: Config, job: JobContext, deadline: float) -> str:
+    """The Epilog's work on the volume (in the child): `retired NAME`, `absent`, `unmounted` or
+    `left`, then what the log should say, joined by NOTE_SEPARATOR."""
+    from slurm_scratch import cleanup
+
+    notes: list[str] = []
+
+    def say(level: str, text: str) -> None:
+        notes.append(f"{level} {text}")
+
     components = relative_components(config, job)
     path = job_dir_path(config, job)
     try:
         root_fd = open_mount_point(config)
     except VolumeNotMounted:
-        log.warning(f"epilog: {config.volume.mount_point} is not mounted; nothing to retire", job=job.job_id)
-        return None
+        return "unmounted"
     try:
-        parent_fd = open_parent(config, root_fd, components, create=False)
-        if parent_fd is None:
-            log.info(f"epilog: no directory {path}", job=job.job_id, ms=timer.ms())
-            return None
         try:
-            trashed = cleanup.retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id)
+            parent_fd = open_parent(config, root_fd, components, create=False)
+        except ScratchError as exc:  # a level of the pattern someone else made: the sweep reports it
+            say("warning", str(exc))
+            return NOTE_SEPARATOR.join(["left", *notes])
+        if parent_fd is None:
+            return "absent"
+        try:
+            if not _exists(parent_fd, components[-1]):
+                return "absent"
+            trashed = cleanup.retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say)
         finally:
             os.close(parent_fd)
     finally:
         os.close(root_fd)
-    if trashed is not None:
-        log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
-        cleanup.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
-    else:
-        log.info(f"epilog: nothing to retire at {path}", job=job.job_id, ms=timer.ms())
-    return trashed
+    return NOTE_SEPARATOR.join([f"retired {trashed}" if trashed else "left", *notes])
+
+
+def _exists(parent_fd: int, name: str) -> bool:
+    try:
+        os.close(os.open(name, PATH_FLAGS, dir_fd=parent_fd))  # O_PATH: not stat'ed (a FUSE mount may be there)
+        return True
+    except FileNotFoundError:
+        return False
