@@ -6,10 +6,13 @@ installed Prolog, TaskProlog and Epilog run by slurmd on two nodes, each with it
 from __future__ import annotations
 
 import os
+import pwd
+import time
 from pathlib import Path
 
 import pytest
 
+from cluster.conftest import HEALTH_INTERVAL
 from cluster.harness import Cluster, wait_for
 from slurm_scratch.cleanup import REAPER_LOCK, TRASH_NAME
 
@@ -174,3 +177,33 @@ def test_export_scratch_and_tmpdir(cluster: Cluster):
     # n1 keeps the default (SCRATCH only): TMPDIR stays what Slurm sets (/tmp)
     one = values(cluster.srun("-w", "n1", "-n1", "bash", "-c", command).stdout)
     assert one["S"].startswith("/scratch/") and one["T"] != one["S"]
+
+
+def test_a_squatted_next_job_directory_neither_fails_the_job_nor_drains_the_node(cluster: Cluster):
+    """Issue 8: job ids are sequential, so another user can take /scratch/job_<next> on a node
+    first (here a symlink to a root-owned directory outside the volume, then a directory of their
+    own). The next jobs run there all the same, each in a fresh private $SCRATCH; the node is
+    never drained; the squatter's entries end up in the trash, the symlink never followed."""
+    assert not cluster.node_drained("n1") and cluster.node_reason("n1") == ""
+    config = cluster.scontrol("show", "config").stdout
+    next_id = int(next(line.split("=", 1)[1] for line in config.splitlines() if line.split("=")[0].strip() == "NEXT_JOB_ID"))
+    other = pwd.getpwnam(OTHER)
+    as_other = ["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}", "--init-groups", "--"]
+    etc_before = os.stat(cluster.node_path("n1", "/etc"))
+    cluster.run_on_node("n1", [*as_other, "ln", "-s", "/etc", f"/scratch/job_{next_id}"])
+    cluster.run_on_node("n1", [*as_other, "mkdir", "-m", "0777", f"/scratch/job_{next_id + 1}"])
+    for job_id in (next_id, next_id + 1):
+        result = cluster.srun("-w", "n1", "-n1", "bash", "-c",
+                              'echo "JOB=$SLURM_JOB_ID"; echo "SCRATCH=$SCRATCH"; '
+                              'echo "STAT=$(stat -c "%a %U %F" "$SCRATCH")"; echo x > "$SCRATCH/f" && echo WROTE=yes')
+        assert result.returncode == 0, result.stderr
+        out = values(result.stdout)
+        assert out["JOB"] == str(job_id), (out, "another job took the id: the squat was not tested")
+        assert out["SCRATCH"] == f"/scratch/job_{job_id}"
+        assert out["STAT"] == f"700 {USER} directory" and out["WROTE"] == "yes"
+        assert not cluster.node_drained("n1") and cluster.node_reason("n1") == "", cluster.node_info("n1")
+    etc_after = os.stat(cluster.node_path("n1", "/etc"))
+    assert (etc_after.st_uid, etc_after.st_mode) == (etc_before.st_uid, etc_before.st_mode)
+    # Some health checks later the node is still in service (nothing recorded against it).
+    time.sleep(2 * HEALTH_INTERVAL)
+    assert not cluster.node_drained("n1") and cluster.node_reason("n1") == "", cluster.node_info("n1")
