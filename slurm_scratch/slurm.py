@@ -7,6 +7,8 @@ Two backends with one interface (`node_state`, `drain`, `resume`):
   Node state is read from `scontrol show node -o NAME` (one line; `--json` lacks fields in 22.05).
 - pyslurm: used with `[slurm] api = auto` when `import pyslurm` works and its major.minor
   version equals the running Slurm's (`scontrol --version`); `api = pyslurm` insists on it.
+  pyslurm talks to slurmctld inside the calling process, where no timeout can stop it: each call
+  runs in a forked child (timed.in_child) that is killed at `[slurm] timeout`, as scontrol is.
 
 Only `node_state`, `drain`, `resume` and `running_jobs` talk to slurmctld. `local_jobs` runs
 `scontrol listpids`, which the scontrol man page documents as working "only with processes on the
@@ -179,12 +181,28 @@ class ScontrolBackend:
 
 
 class PyslurmBackend:
-    """pyslurm >= 23.2's object API: `Node.load(name)` (or `Node(name).reload()`), `Node.modify`."""
+    """pyslurm >= 23.2's object API: `Node.load(name)` (or `Node(name).reload()`), `Node.modify`.
+    With a `timeout`, each call runs in a forked child killed at that many seconds (None: in this
+    process, unbounded)."""
 
     name = "pyslurm"
 
-    def __init__(self, module) -> None:
+    def __init__(self, module, timeout: float | None = None) -> None:
         self.pyslurm = module
+        self.timeout = timeout
+
+    def _bounded(self, what: str, work) -> str:
+        """`work()` (returning a str, raising ScratchError) under the timeout."""
+        if self.timeout is None:
+            return work()
+        from slurm_scratch import timed
+
+        result = timed.in_child(work, self.timeout)
+        if result.status == "ok":
+            return result.text
+        if result.status == "timeout":
+            raise ScratchError(f"pyslurm: {what}: no answer within [slurm] timeout = {self.timeout:g} s")
+        raise ScratchError(result.text if result.kind == "ScratchError" else f"pyslurm: {what}: {result.text}")
 
     def _load(self, node: str):
         node_class = self.pyslurm.Node
@@ -193,24 +211,31 @@ class PyslurmBackend:
         return node_class(node).reload()
 
     def node_state(self, node: str) -> NodeState:
-        try:
-            loaded = self._load(node)
-        except Exception as exc:  # pyslurm raises its own RPCError
-            raise ScratchError(f"pyslurm: cannot load node {node}: {exc}") from None
-        reason = loaded.reason or ""
-        return NodeState(
-            name=node,
-            states=_state_set(loaded.state or ""),
-            reason=reason if reason != "(null)" else "",
-            reason_user=str(getattr(loaded, "reason_user", "") or ""),
-            reason_time=str(getattr(loaded, "reason_time", "") or ""),
-        )
+        def work() -> str:  # the fields as hex: the child's one line of answer keeps no spaces
+            try:
+                loaded = self._load(node)
+            except Exception as exc:  # pyslurm raises its own RPCError
+                raise ScratchError(f"pyslurm: cannot load node {node}: {exc}") from None
+            reason = str(loaded.reason or "")
+            fields = (str(loaded.state or ""), reason if reason != "(null)" else "",
+                      str(getattr(loaded, "reason_user", "") or ""), str(getattr(loaded, "reason_time", "") or ""))
+            return ",".join(field.encode("utf-8", errors="replace").hex() for field in fields)
+
+        answer = self._bounded(f"load node {node}", work).split(",")
+        if len(answer) != 4:
+            raise ScratchError(f"pyslurm: load node {node}: unexpected answer {answer!r}")
+        state, reason, user, when = (bytes.fromhex(field).decode("utf-8", errors="replace") for field in answer)
+        return NodeState(name=node, states=_state_set(state), reason=reason, reason_user=user, reason_time=when)
 
     def _modify(self, node: str, **changes: str) -> None:
-        try:
-            self.pyslurm.Node(node).modify(self.pyslurm.Node(**changes))
-        except Exception as exc:
-            raise ScratchError(f"pyslurm: cannot update node {node} ({changes}): {exc}") from None
+        def work() -> str:
+            try:
+                self.pyslurm.Node(node).modify(self.pyslurm.Node(**changes))
+            except Exception as exc:
+                raise ScratchError(f"pyslurm: cannot update node {node} ({changes}): {exc}") from None
+            return ""
+
+        self._bounded(f"update node {node}", work)
 
     def drain(self, node: str, reason: str) -> None:
         self._modify(node, state="DRAIN", reason=reason)
@@ -254,7 +279,7 @@ def backend(config: Config):
     wanted = version(config)
     found = pyslurm_version(module)
     if found == wanted:
-        return PyslurmBackend(module)
+        return PyslurmBackend(module, config.slurm.timeout)
     message = f"pyslurm {'.'.join(map(str, found)) if found else '(unknown version)'} does not match Slurm {wanted[0]}.{wanted[1]:02d}"
     if config.slurm.api == "pyslurm":
         raise ScratchError(f"[slurm] api = pyslurm: {message}")

@@ -142,7 +142,8 @@ def stand_in(monkeypatch):
 
 def test_auto_uses_pyslurm_when_it_matches_slurm(stand_in) -> None:
     backend = slurm.backend(_config("auto"))
-    assert backend.name == "pyslurm"
+    assert backend.name == "pyslurm" and backend.timeout == 10
+    backend.timeout = None  # in this process, where the stand-in records the calls
     node = backend.node_state("n1")
     assert node.drained and node.reason == "scratch: /scratch read-only"
     backend.drain("n1", "scratch: /scratch not mounted")
@@ -168,3 +169,26 @@ def test_scontrol_when_asked_or_when_pyslurm_is_missing(stand_in, monkeypatch) -
     assert slurm.backend(_config("auto")).name == "scontrol"
     with pytest.raises(ScratchError, match="import pyslurm"):
         slurm.backend(_config("pyslurm"))
+
+
+def test_pyslurm_calls_run_in_a_child_killed_at_the_slurm_timeout(stand_in, monkeypatch) -> None:
+    """libslurm waits for slurmctld inside the calling process: a child bounds it."""
+    import time
+
+    backend = slurm.PyslurmBackend(stand_in, timeout=5)
+    _StandInNode.nodes["n2"] = ("MIXED+DRAIN", "scratch: two  spaces, a | and ünïcode")
+    node = backend.node_state("n2")
+    assert node.states == {"MIXED", "DRAIN"} and node.reason == "scratch: two  spaces, a | and ünïcode"
+    with pytest.raises(ScratchError, match="pyslurm: cannot load node n9: Node 'n9' does not exist"):
+        backend.node_state("n9")
+    backend.drain("n1", "scratch: x")  # runs (in the child), raises nothing
+
+    def hang(cls, name):
+        time.sleep(600)
+
+    monkeypatch.setattr(_StandInNode, "load", classmethod(hang))
+    hung = slurm.PyslurmBackend(stand_in, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(ScratchError, match=r"load node n1: no answer within \[slurm\] timeout = 0.5 s"):
+        hung.node_state("n1")
+    assert time.monotonic() - started < 60  # a hang detector, not a speed test
