@@ -102,30 +102,37 @@ def test_job_dir_swapped_for_a_symlink_before_the_epilog(scratch, canaries) -> N
 
 
 def test_job_dir_swapped_for_a_symlink_before_a_requeued_prolog(scratch, canaries) -> None:
+    # Issue 8: the symlink is moved aside into the trash (never followed) and a fresh directory made.
     for job_id, target in ((911, canaries.outside), (912, canaries.other_job), (913, canaries.admin_file), (914, scratch.trash)):
         assert scratch.prolog(job_id).returncode == 0
         job_dir = scratch.job_dir(job_id)
         scratch.as_user("sstest1", 'mv "$1" "$1.old" && ln -s "$2" "$1"', str(job_dir), str(target))
-        trash_before = snapshot(scratch.trash)
+        trash_before = set(os.listdir(scratch.trash))
         result = scratch.prolog(job_id)  # the requeued job's Prolog
-        assert result.returncode != 0
-        assert f"{job_dir} exists and is not a directory" in result.stderr
+        assert result.returncode == 0, result.stderr
+        assert f"moved aside {job_dir}: a symlink of uid 4201 (not followed)" in result.stderr
         canaries.assert_intact()
-        assert snapshot(scratch.trash) == trash_before
-        assert os.readlink(job_dir) == str(target)  # left exactly as the user made it
+        (moved,) = set(os.listdir(scratch.trash)) - trash_before
+        assert moved.startswith(f"squatted.job_{job_id}.") and os.readlink(scratch.trash / moved) == str(target)
+        st = os.lstat(job_dir)
+        assert os.path.isdir(job_dir) and not os.path.islink(job_dir) and (st.st_uid, st.st_mode & 0o7777) == (4201, 0o700)
 
 
 def test_pattern_level_planted_as_symlink_or_user_dir(scratch, canaries) -> None:
+    # Issue 8: a planted level is moved aside into the trash and replaced by root's own 0755 level.
     scratch.configure({"jobs": {"dir": "%u/job_%j"}})
     scratch.as_user("sstest1", 'ln -s "$1" "$2/sstest1"', str(canaries.outside), str(scratch.mount_point))
     result = scratch.prolog(921)
-    assert result.returncode != 0 and f"{scratch.mount_point}/sstest1 is not a plain directory" in result.stderr
-    assert scratch.epilog(921).returncode != 0  # it will not walk through it either
+    assert result.returncode == 0 and f"moved aside {scratch.mount_point}/sstest1: a symlink of uid 4201" in result.stderr
     canaries.assert_intact()
-    scratch.as_user("sstest1", 'rm "$1/sstest1" && mkdir "$1/sstest1"', str(scratch.mount_point))
-    result = scratch.prolog(922)
-    assert result.returncode != 0 and "must be owned by root" in result.stderr
-    assert os.listdir(scratch.mount_point / "sstest1") == []
+    assert scratch.epilog(921).returncode == 0
+    scratch.as_user("sstest1", 'mkdir "$1/sstest2"', str(scratch.mount_point))  # another user's level
+    result = scratch.prolog(922, user="sstest2")
+    assert result.returncode == 0 and f"moved aside {scratch.mount_point}/sstest2: a directory of uid 4201" in result.stderr
+    for level in ("sstest1", "sstest2"):
+        st = os.lstat(scratch.mount_point / level)
+        assert os.path.isdir(scratch.mount_point / level) and (st.st_uid, st.st_mode & 0o7777) == (0, 0o755)
+    assert os.listdir(scratch.mount_point / "sstest2") == ["job_922"]
     canaries.assert_intact()
 
 
