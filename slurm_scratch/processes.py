@@ -127,13 +127,18 @@ class Index:
         self.uids = uids
         self.complete = True
         self.fs_root = self._own_fs_root(root_fd)
+        from slurm_scratch import mounts as mount_table
+
+        self.mnt_id = mount_table.mount_id(root_fd)
         self.parents: dict[int, int] = {}  # directory inode -> its parent's (on the volume)
         self.dir_of_path: dict[str, int | None] = {}  # a directory's path in the filesystem -> inode
         self.held: dict[int, dict[int, set[str]]] = {}  # directory inode -> {pid: what holds it}
         self.procs: dict[int, tuple[tuple[int, int], bytes]] = {}  # pid -> (uids, start time)
-        self.namespaces: dict[str, dict[int, tuple[str, str]]] = {}  # mnt ns -> {mnt_id: (root, mount point)}
+        self.namespaces: dict[str, tuple[dict, dict]] = {}  # mnt ns -> its _volume_mounts
         self.unresolved = 0
         self._by_ancestor: dict[int, dict[int, set[str]]] | None = None
+        self._anchored: dict[int, str] = {}
+        self.listings: dict[str, dict[str, int]] = {}  # directory below the root -> {name: d_ino}
         self._scan()
 
     # ---- the scan ------------------------------------------------------------------------------
@@ -148,26 +153,43 @@ class Index:
                 return _unescape(fields[3])
         return "/"
 
-    def _volume_mounts(self, pid: str) -> dict[int, tuple[str, str]]:
-        """The mounts of the volume in `pid`'s mount namespace: {mount id: (root in fs, mount point)}."""
+    def _volume_mounts(self, pid: str) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+        """The mounts of the volume in `pid`'s mount namespace, {mount id: (root in fs, mount point)},
+        and the other filesystems mounted somewhere on it, {mount id: the mount point's path in the
+        volume's filesystem} (an object on those is placed at its mount point, never stat'ed)."""
         try:
             namespace = os.readlink(f"/proc/{pid}/ns/mnt")
         except OSError:
-            return {}
+            return {}, {}
         known = self.namespaces.get(namespace)
         if known is not None:
             return known
-        found: dict[int, tuple[str, str]] = {}
+        table: dict[int, tuple[int, str, str, str]] = {}
         text = (_read(f"/proc/{pid}/mountinfo") or b"").decode("utf-8", "surrogateescape")
         for line in text.splitlines():
             fields = line.split(" ", 5)
-            if len(fields) > 4 and fields[2] == self.major_minor:
+            if len(fields) > 4:
                 try:
-                    found[int(fields[0])] = (_unescape(fields[3]), _unescape(fields[4]))
+                    table[int(fields[0])] = (int(fields[1]), fields[2], _unescape(fields[3]), _unescape(fields[4]))
                 except ValueError:
                     continue
-        self.namespaces[namespace] = found
-        return found
+        ours = {mnt: (root, mount_point) for mnt, (_, major_minor, root, mount_point) in table.items() if major_minor == self.major_minor}
+        anchored: dict[int, str] = {}
+        for mnt in table:
+            if mnt in ours:
+                continue
+            child, parent = mnt, table[mnt][0]
+            for _ in range(64):  # up the mount tree to a mount of the volume, if any
+                if parent in ours or parent not in table or parent == child:
+                    break
+                child, parent = parent, table[parent][0]
+            if parent in ours:
+                root, mount_point = ours[parent]
+                below = table[child][3]
+                if mount_point == "/" or below.startswith(mount_point + "/"):
+                    anchored[mnt] = root.rstrip("/") + (below if mount_point == "/" else below[len(mount_point) :])
+        self.namespaces[namespace] = (ours, anchored)
+        return ours, anchored
 
     def _scan(self) -> None:
         me = str(os.getpid())
@@ -200,9 +222,10 @@ class Index:
             return
         if self.uids is not None and not (set(uids) & self.uids):
             return
-        mounts = self._volume_mounts(pid)
+        mounts, anchored = self._volume_mounts(pid)
         if not mounts:
             return  # the volume is not even mounted in its namespace
+        self._anchored = anchored
         start = _start_time(pid)
         if start is None:
             return
@@ -219,7 +242,7 @@ class Index:
                 self.complete = False
                 break
             mnt = _mnt_id_of(f"{base}/fdinfo/{fd}")
-            if mnt is not None and mnt in mounts:
+            if mnt is not None and (mnt in mounts or mnt in anchored):
                 self._object(f"{base}/fd/{fd}", mnt, mounts, f"fd {fd}", holds)
         self._maps(base, mounts, holds)
         if holds:
@@ -258,6 +281,11 @@ class Index:
             own_mnt = mount_table.mount_id(fd)
             if mnt is None:
                 mnt = own_mnt
+            if mnt is not None and mnt in self._anchored:  # another filesystem mounted on the volume
+                ino = self._fs_dir_ino(self._anchored[mnt])
+                if ino is not None:
+                    holds.setdefault(ino, set()).add(f"{what} on a mount")
+                return
             if mnt is None or mnt not in mounts:
                 return  # on another filesystem: never stat'ed
             st = os.fstat(fd)
@@ -315,28 +343,48 @@ class Index:
             below = path[len(mount_point) :]
         else:
             return None
-        fs_path = root.rstrip("/") + below
-        prefix = self.fs_root.rstrip("/")
-        if not fs_path.startswith(prefix + "/"):
+        relative = self._below_root(root.rstrip("/") + below)
+        if relative is None:
             return None
-        directory, _, name = fs_path[len(prefix) + 1 :].rpartition("/")
+        directory, _, name = relative.rpartition("/")
         parent = self._dir_ino(directory)
         if parent is None or not name:
             return None
+        from slurm_scratch import mounts as mount_table
+
         if st.st_nlink == 0:
             return parent
         dir_fd = self._open_dir(directory)
         if dir_fd is None:
             return None
         try:
-            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            name_fd = os.open(name, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
         except OSError:
             return None
         finally:
             os.close(dir_fd)
+        try:
+            if mount_table.mount_id(name_fd) != self.mnt_id:
+                return None  # covered by a mount here: not stat'ed
+            there = os.fstat(name_fd)
+        finally:
+            os.close(name_fd)
         return parent if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino) else None
 
+    def _below_root(self, fs_path: str) -> str | None:
+        """A path in the volume's filesystem, relative to the directory `root_fd` is (None: not below)."""
+        prefix = self.fs_root.rstrip("/")
+        return fs_path[len(prefix) + 1 :] if fs_path.startswith(prefix + "/") else None
+
+    def _fs_dir_ino(self, fs_path: str) -> int | None:
+        relative = self._below_root(fs_path)
+        return None if relative is None else self._dir_ino(relative)
+
     def _open_dir(self, directory: str) -> int | None:
+        """An O_PATH descriptor of a directory below the volume's root, or None when a level is
+        missing, not a directory, or covered by another mount here (never crossed, never stat'ed)."""
+        from slurm_scratch import mounts as mount_table
+
         fd = os.dup(self.root_fd)
         for name in directory.split("/") if directory else ():
             try:
@@ -346,6 +394,9 @@ class Index:
                 return None
             os.close(fd)
             fd = next_fd
+            if mount_table.mount_id(fd) != self.mnt_id:
+                os.close(fd)
+                return None
         return fd
 
     def _dir_ino(self, directory: str) -> int | None:
@@ -364,12 +415,38 @@ class Index:
                     st = os.fstat(fd)
                     if st.st_dev == self.dev:
                         ino = st.st_ino
-                        if ino != parent:
-                            self.parents.setdefault(ino, parent)
                 finally:
                     os.close(fd)
+            else:
+                ino = self._covered_ino(above, name)
+            if ino is not None and ino != parent:
+                self.parents.setdefault(ino, parent)
         self.dir_of_path[directory] = ino
         return ino
+
+    def _covered_ino(self, above: str, name: str) -> int | None:
+        """The inode of `name` in directory `above` as the directory entry says (getdents' d_ino):
+        right even when a mount covers it here, and nothing mounted is looked at."""
+        if above not in self.listings:
+            listing: dict[str, int] = {}
+            fd = self._open_dir(above)
+            if fd is not None:
+                try:
+                    listing_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    listing_fd = None
+                finally:
+                    os.close(fd)
+                if listing_fd is not None:
+                    try:
+                        with os.scandir(listing_fd) as entries:
+                            listing = {entry.name: entry.inode() for entry in entries}
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(listing_fd)
+            self.listings[above] = listing
+        return self.listings[above].get(name)
 
     # ---- lookups -------------------------------------------------------------------------------
 

@@ -120,6 +120,70 @@ def test_a_mount_deep_inside_the_job_dir_is_detached_and_nothing_behind_it_delet
     outside_untouched(scratch)
 
 
+@contextlib.contextmanager
+def hung_fuse(target: Path, uid: int = UID1):
+    """A FUSE filesystem at `target` whose daemon never answers (a user's stopped or dead daemon):
+    a stat or lookup in it blocks. The test holds its /dev/fuse descriptor; closing it at the end
+    fails whatever still waits."""
+    import ctypes
+
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        options = f"fd={fd},rootmode=40000,user_id={uid},group_id={uid},allow_other".encode()  # root may ask it
+        if libc.mount(b"hung", str(target).encode(), b"fuse.hung", 0, options) != 0:
+            pytest.skip(f"cannot mount FUSE here: {os.strerror(ctypes.get_errno())}")
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_hung_fuse_mount_on_and_in_the_job_dir_does_not_hang_the_epilog(scratch) -> None:
+    assert scratch.prolog(803).returncode == 0
+    job_dir = scratch.job_dir(803)
+    deep = job_dir / "a" / "fuse"
+    scratch.as_user("sstest1", 'mkdir -p "$1"', str(deep))
+    in_dir = start(scratch, UID1, ["/bin/sh", "-c", "echo ready; exec /bin/sleep 600"], cwd=str(job_dir / "a"))
+    ready(in_dir)
+    with hung_fuse(deep), hung_fuse(job_dir):
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(["stat", str(job_dir)], capture_output=True, timeout=2)  # what a stat of it does
+        result = scratch.epilog(803, timeout=60)  # the hang detector
+        assert result.returncode == 0, result.stderr
+        assert f"{job_dir} was a mount point" in result.stderr and f"{deep}: a mount inside the job directory" in result.stderr
+        assert killed(in_dir)
+        assert f"killed pid {in_dir.pid} (sleep) of uid {UID1}: it held {job_dir} (cwd)" in result.stderr
+        retired(scratch, 803)
+    outside_untouched(scratch)
+
+
+def test_the_sweep_is_not_hung_by_a_fuse_mount_on_an_orphan_or_a_process_holding_one(scratch) -> None:
+    for job_id in (804, 805):
+        assert scratch.prolog(job_id).returncode == 0
+    deep = scratch.job_dir(805) / "fuse"
+    scratch.as_user("sstest1", 'mkdir "$1"', str(deep))
+    then = time.time() - 3600
+    with hung_fuse(deep), hung_fuse(scratch.job_dir(804)):
+        os.utime(scratch.job_dir(805), (then, then))  # 804 (mounted on: young, or so it must be taken) stays
+        # A process of the user holding the hung filesystem (O_PATH: opening it asks the daemon nothing).
+        holder = start(scratch, UID1, ["/usr/bin/python3", "-c",
+                                       "import os, sys, time; fd = os.open(sys.argv[1], os.O_PATH); print('ready', flush=True); time.sleep(600)",
+                                       str(deep)])
+        ready(holder)
+        sweep = subprocess.run(
+            ["/usr/bin/python3", "-c", "import sys; from slurm_scratch import cleanup, config; "
+             "report = cleanup.sweep(config.load_config(sys.argv[1]), 'node1', set()); print(sorted(report.retired), sorted(report.young))",
+             str(scratch.config)],
+            env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])}, cwd="/", capture_output=True, text=True, timeout=60,
+        )
+        assert sweep.returncode == 0, sweep.stderr
+        assert str(scratch.job_dir(805)) in sweep.stdout and f"{deep}: a mount inside the job directory" in sweep.stderr
+        assert killed(holder)  # it held the job dir through the mount on it
+        assert "(fd 3 on a mount)" in sweep.stderr
+    assert not os.path.lexists(scratch.job_dir(805))
+    outside_untouched(scratch)
+
+
 # ---- the job's user is gone from NSS -----------------------------------------------------------
 
 
