@@ -30,17 +30,18 @@ def cmd_prolog(config_path: str | None) -> int:
     config = load_config(config_path)
     context = job.from_slurm_env()
     try:
-        jobdir.create(config, context)
-    except jobdir.VolumeNotMounted as not_mounted:
-        from slurm_scratch import health, volume
-
-        log.warning(f"prolog: {not_mounted}; running setup", job=context.job_id)
         try:
-            volume.ensure_mounted(config)
-        except ScratchError as exc:
-            health.record_prolog_finding(config, str(exc))
-            raise
-        jobdir.create(config, context)
+            jobdir.create(config, context)
+        except jobdir.VolumeNotMounted as not_mounted:
+            from slurm_scratch import health, volume
+
+            log.warning(f"prolog: {not_mounted}; running setup", job=context.job_id)
+            try:
+                volume.ensure_mounted(config)
+            except ScratchError as exc:
+                health.record_prolog_finding(config, str(exc))
+                raise
+            jobdir.create(config, context)  # a volume just mounted can hang or fail too: below
     except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
         from slurm_scratch import health
 

@@ -140,7 +140,8 @@ def create(config: Config, job: JobContext) -> str:
             raise ScratchError(result.text)
         raise ScratchError(f"internal error ({result.kind}): {result.text}")
     # The child cannot log (its stdio is /dev/null): it says what it did, and we log it.
-    (log.warning if "moved aside" in result.text else log.info)(f"prolog {result.text}", job=job.job_id, ms=timer.ms())
+    squatted = "moved aside" in result.text or "detached" in result.text
+    (log.warning if squatted else log.info)(f"prolog {result.text}", job=job.job_id, ms=timer.ms())
     return job_dir_path(config, job)
 
 
