@@ -270,24 +270,22 @@ def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts:
         return Skipped(disk, reason)
     devnums = (disk.devnum, *disk.partition_devnums)
     ours = is_ours(volume, disk, signature, recorded)
-    mounted_here = False
     for devnum in devnums:
         where = facts.mounts.get(devnum)
         if where is not None and not (ours and where == volume.mount_point):
             return Skipped(disk, f"is mounted at {where}")
-        mounted_here = mounted_here or where is not None
     for devnum in devnums:
         if devnum in facts.elsewhere:
             pid, where = facts.elsewhere[devnum]
             if not (ours and where == volume.mount_point):
                 return Skipped(disk, f"is mounted in another mount namespace (pid {pid}, at {where})")
-            mounted_here = True
-    btrfs_mounted = signature is not None and signature.type == "btrfs" and signature.uuid in facts.mounted_btrfs_uuids
-    if btrfs_mounted and not ours:
+    if signature is not None and signature.type == "btrfs" and signature.uuid in facts.mounted_btrfs_uuids and not ours:
         return Skipped(disk, f"is a member of the mounted btrfs filesystem {signature.uuid}")
     if disk.holders and not ours:
         return Skipped(disk, f"is in use by {', '.join(disk.holders)}")
-    if disk.devnum in facts.busy and not (ours and (mounted_here or btrfs_mounted or disk.holders)):
+    # Ours and busy is our volume in use (mounted, held by our LV/array), or udev assembling it:
+    # skipping it would make the volume look degraded. The tools' own exclusive opens guard it.
+    if disk.devnum in facts.busy and not ours:
         return Skipped(disk, "cannot be opened exclusively (EBUSY): another program or the kernel is using it")
     foreign = []
     if disk.partitions:
