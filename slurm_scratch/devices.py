@@ -274,11 +274,12 @@ def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts:
         where = facts.mounts.get(devnum)
         if where is not None and not (ours and where == volume.mount_point):
             return Skipped(disk, f"is mounted at {where}")
+    # Our own volume shows up in other namespaces too: copies of ours (every user can make one
+    # with `unshare -Urm`, bind it anywhere, and keep it after we unmount) must not make it foreign.
     for devnum in devnums:
-        if devnum in facts.elsewhere:
+        if devnum in facts.elsewhere and not ours:
             pid, where = facts.elsewhere[devnum]
-            if not (ours and where == volume.mount_point):
-                return Skipped(disk, f"is mounted in another mount namespace (pid {pid}, at {where})")
+            return Skipped(disk, f"is mounted in another mount namespace (pid {pid}, at {where})")
     if signature is not None and signature.type == "btrfs" and signature.uuid in facts.mounted_btrfs_uuids and not ours:
         return Skipped(disk, f"is a member of the mounted btrfs filesystem {signature.uuid}")
     if disk.holders and not ours:

@@ -537,3 +537,24 @@ def test_a_disk_held_open_exclusively_is_not_used(tmp_path, loops) -> None:
         release(holder)
     node = Node(tmp_path, [busy], backend="single")
     assert node.setup().returncode == 0  # once let go, it is used
+
+
+def test_a_users_copy_of_our_mount_in_another_namespace_does_not_make_our_volume_foreign(tmp_path, loops) -> None:
+    """Any user can copy the mount table (`unshare -Urm`), bind /scratch elsewhere and keep it after
+    we unmount: our own disk is then mounted in another namespace, at another path. Still ours."""
+    disk = loops.device(320)
+    node = Node(tmp_path, [disk], backend="single")
+    assert node.setup().returncode == 0
+    (node.mount_point / "data").write_text("kept")
+    (tmp_path / "elsewhere").mkdir()
+    holder = hold(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                   f"mount --bind {node.mount_point} {tmp_path / 'elsewhere'} && echo ready && exec sleep 600"])
+    try:
+        node.unmount()
+        again = node.setup()
+        assert again.returncode == 0, again.stderr
+        assert mkfs_count(again.stderr) == 0 and "skipping" not in again.stderr
+        assert_ready(node, "ext4")
+        assert (node.mount_point / "data").read_text() == "kept"
+    finally:
+        release(holder)

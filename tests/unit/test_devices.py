@@ -166,9 +166,11 @@ def test_mounted_in_another_mount_namespace_held_or_busy_is_never_used() -> None
         held = disk(devnum="259:3", holders=("dm-7 (on nvme1n1p1)",))
         verdict = assess(volume(wipe=wipe), held, None, Facts(), None)
         assert isinstance(verdict, Skipped) and verdict.reason == "is in use by dm-7 (on nvme1n1p1)"
-    # our own volume, mounted at our mount point in another namespace, or busy because it is active
-    ours_elsewhere = Facts(elsewhere={"259:1": (9, "/scratch")}, busy=frozenset({"259:1"}))
-    assert isinstance(assess(volume(), disk(), PV_TAGGED, ours_elsewhere, None), Candidate)
+    # our own volume, mounted in another namespace (a copy of ours: any user can make one and bind
+    # it anywhere), or busy because it is active
+    for where in ("/scratch", "/tmp/users-bind"):
+        ours_elsewhere = Facts(elsewhere={"259:1": (9, where)}, busy=frozenset({"259:1"}))
+        assert isinstance(assess(volume(), disk(), PV_TAGGED, ours_elsewhere, None), Candidate)
     assert isinstance(assess(volume(), disk(holders=("dm-0",)), PV_TAGGED, Facts(busy=frozenset({"259:1"})), None), Candidate)
     # ours and busy for no reason seen (udev assembling it): still ours, or the volume would look
     # degraded; the tools' own exclusive opens guard it
