@@ -13,10 +13,12 @@ device for sdX). Selectors (`[volume] devices`):
 - explicit paths or globs under /dev/ (on-prem nodes).
 
 Safety, for every matched disk, by `assess()` (a pure function of facts gathered by `probe()`):
-never a disk that holds root or swap, is mounted (outside our own mount point) in this or any other
-mount namespace, is held by a device-mapper/md device that is not ours, belongs to a mounted btrfs,
-or cannot be opened exclusively (EBUSY: someone holds it); and, unless `[volume] wipe = yes`, never
-one with partitions or a filesystem/RAID/LVM signature that is not ours.
+never a disk that holds root or swap or is mounted in our namespace outside our mount point; never
+one that is not ours and is mounted in any other mount namespace (/proc/*/mountinfo, once per
+namespace), is held by a device-mapper/md device (its or its partitions' holders), belongs to a
+mounted btrfs, or cannot be opened exclusively (EBUSY); and, unless `[volume] wipe = yes`, never one
+with partitions or a filesystem/RAID/LVM signature that is not ours. (Ours in use is our volume at
+work: mounted, held by our LV or array, or a user's copy of our mount in their own namespace.)
 
 "Ours" needs proof, never a label alone: the state file records the disk (by serial; by path for
 serial-less disks) and what it carries matches the record (the filesystem UUID, the VG or md name),
