@@ -138,6 +138,7 @@ class Index:
         self.unresolved = 0
         self._by_ancestor: dict[int, dict[int, set[str]]] | None = None
         self._anchored: dict[int, str] = {}
+        self.file_parents: dict[int, int] = {}  # a file's inode (one link) -> its directory's
         self.listings: dict[str, dict[str, int]] = {}  # directory below the root -> {name: d_ino}
         self._scan()
 
@@ -278,9 +279,8 @@ class Index:
         try:
             from slurm_scratch import mounts as mount_table
 
-            own_mnt = mount_table.mount_id(fd)
-            if mnt is None:
-                mnt = own_mnt
+            if mnt is None:  # cwd, root, exe, a mapping: no fdinfo of its own, ask ours
+                mnt = mount_table.mount_id(fd)
             if mnt is not None and mnt in self._anchored:  # another filesystem mounted on the volume
                 ino = self._fs_dir_ino(self._anchored[mnt])
                 if ino is not None:
@@ -292,10 +292,14 @@ class Index:
             if st.st_dev != self.dev:
                 return
             if (st.st_mode & 0o170000) == 0o040000:
-                self._walk_up(fd, st.st_ino, own_mnt)
+                self._walk_up(fd, st.st_ino, mnt)
                 holds.setdefault(st.st_ino, set()).add(what)
                 return
-            parent = self._parent_by_path(link, mounts[mnt], st)
+            parent = self.file_parents.get(st.st_ino)  # the same file open many times: placed once
+            if parent is None:
+                parent = self._parent_by_path(link, mounts[mnt], st)
+                if parent is not None and st.st_nlink == 1:
+                    self.file_parents[st.st_ino] = parent
             if parent is None:
                 self.unresolved += 1
             else:
