@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 
-from slurm_scratch import log
+from slurm_scratch import mounts as mount_table
 
 WAIT_SECONDS = 2.0
 MAX_DEPTH = 8192  # directory levels walked up from one object (a cwd deeper than PATH_MAX is ~20-2000)
@@ -103,10 +103,7 @@ def _comm(pid: int) -> str:
     return data.decode("utf-8", errors="replace").strip() if data else "?"
 
 
-def _unescape(field: str) -> str:
-    from slurm_scratch.mounts import _unescape as unescape
-
-    return unescape(field)
+_unescape = mount_table._unescape  # mountinfo's \ooo escapes
 
 
 class Index:
@@ -127,8 +124,6 @@ class Index:
         self.uids = uids
         self.complete = True
         self.fs_root = self._own_fs_root(root_fd)
-        from slurm_scratch import mounts as mount_table
-
         self.mnt_id = mount_table.mount_id(root_fd)
         self.parents: dict[int, int] = {}  # directory inode -> its parent's (on the volume)
         self.dir_of_path: dict[str, int | None] = {}  # a directory's path in the filesystem -> inode
@@ -145,9 +140,7 @@ class Index:
     # ---- the scan ------------------------------------------------------------------------------
 
     def _own_fs_root(self, root_fd: int) -> str:
-        from slurm_scratch import mounts
-
-        mine = mounts.mount_id(root_fd)
+        mine = mount_table.mount_id(root_fd)
         for line in (_read("/proc/self/mountinfo") or b"").decode("utf-8", "surrogateescape").splitlines():
             fields = line.split(" ", 5)
             if len(fields) > 4 and fields[0] == str(mine):
@@ -277,8 +270,6 @@ class Index:
         except OSError:
             return
         try:
-            from slurm_scratch import mounts as mount_table
-
             if mnt is None:  # cwd, root, exe, a mapping: no fdinfo of its own, ask ours
                 mnt = mount_table.mount_id(fd)
             if mnt is not None and mnt in self._anchored:  # another filesystem mounted on the volume
@@ -310,8 +301,6 @@ class Index:
     def _walk_up(self, fd: int, ino: int, mnt: int | None) -> None:
         """Learn the parents of the directory `fd` up to the volume's root, by `..` with descriptors,
         never leaving the mount it is on (whose parent may be a FUSE filesystem)."""
-        from slurm_scratch import mounts as mount_table
-
         current = os.dup(fd)
         try:
             for _ in range(MAX_DEPTH):
@@ -354,8 +343,6 @@ class Index:
         parent = self._dir_ino(directory)
         if parent is None or not name:
             return None
-        from slurm_scratch import mounts as mount_table
-
         if st.st_nlink == 0:
             return parent
         dir_fd = self._open_dir(directory)
@@ -387,8 +374,6 @@ class Index:
     def _open_dir(self, directory: str) -> int | None:
         """An O_PATH descriptor of a directory below the volume's root, or None when a level is
         missing, not a directory, or covered by another mount here (never crossed, never stat'ed)."""
-        from slurm_scratch import mounts as mount_table
-
         fd = os.dup(self.root_fd)
         for name in directory.split("/") if directory else ():
             try:
@@ -515,7 +500,3 @@ def end_holders(index: Index, ino: int, uid: int, path: str, deadline: float | N
     lines.extend(f"pid {pid} still alive after SIGKILL" for pid in alive)
     return lines
 
-
-def log_lines(lines: list[str], job: object = None) -> None:
-    for line in lines:
-        (log.warning if "still alive" in line else log.info)(line, job=job)

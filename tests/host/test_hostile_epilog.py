@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import make_canary, poll, scratch_volume, snapshot
+from scratchtest.jobs import make_canary, scratch_volume, snapshot
 from scratchtest.kernel import sh
 
 from slurm_scratch import drain
