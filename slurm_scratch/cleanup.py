@@ -426,15 +426,21 @@ def _walk_level(root_fd, dir_fd, path, patterns, report, user):
         yield JobDir(int(match.group("job")), entry_path, st, dir_fd, name)
 
 
-def job_dirs(config: Config, node: str) -> list[JobDir]:
-    """The job directories on the volume (their parent_fd no longer valid), without touching any."""
+def job_dirs(config: Config, node: str, deadline: float | None = None) -> list[JobDir]:
+    """The job directories on the volume (their parent_fd no longer valid), without touching any;
+    those found by `deadline` (time.monotonic()) when there is one."""
     from slurm_scratch import jobdir
 
+    found = []
     root_fd = jobdir.open_mount_point(config)
     try:
-        return list(_walk_job_dirs(config, node, root_fd, SweepReport()))
+        for entry in _walk_job_dirs(config, node, root_fd, SweepReport()):
+            found.append(entry)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
     finally:
         os.close(root_fd)
+    return found
 
 
 def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | None = None) -> SweepReport:

@@ -502,7 +502,7 @@ def sweep_orphans(config: Config, node: str, deadline: float | None = None) -> i
     from slurm_scratch import cleanup, slurm
 
     now = time.time()
-    old = {found.job_id for found in cleanup.job_dirs(config, node) if found.st is None or now - found.st.st_mtime >= config.jobs.sweep_guard}
+    old = {found.job_id for found in cleanup.job_dirs(config, node, deadline) if found.st is None or now - found.st.st_mtime >= config.jobs.sweep_guard}
     if not old:
         return 0
     try:
