@@ -228,6 +228,13 @@ class Index:
         for link in ("cwd", "root", "exe"):
             self._object(f"{base}/{link}", None, mounts, link, holds)
         try:
+            threads = os.listdir(f"{base}/task")
+        except OSError:
+            threads = []
+        for tid in threads:  # a thread may have a cwd of its own (unshare(CLONE_FS))
+            if tid != pid:
+                self._object(f"{base}/task/{tid}/cwd", None, mounts, "thread cwd", holds)
+        try:
             descriptors = os.listdir(f"{base}/fd")
         except OSError:
             descriptors = []
