@@ -485,6 +485,11 @@ def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | N
                 from slurm_scratch import processes
 
                 index = processes.Index(root_fd, time.monotonic() + 60 if deadline is None else deadline)
+                index.want(  # every candidate at once: one pass over the index answers them all
+                    other.st.st_ino
+                    for other in _walk_job_dirs(config, node, root_fd, SweepReport())
+                    if other.st is not None and other.job_id not in running_jobs and now - other.st.st_mtime >= config.jobs.sweep_guard
+                )
                 if not index.complete:  # holders could be missed: leave everything for the next run
                     log.warning(f"sweep: the scan of /proc ran out of time; {found.path} and the rest are left for the next run")
                     report.unfinished = True

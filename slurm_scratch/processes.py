@@ -12,9 +12,10 @@ mountinfo first, and only objects on the volume's device are looked at. Director
 with descriptors (`..`, O_PATH), never leaving their mount; files are placed by their path inside the
 filesystem, walked down from the volume's root with O_NOFOLLOW descriptors and checked by inode.
 
-/proc is scanned once per run into an index from every ancestor directory of every held object to
-the processes holding it (`Index`), so the sweep of thousands of directories costs one scan; the
-scan stops at a deadline. Read straight from /proc rather than through psutil (10-25 ms to import,
+/proc is scanned once per run into an index of the directories held and what their parents are
+(`Index`); the directories asked about are answered together by one memoised pass up from what is
+held, so the sweep of thousands of directories costs one scan, and no depth or number of held
+directories a user chooses makes it quadratic. The scan stops at a deadline. Read straight from /proc rather than through psutil (10-25 ms to import,
 more than the rest of the Epilog). A process is signalled through a pidfd, and only when it is still
 the process the scan saw (same start time), so a PID reused in between is never hit.
 """
@@ -131,7 +132,8 @@ class Index:
         self.procs: dict[int, tuple[tuple[int, int], bytes]] = {}  # pid -> (uids, start time)
         self.namespaces: dict[str, tuple[dict, dict]] = {}  # mnt ns -> its _volume_mounts
         self.unresolved = 0
-        self._by_ancestor: dict[int, dict[int, set[str]]] | None = None
+        self._targets: set[int] = set()
+        self._by_target: dict[int, dict[int, set[str]]] | None = None
         self._anchored: dict[int, str] = {}
         self.file_parents: dict[int, int] = {}  # a file's inode (one link) -> its directory's
         self.listings: dict[str, dict[str, int]] = {}  # directory below the root -> {name: d_ino}
@@ -446,25 +448,58 @@ class Index:
 
     # ---- lookups -------------------------------------------------------------------------------
 
-    def _ancestors(self, ino: int) -> list[int]:
-        chain = [ino]
-        for _ in range(MAX_DEPTH):
-            ino = self.parents.get(ino, -1)
-            if ino < 0 or ino in chain[-2:]:
-                break
-            chain.append(ino)
-        return chain
+    def want(self, inos) -> None:
+        """Directories that holders() will be asked about (the sweep's candidates): all of them are
+        answered by one pass over what the scan found."""
+        new = set(inos) - self._targets
+        if new:
+            self._targets |= new
+            self._by_target = None
+
+    def _build(self) -> None:
+        """{target directory: {pid: what}} for every target: each held directory is walked up to the
+        nearest target above it once, with every step memoised, so the cost is linear in the
+        directories the scan learnt however deep or many they are."""
+        nearest: dict[int, int | None] = {}  # inode -> the nearest target at or above it
+
+        def nearest_of(ino: int | None) -> int | None:
+            path, found = [], None
+            for _ in range(MAX_DEPTH):
+                if ino is None:
+                    break
+                if ino in nearest:
+                    found = nearest[ino]
+                    break
+                path.append(ino)
+                if ino in self._targets:
+                    found = ino
+                    break
+                parent = self.parents.get(ino)
+                ino = parent if parent != ino else None
+            for step in path:
+                nearest[step] = found
+            return found
+
+        by_target: dict[int, dict[int, set[str]]] = {}
+        for held, pids in self.held.items():
+            target = nearest_of(held)
+            for _ in range(64):  # a job directory inside another one: both are held
+                if target is None:
+                    break
+                into = by_target.setdefault(target, {})
+                for pid, what in pids.items():
+                    into.setdefault(pid, set()).update(what)
+                parent = self.parents.get(target)
+                target = nearest_of(parent) if parent != target else None
+        self._by_target = by_target
 
     def holders(self, ino: int, uid: int) -> dict[int, set[str]]:
         """{pid: what it holds} of the processes of `uid` (real or effective) holding directory `ino`."""
-        if self._by_ancestor is None:
-            self._by_ancestor = {}
-            for held, pids in self.held.items():
-                for ancestor in self._ancestors(held):
-                    into = self._by_ancestor.setdefault(ancestor, {})
-                    for pid, what in pids.items():
-                        into.setdefault(pid, set()).update(what)
-        found = self._by_ancestor.get(ino, {})
+        self.want((ino,))
+        if self._by_target is None:
+            self._build()
+        assert self._by_target is not None
+        found = self._by_target.get(ino, {})
         return {pid: what for pid, what in found.items() if uid in self.procs[pid][0]}
 
 

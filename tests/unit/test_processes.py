@@ -47,3 +47,38 @@ def test_a_process_in_a_namespace_without_the_volume_is_skipped_at_once(monkeypa
     monkeypatch.setattr(processes, "_read", lambda path, size=65536: b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n")
     monkeypatch.setattr(processes.os, "readlink", lambda path: "mnt:[4026532000]")
     assert bare_index()._volume_mounts("7") == ({}, {})
+
+
+def learnt_index(parents: dict[int, int], held: dict[int, dict[int, set[str]]], procs: dict[int, tuple[int, int]]) -> processes.Index:
+    index = processes.Index.__new__(processes.Index)
+    index.parents, index.held = parents, held
+    index.procs = {pid: (uids, b"1") for pid, uids in procs.items()}
+    index._targets, index._by_target = set(), None
+    return index
+
+
+def test_holders_of_nested_and_deep_directories() -> None:
+    # root 1 > job dir 10 > 11 > job dir 20 (made inside by the user) > 21; job dir 30 elsewhere.
+    parents = {10: 1, 11: 10, 20: 11, 21: 20, 30: 1}
+    held = {21: {500: {"cwd"}}, 11: {501: {"fd 3"}}, 30: {502: {"exe"}, 503: {"map"}}}
+    index = learnt_index(parents, held, {500: (4201, 4201), 501: (4201, 4201), 502: (4202, 4202), 503: (0, 4201)})
+    index.want([10, 30])
+    assert index.holders(10, 4201) == {500: {"cwd"}, 501: {"fd 3"}}
+    assert index.holders(20, 4201) == {500: {"cwd"}}  # asked later: answered too
+    assert index.holders(30, 4202) == {502: {"exe"}}
+    assert index.holders(30, 4201) == {503: {"map"}}  # a setuid-style process: real uid the user's
+    assert index.holders(1, 4201) == {500: {"cwd"}, 501: {"fd 3"}, 503: {"map"}}
+    assert index.holders(99, 4201) == {}
+
+
+def test_thousands_of_held_directories_under_a_deep_chain_are_one_linear_pass() -> None:
+    # A chain 8,000 levels deep below job dir 10 and 20,000 directories held at its bottom: walking
+    # every held directory's ancestors would be 160 million steps; the memoised pass is ~30,000.
+    depth, leaves = 8000, 20000
+    parents = {10: 1}
+    parents.update({100 + level: (100 + level - 1 if level else 10) for level in range(depth)})
+    bottom = 100 + depth - 1
+    parents.update({10**6 + leaf: bottom for leaf in range(leaves)})
+    held = {10**6 + leaf: {7000 + leaf % 7: {"cwd"}} for leaf in range(leaves)}
+    index = learnt_index(parents, held, {7000 + n: (4201, 4201) for n in range(7)})
+    assert sorted(index.holders(10, 4201)) == list(range(7000, 7007))
