@@ -484,16 +484,15 @@ def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | N
             if index is None and config.jobs.kill_processes:
                 from slurm_scratch import processes
 
-                index = processes.Index(root_fd, time.monotonic() + 60 if deadline is None else deadline)
+                now_monotonic = time.monotonic()  # the scan gets half of what is left: the sweep needs the rest
+                index = processes.Index(root_fd, now_monotonic + (60 if deadline is None else max(0.0, deadline - now_monotonic) / 2))
                 index.want(  # every candidate at once: one pass over the index answers them all
                     other.st.st_ino
                     for other in _walk_job_dirs(config, node, root_fd, SweepReport())
                     if other.st is not None and other.job_id not in running_jobs and now - other.st.st_mtime >= config.jobs.sweep_guard
                 )
-                if not index.complete:  # holders could be missed: leave everything for the next run
-                    log.warning(f"sweep: the scan of /proc ran out of time; {found.path} and the rest are left for the next run")
-                    report.unfinished = True
-                    break
+                if not index.complete:  # retire anyway (or a user's processes would stop every sweep)
+                    log.warning("sweep: the scan of /proc ran out of time; processes it did not reach may survive in the trash")
             trashed = retire_entry(config, root_fd, found.parent_fd, found.name, found.path, None, found.job_id, index=index, deadline=deadline)
             if trashed is not None:
                 report.retired.append(found.path)

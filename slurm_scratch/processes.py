@@ -240,8 +240,8 @@ class Index:
             descriptors = os.listdir(f"{base}/fd")
         except OSError:
             descriptors = []
-        for count, fd in enumerate(descriptors):
-            if count % 256 == 255 and time.monotonic() > self.deadline:
+        for fd in descriptors:
+            if time.monotonic() > self.deadline:
                 self.complete = False
                 break
             mnt = _mnt_id_of(f"{base}/fdinfo/{fd}")
@@ -398,29 +398,61 @@ class Index:
         return fd
 
     def _dir_ino(self, directory: str) -> int | None:
-        """A directory's inode by its path below the volume's root (memoised, parents learnt)."""
-        if directory in self.dir_of_path:
-            return self.dir_of_path[directory]
+        """A directory's inode by its path below the volume's root; every level on the way is
+        memoised with its parent, and the walk starts at the deepest level already known (one
+        openat per new level, however deep the path)."""
         if not directory:
             return self.root_ino
-        above, _, name = directory.rpartition("/")
-        parent = self._dir_ino(above) if directory.count("/") < MAX_DEPTH else None
-        ino = None
-        if parent is not None:
-            fd = self._open_dir(directory)
-            if fd is not None:
-                try:
-                    st = os.fstat(fd)
-                    if st.st_dev == self.dev:
-                        ino = st.st_ino
-                finally:
+        if directory in self.dir_of_path:
+            return self.dir_of_path[directory]
+        names = directory.split("/")
+        if len(names) > MAX_DEPTH:
+            return None
+        known, ino = 0, self.root_ino
+        end = len(directory)
+        for level in range(len(names) - 1, 0, -1):
+            end = directory.rindex("/", 0, end)
+            if directory[:end] in self.dir_of_path:
+                known, ino = level, self.dir_of_path[directory[:end]]
+                break
+        if ino is None:
+            self.dir_of_path[directory] = None
+            return None
+        fd = self._open_dir("/".join(names[:known]))
+        prefix = "/".join(names[:known])
+        try:
+            for level in range(known, len(names)):
+                above, prefix = prefix, f"{prefix}/{names[level]}" if prefix else names[level]
+                parent, ino = ino, None
+                next_fd = None
+                if level % 64 == 63 and time.monotonic() > self.deadline:
+                    self.complete = False
+                    if fd is not None:
+                        os.close(fd)
+                    fd = None
+                if fd is not None:
+                    try:
+                        next_fd = os.open(names[level], DIR_PATH_FLAGS, dir_fd=fd)
+                    except OSError:
+                        next_fd = None
+                    if next_fd is not None and mount_table.mount_id(next_fd) != self.mnt_id:
+                        os.close(next_fd)  # covered by a mount here: never crossed, never stat'ed
+                        next_fd = None
+                        ino = self._covered_ino(above, names[level])
+                    elif next_fd is not None:
+                        st = os.fstat(next_fd)
+                        ino = st.st_ino if st.st_dev == self.dev else None
                     os.close(fd)
-            else:
-                ino = self._covered_ino(above, name)
-            if ino is not None and ino != parent:
-                self.parents.setdefault(ino, parent)
-        self.dir_of_path[directory] = ino
-        return ino
+                fd = next_fd
+                if ino is not None and ino != parent:
+                    self.parents.setdefault(ino, parent)
+                self.dir_of_path[prefix] = ino
+                if ino is None:
+                    break
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return self.dir_of_path.setdefault(directory, None)
 
     def _covered_ino(self, above: str, name: str) -> int | None:
         """The inode of `name` in directory `above` as the directory entry says (getdents' d_ino):

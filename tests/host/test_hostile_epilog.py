@@ -265,13 +265,21 @@ def test_every_kind_of_stray_process_is_ended_and_named(scratch, tmp_path) -> No
         "def away():\n"  # a thread with a cwd of its own, inside the job dir; the process's is /
         "    assert ctypes.CDLL(None).unshare(0x200) == 0; os.chdir(sys.argv[1]); print('ready', flush=True); time.sleep(600)\n"
         "threading.Thread(target=away).start()"), str(job_dir)])
-    ready(exe), ready(mapped), ready(deep), ready(thread)
+    deep_file = start(scratch, UID1, ["/usr/bin/python3", "-c", (
+        "import os, sys, time\n"
+        "os.chdir(sys.argv[1])\n"
+        "for _ in range(1500): os.mkdir('d'); os.chdir('d')\n"  # 1,500 levels, within PATH_MAX
+        "os.chdir(sys.argv[1])\n"
+        "fd = os.open('/'.join(['d'] * 1500) + '/f', os.O_CREAT | os.O_RDWR); os.chdir('/')\n"
+        "print('ready', flush=True); time.sleep(600)"), str(job_dir)])
+    ready(exe), ready(mapped), ready(deep), ready(thread), ready(deep_file)
     assert os.readlink(f"/proc/{thread.pid}/cwd") == "/"
     with pytest.raises(OSError):
         os.readlink(f"/proc/{deep.pid}/cwd")  # what the path-string scan tripped over
     result = scratch.epilog(831, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert killed(exe) and killed(mapped) and killed(deep) and killed(thread)
+    assert killed(exe) and killed(mapped) and killed(deep) and killed(thread) and killed(deep_file)
+    assert f"killed pid {deep_file.pid} (python3) of uid {UID1}: it held {job_dir} (fd 3)" in result.stderr
     assert f"killed pid {thread.pid} (python3) of uid {UID1}: it held {job_dir} (thread cwd)" in result.stderr
     assert f"killed pid {exe.pid} (mysleep) of uid {UID1}: it held {job_dir} (exe, map)" in result.stderr
     assert f"killed pid {mapped.pid} (python3) of uid {UID1}: it held {job_dir} (map)" in result.stderr
