@@ -202,8 +202,8 @@ class Index:
                 return
             try:
                 self._scan_process(pid)
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, not ours to read, or /proc said something odd
 
     def _scan_process(self, pid: str) -> None:
         owner = os.stat(f"/proc/{pid}").st_uid  # the effective uid, or root for a non-dumpable process
