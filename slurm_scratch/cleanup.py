@@ -10,6 +10,11 @@ only one runs per node at a time (a lock in /run/slurm-scratch), it stops after
 `[jobs] reaper_max_seconds`, and it exits when the trash is empty. Whatever it leaves is picked up
 by the next Epilog, health check, `slurm-scratch reap` or `sweep`. It deletes with
 `rm -rf --one-file-system`, which never follows symlinks and never crosses into another filesystem.
+
+Retiring an entry (the Epilog's job directory, or a sweep's orphan): a filesystem mounted on it or
+inside it (a user's FUSE mount) is detached lazily, by descriptor, and never stat'ed; the processes
+holding it are ended (processes.Index: one scan of /proc per run); then it is renamed. The sweep and
+the health check's housekeeping stop at a deadline and leave the rest to the next run.
 """
 
 from __future__ import annotations
