@@ -1,10 +1,10 @@
 """End a user's processes that still hold a job directory, before it is retired.
 
 What a process holds is decided by what the kernel says, never by path strings: a process holds a
-directory when that directory's inode on the scratch volume is among the ancestors of its cwd, its
-root, its executable, an open descriptor or a mapped file. So a program run from the job directory
-with its cwd elsewhere, a file mapped and then closed, a cwd deeper than PATH_MAX and a bind mount of
-the directory in the process's own namespace are all seen.
+directory when that directory's inode on the scratch volume is among the ancestors of its cwd (or a
+thread's), its root, its executable, an open descriptor or a mapped file. So a program run from the
+job directory with its cwd elsewhere, a file mapped and then closed, a cwd deeper than PATH_MAX and
+a bind mount of the directory in the process's own namespace are all seen.
 
 Objects on other filesystems are skipped without ever being stat'ed (a stat on a FUSE file asks its
 daemon, which a user can stop): their mount id (fdinfo's mnt_id) is looked up in the process's own
