@@ -255,8 +255,22 @@ def _lock(wait_seconds: float) -> int | None:
             time.sleep(0.05)
 
 
+# Made in the trash by a running Prolog (a level or job directory before it is renamed into place)
+# or health check (its probe file), named PREFIX...PID.NANOSECONDS.
+TEMPORARY_PREFIXES = ("level.", "new.", ".health-probe.")
+
+
+def _in_use(entry: str) -> bool:
+    """A temporary whose process is still at work on it (a crashed one's is deleted like the rest)."""
+    if not entry.startswith(TEMPORARY_PREFIXES):
+        return False
+    parts = entry.rsplit(".", 2)
+    return len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and os.path.exists(f"/proc/{parts[1]}")
+
+
 def trash_entries(config: Config) -> list[str]:
-    """Names in the trash (none when the volume is not mounted or has no trash yet)."""
+    """Names in the trash (none when the volume is not mounted or has no trash yet), but for the
+    temporaries of a Prolog or health check still at work on them."""
     from slurm_scratch import jobdir
 
     try:
@@ -268,7 +282,7 @@ def trash_entries(config: Config) -> list[str]:
         if trash_fd is None:
             return []
         try:
-            return sorted(os.listdir(trash_fd))
+            return sorted(entry for entry in os.listdir(trash_fd) if not _in_use(entry))
         finally:
             os.close(trash_fd)
     finally:
