@@ -325,3 +325,24 @@ def _group_exists(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_the_reaper_leaves_a_running_prologs_temporaries_alone(scratch) -> None:
+    # The Prolog makes a level or job directory in the trash and renames it into place; a reaper
+    # deleting it meanwhile made the Prolog give up. A crashed Prolog's temporary is deleted.
+    assert scratch.prolog(371).returncode == 0
+    dead = _a_dead_pid()
+    live = [f"level.{os.getpid()}.1", f"new.job_9.{os.getpid()}.2", f".health-probe.{os.getpid()}.3"]
+    for name in [*live, f"level.{dead}.4"]:
+        (scratch.trash / name).mkdir()
+    reaped = scratch.cli("reap")
+    assert reaped.returncode == 0 and reaped.stdout == "reaped 1 trash entry\n", reaped.stderr
+    assert sorted(scratch.trash_entries()) == sorted(live)
+    for name in live:
+        (scratch.trash / name).rmdir()
+
+
+def _a_dead_pid() -> int:
+    process = subprocess.Popen(["/bin/true"])
+    process.wait()
+    return process.pid
