@@ -28,6 +28,7 @@ ADDRESS = "127.0.0.1"
 HOOKS = node.SOURCE / "hooks"
 TOOL_CONF = Path("/etc/slurm-scratch/slurm-scratch.conf")  # what hooks without SLURM_SCRATCH_CONF read
 HEALTH_LOCK = Path("/run/slurm-scratch/health.lock")  # health.LOCK_FILE
+HOUSEKEEPING_LOCK = Path("/run/slurm-scratch/housekeeping.lock")  # health.HOUSEKEEPING_LOCK
 MUNGE_KEY = Path("/etc/munge/munge.key")  # made by munge's postinst in the image
 MUNGE_RUN = Path("/run/munge")
 HEALTH_INTERVAL_S = 5
@@ -298,8 +299,9 @@ class SlurmNode:
 
     @staticmethod
     def health_checks_paused():
-        """Hold the tool's health-check lock: a check that starts meanwhile prints "skipped"
-        and touches nothing; waits (bounded) for one that is running."""
+        """Hold the tool's health-check and housekeeping locks: a check that starts meanwhile
+        waits for them (bounded) and touches nothing until they are let go; waits (bounded) for
+        a check or housekeeping that is running."""
         return _HealthLock()
 
     # -- clients -----------------------------------------------------------------------------
@@ -369,23 +371,31 @@ class SlurmNode:
 class _HealthLock:
     def __init__(self, timeout_s: float = 60) -> None:
         self.timeout_s = timeout_s
-        self.fd = -1
+        self.fds: list[int] = []
 
     def __enter__(self) -> None:
         HEALTH_LOCK.parent.mkdir(mode=0o755, exist_ok=True)
-        self.fd = os.open(HEALTH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            for path in (HEALTH_LOCK, HOUSEKEEPING_LOCK):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self.fds.append(fd)
 
-        def locked() -> bool:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
+                def locked(fd: int = fd) -> bool:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return True
+                    except BlockingIOError:
+                        return False
 
-        poll("the running health check to finish", locked, self.timeout_s, 0.1)
+                poll(f"the running health check to let go of {path}", locked, self.timeout_s, 0.1)
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 def parse_record(line: str) -> dict[str, str]:
