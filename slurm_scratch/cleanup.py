@@ -27,32 +27,7 @@ import time
 from slurm_scratch import log
 from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
-
-TRASH_NAME = ".slurm-scratch-trash"
-RUN_DIR = "/run/slurm-scratch"
-REAPER_LOCK = f"{RUN_DIR}/reaper.lock"
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def open_trash(root_fd: int, mount_point: str, create: bool) -> int | None:
-    """The trash directory's descriptor; refuses one that is not root's own 0700 directory."""
-    if create:
-        try:
-            os.mkdir(TRASH_NAME, 0o700, dir_fd=root_fd)
-        except FileExistsError:
-            pass
-    try:
-        fd = os.open(TRASH_NAME, DIR_FLAGS, dir_fd=root_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not a directory ({exc.strerror}): remove it by hand") from None
-    st = os.fstat(fd)
-    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
-        os.close(fd)
-        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not root's private directory (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): remove it by hand")
-    return fd
-
+from slurm_scratch.layout import DIR_FLAGS, NOT_JOB_DIRS, REAPER_LOCK, TEMPORARY_PREFIXES, TRASH_NAME, open_root, open_trash
 
 def _detach_submounts(dir_fd: int, volume_mnt: int | None, path: str, say) -> None:
     """Lazily detach mounts inside the directory (a user's FUSE mount deeper down), each opened by
@@ -236,30 +211,6 @@ def _rm_argv(target: str) -> list[str]:
         return rm
 
 
-def _lock(wait_seconds: float) -> int | None:
-    """The reaper lock's descriptor (an exclusive flock), or None if another reaper kept it that long.
-    A plain flock, compatible with filelock's FileLock on the same file."""
-    import fcntl
-
-    deadline = time.monotonic() + wait_seconds
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    fd = os.open(REAPER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
-
-
-# Made in the trash by a running Prolog (a level or job directory before it is renamed into place)
-# or health check (its probe file), named PREFIX...PID.NANOSECONDS.
-TEMPORARY_PREFIXES = ("level.", "new.", ".health-probe.")
-
-
 def _in_use(entry: str) -> bool:
     """A temporary whose process is still at work on it (a crashed one's is deleted like the rest)."""
     if not entry.startswith(TEMPORARY_PREFIXES):
@@ -271,11 +222,11 @@ def _in_use(entry: str) -> bool:
 def trash_entries(config: Config) -> list[str]:
     """Names in the trash (none when the volume is not mounted or has no trash yet), but for the
     temporaries of a Prolog or health check still at work on them."""
-    from slurm_scratch import jobdir
+    from slurm_scratch.layout import VolumeNotMounted
 
     try:
-        root_fd = jobdir.open_mount_point(config)
-    except jobdir.VolumeNotMounted:
+        root_fd = open_root(config.volume.mount_point)
+    except VolumeNotMounted:
         return []
     try:
         trash_fd = open_trash(root_fd, config.volume.mount_point, create=False)
@@ -297,7 +248,7 @@ def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
     An entry that cannot be deleted (say, another filesystem is mounted inside it) is logged and
     skipped for the rest of this run; it does not hold up the others.
     """
-    from slurm_scratch import run
+    from slurm_scratch import locks, run
 
     budget = config.jobs.reaper_max_seconds if max_seconds is None else max_seconds
     deadline = time.monotonic() + budget
@@ -308,7 +259,7 @@ def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
         return [entry for entry in trash_entries(config) if entry not in failed]
 
     while True:
-        lock_fd = _lock(max(0.0, deadline - time.monotonic()) if wait else 0.0)
+        lock_fd = locks.acquire(REAPER_LOCK, max(0.0, deadline - time.monotonic()) if wait else 0.0)
         if lock_fd is None:
             return deleted
         try:
@@ -406,7 +357,7 @@ def _walk_level(root_fd, dir_fd, path, patterns, report, user):
     last_level = len(patterns) == 1
     for name in sorted(os.listdir(dir_fd)):
         entry_path = f"{path}/{name}"
-        if dir_fd == root_fd and name in (TRASH_NAME, "lost+found"):
+        if dir_fd == root_fd and name in NOT_JOB_DIRS:
             continue
         match = patterns[0].match(name)
         if match is None:
@@ -448,10 +399,8 @@ def _walk_level(root_fd, dir_fd, path, patterns, report, user):
 def job_dirs(config: Config, node: str, deadline: float | None = None) -> list[JobDir]:
     """The job directories on the volume (their parent_fd no longer valid), without touching any;
     those found by `deadline` (time.monotonic()) when there is one."""
-    from slurm_scratch import jobdir
-
     found = []
-    root_fd = jobdir.open_mount_point(config)
+    root_fd = open_root(config.volume.mount_point)
     try:
         for entry in _walk_job_dirs(config, node, root_fd, SweepReport()):
             found.append(entry)
@@ -470,12 +419,10 @@ def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | N
     `unattributed` and left alone. /proc is scanned once for the whole sweep (processes.Index), and
     the sweep stops at `deadline` (time.monotonic()) with report.unfinished set.
     """
-    from slurm_scratch import jobdir
-
     report = SweepReport()
     now = time.time()
     index = None
-    root_fd = jobdir.open_mount_point(config)
+    root_fd = open_root(config.volume.mount_point)
     try:
         for found in _walk_job_dirs(config, node, root_fd, report):
             if deadline is not None and time.monotonic() >= deadline:

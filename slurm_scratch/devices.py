@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from slurm_scratch import log, run
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.errors import ScratchError
-from slurm_scratch.volume import MARKER_NAME
+from slurm_scratch.layout import MARKER_NAME
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
 AWS_NEVER = ("Amazon Elastic Block Store",)

@@ -41,13 +41,13 @@ from __future__ import annotations
 import os
 import time
 
+from slurm_scratch.layout import HEALTH_STATE as STATE_FILE
+from slurm_scratch.layout import HOOK_FINDING as HOOK_FILE
+from slurm_scratch.layout import RELEASED_HOOK_FINDING as RELEASED_HOOK_FILE
 from slurm_scratch.record import Record
 from slurm_scratch.slurm import NodeState
-
-RUN_DIR = "/run/slurm-scratch"
-STATE_FILE = f"{RUN_DIR}/health.state"
-HOOK_FILE = f"{RUN_DIR}/hook-finding"
-RELEASED_HOOK_FILE = f"{RUN_DIR}/prolog-finding"  # what the released version wrote (read, never written)
+from slurm_scratch.statefile import one_line as _one_line
+from slurm_scratch.statefile import read_fields, write_fields
 PROLOG_FILE = HOOK_FILE  # the former name, for callers and tests of the released version
 CONFIRM_SECONDS = 300.0
 # A hook finding stays pending this long even when Slurm does not (yet) show "Prolog error" or
@@ -129,37 +129,6 @@ def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool
 
 
 # ---- local memory ---------------------------------------------------------------------------
-
-
-def read_fields(path: str) -> dict[str, str] | None:
-    """A small `key=value` per line state file (None when there is none); cheaper than JSON."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            text = stream.read()
-    except FileNotFoundError:
-        return None
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value
-    return fields
-
-
-def write_fields(path: str, fields: dict[str, object]) -> None:
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    text = "".join(f"{key}={_one_line(str(value))}\n" for key, value in fields.items())
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode("utf-8", errors="replace"))
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _float(value: str | None) -> float:

@@ -76,21 +76,17 @@ import os
 import time
 
 from slurm_scratch import log, mounts, timed
-from slurm_scratch.cleanup import RUN_DIR, TRASH_NAME
 from slurm_scratch.config import Config
 from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
+from slurm_scratch.layout import HEALTH_LOCK as LOCK_FILE
+from slurm_scratch.layout import HOUSEKEEPING_LOCK, NOT_JOB_DIRS, PROBE_PREFIX, RUN_DIR, TRASH_NAME
+from slurm_scratch.layout import PROBE_STUCK as STUCK_FILE
+from slurm_scratch.layout import VOLUME_RECORD as RECORD_FILE
+from slurm_scratch.layout import VOLUME_RECORD_CACHE as RECORD_CACHE
 from slurm_scratch.record import Record
 
-LOCK_FILE = f"{RUN_DIR}/health.lock"
-HOUSEKEEPING_LOCK = f"{RUN_DIR}/housekeeping.lock"
 LOCK_SLACK_SECONDS = 5.0  # over the holder's bound: process start, imports, /proc and /sys reads
-LOCK_POLL_SECONDS = 0.05
-STUCK_FILE = f"{RUN_DIR}/probe-stuck"
-RECORD_FILE = "/var/lib/slurm-scratch/volume.json"  # volume.state.STATE_FILE (importing it imports json)
-RECORD_CACHE = f"{RUN_DIR}/volume-record.cache"
-PROBE_PREFIX = ".health-probe."
 PROBE_SIZE = 4096
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Which problem names the drain reason when there are several (lower first).
 _RANK = {"mount": 0, "writable": 1, "layers": 2, "hung": 3, "statvfs": 4, "probe": 5, "errors": 6}
@@ -150,14 +146,14 @@ def _recorded(config: Config) -> dict | None:
     What the checks need of it is cached in /run/slurm-scratch as key=value lines, keyed by the
     record's inode, size and mtime: parsing JSON costs ~10 ms of imports on every health check.
     """
-    from slurm_scratch import drain
+    from slurm_scratch import statefile
 
     try:
         st = os.stat(RECORD_FILE)
     except FileNotFoundError:
         return None
     key = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    cached = drain.read_fields(RECORD_CACHE)
+    cached = statefile.read_fields(RECORD_CACHE)
     if cached is not None and cached.get("key") == key:
         record: dict | None = {name: cached.get(name, "") for name in _CACHED_KEYS}
         record["members"] = [path for path in cached.get("members", "").split(",") if path]  # type: ignore[index]
@@ -168,7 +164,7 @@ def _recorded(config: Config) -> dict | None:
             _, _, members = expected_volume(config, record)
             fields["members"] = ",".join(members or [])
             try:
-                drain.write_fields(RECORD_CACHE, fields)
+                statefile.write_fields(RECORD_CACHE, fields)
             except OSError as exc:
                 log.warning(f"healthcheck: cannot cache the volume record in {RECORD_CACHE}: {exc.strerror}")
     if record is None or (record.get("mount_point") or config.volume.mount_point) != config.volume.mount_point:
@@ -268,16 +264,15 @@ def space_findings(config: Config, numbers: str) -> list[Finding]:
 
 def _probe_work(mount_point: str):
     def work() -> str:
-        from slurm_scratch.cleanup import open_trash
+        from slurm_scratch.layout import VolumeNotMounted, open_root, open_trash
 
         step = "open"
         started = time.monotonic()
         try:
-            root_fd = os.open(mount_point, DIR_FLAGS)
-            # Unmounted since mountinfo was read: do not write to the directory below it. (Not
-            # compared with mountinfo's device: btrfs subvolumes have devices of their own.)
-            if os.fstat(root_fd).st_dev == os.stat(os.path.dirname(mount_point)).st_dev:
-                raise ScratchError(f"{mount_point} is no longer a mounted filesystem")
+            try:  # unmounted since mountinfo was read: do not write to the directory below it
+                root_fd = open_root(mount_point, f"{mount_point} is no longer a mounted filesystem", consult_mountinfo=False)
+            except VolumeNotMounted as exc:
+                raise ScratchError(str(exc)) from None
             step = "trash dir"
             trash_fd = open_trash(root_fd, mount_point, create=True)
             assert trash_fd is not None
@@ -527,7 +522,7 @@ def housekeeping(config: Config, node: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     mount_point = config.volume.mount_point
     try:
-        entries = [name for name in os.listdir(mount_point) if name not in (TRASH_NAME, "lost+found")]
+        entries = [name for name in os.listdir(mount_point) if name not in NOT_JOB_DIRS]
         if entries:
             swept = sweep_orphans(config, node, deadline)
             if swept:
@@ -558,26 +553,6 @@ def record_hook_finding(config: Config | None, finding: str, hook: str | None = 
 
 
 record_prolog_finding = record_hook_finding  # the name the Prolog and Epilog call
-
-
-def _lock(path: str = LOCK_FILE, wait: float = 0.0):
-    """The flock on `path` (a descriptor), waiting at most `wait` seconds; None when another
-    process still holds it then."""
-    import fcntl
-
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.close(fd)
-                return None
-            time.sleep(min(LOCK_POLL_SECONDS, remaining))
 
 
 def checks_bound(config: Config) -> float:
@@ -619,13 +594,13 @@ def _check_and_print(config: Config, repair: bool) -> list[Finding]:
 def main(config: Config, node: str, report_only: bool = False) -> int:
     """`report_only`: check and print, never wait for another health check, never drain, resume,
     repair or clean up (for NHC or cron)."""
-    from slurm_scratch import drain
+    from slurm_scratch import drain, locks
 
     timer = log.Timer()
     if report_only:
         return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
     wait = lock_wait_bound(config)
-    lock_fd = _lock(LOCK_FILE, wait)
+    lock_fd = locks.acquire(LOCK_FILE, wait)
     if lock_fd is None:
         log.warning(f"healthcheck: another health check has held {LOCK_FILE} for over {wait:g} s: checking and reporting only")
         return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
@@ -638,7 +613,7 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
     finally:
         os.close(lock_fd)
     if not problems and config.health.housekeeping_seconds > 0:
-        housekeeping_fd = _lock(HOUSEKEEPING_LOCK)
+        housekeeping_fd = locks.acquire(HOUSEKEEPING_LOCK)
         if housekeeping_fd is None:
             log.info("healthcheck: another health check is doing the housekeeping; skipped")
         else:

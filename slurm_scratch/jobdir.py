@@ -13,20 +13,13 @@ import stat
 import time
 
 from slurm_scratch import log, mounts
-from slurm_scratch.cleanup import TRASH_NAME
 from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.job import JobContext
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # opens nothing: no FIFO, device or FUSE call
+from slurm_scratch.layout import DIR_FLAGS, LEVEL_PREFIX, NEW_PREFIX, PATH_FLAGS, SQUATTED_PREFIX, TRASH_NAME, VolumeNotMounted, open_root
 INTERMEDIATE_MODE = 0o755
 MAX_ATTEMPTS = 16  # re-decisions when a name changes under the Prolog (a racing user or Prolog)
 MAX_MOUNTS = 1024  # filesystems a user may have stacked on one name (fuse.conf's mount_max is 1000)
-
-
-class VolumeNotMounted(ScratchError):
-    pass
 
 
 class VolumeHung(ScratchError):
@@ -61,21 +54,7 @@ def job_dir_path(config: Config, job: JobContext) -> str:
 
 def open_mount_point(config: Config) -> int:
     """A descriptor of the mounted volume's root; VolumeNotMounted when nothing is mounted there."""
-    mount_point = config.volume.mount_point
-    refusal = f"{mount_point} is not a mounted filesystem: refusing to create job directories on the disk below it"
-    if mounts.find_mount(mount_point) is None:
-        raise VolumeNotMounted(refusal)
-    try:
-        fd = os.open(mount_point, DIR_FLAGS)
-    except FileNotFoundError:
-        raise VolumeNotMounted(refusal) from None
-    # The descriptor pins what we opened; it must be the root of a filesystem other than its
-    # parent's (as `mountpoint` judges), not the directory below a volume unmounted a moment ago.
-    st, parent = os.fstat(fd), os.stat("..", dir_fd=fd)
-    if st.st_dev == parent.st_dev and st.st_ino != parent.st_ino:
-        os.close(fd)
-        raise VolumeNotMounted(refusal)
-    return fd
+    return open_root(config.volume.mount_point)
 
 
 def _open_intermediate(parent_fd: int, name: str, path: str, create: bool, place: _Place | None = None) -> int | None:
@@ -205,7 +184,7 @@ class _Place:
     def new_dir(self, prefix: str, uid: int, gid: int, mode: int) -> tuple[str, int]:
         """A new directory in the trash (root 0700: no user can see or race it), owned and moded as
         asked: its name there and a descriptor."""
-        name = f"{prefix}.{os.getpid()}.{time.time_ns()}"
+        name = f"{prefix}{os.getpid()}.{time.time_ns()}"
         os.mkdir(name, 0o700, dir_fd=self.trash_fd)
         fd = os.open(name, DIR_FLAGS, dir_fd=self.trash_fd)
         try:
@@ -234,7 +213,7 @@ class _Place:
             moved = os.stat(new, dir_fd=self.trash_fd, follow_symlinks=False)
         except FileNotFoundError:
             moved = st
-        target = f"squatted.{name[:160]}.{time.time_ns()}"
+        target = f"{SQUATTED_PREFIX}{name[:160]}.{time.time_ns()}"
         os.rename(new, target, src_dir_fd=self.trash_fd, dst_dir_fd=self.trash_fd)
         self.notes.append(f"moved aside {path}: {_describe(moved)} of uid {moved.st_uid} (not followed), now {TRASH_NAME}/{target}")
         return True
@@ -259,7 +238,7 @@ class _Place:
                     finally:
                         os.close(found[0])
                 if new is None:
-                    new = self.new_dir("level", 0, 0, INTERMEDIATE_MODE)
+                    new = self.new_dir(LEVEL_PREFIX, 0, 0, INTERMEDIATE_MODE)
                 if self.swap_in(new[0], parent_fd, name, path, st):
                     fd, new = new[1], None
                     return fd
@@ -329,7 +308,7 @@ def _make_trash(place: _Place) -> int:
             os.close(fd)
             os.rmdir(new, dir_fd=root_fd)
             continue
-        target = f"squatted.{TRASH_NAME}.{time.time_ns()}"
+        target = f"{SQUATTED_PREFIX}{TRASH_NAME}.{time.time_ns()}"
         try:
             os.rename(new, target, src_dir_fd=root_fd, dst_dir_fd=fd)
             place.notes.append(f"moved aside {path}: {_describe(st)} of uid {st.st_uid} (not followed), now {TRASH_NAME}/{target}")
@@ -367,7 +346,7 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
                 finally:
                     os.close(found[0])
             if new is None:
-                new = place.new_dir(f"new.{name[:160]}", job.uid, job.gid, mode)
+                new = place.new_dir(f"{NEW_PREFIX}{name[:160]}.", job.uid, job.gid, mode)
             if place.swap_in(new[0], parent_fd, name, path, st):
                 os.close(new[1])
                 new = None

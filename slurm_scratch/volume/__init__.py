@@ -18,7 +18,7 @@ from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
 
 # Our mark in the filesystem's root: root's 0600 file holding the filesystem's UUID (devices.py
 # reads it to tell our volume from one that merely has our label; apply.py writes it).
-MARKER_NAME = ".slurm-scratch-volume"
+from slurm_scratch.layout import MARKER_NAME  # noqa: E402
 
 
 def recorded() -> dict | None:
@@ -31,7 +31,7 @@ def recorded() -> dict | None:
 def _mounted_as_recorded(volume: VolumeConfig) -> bool:
     """Fast path: mounted from the device setup recorded, trash and mode in place (no udev, no tools)."""
     from slurm_scratch import mounts
-    from slurm_scratch.cleanup import TRASH_NAME
+    from slurm_scratch.layout import TRASH_NAME
     from slurm_scratch.volume import state
 
     data = state.read()
@@ -76,26 +76,21 @@ def setup(config: Config, dry_run: bool = False):
         return make_plan(volume)[2]
     if os.geteuid() != 0:
         raise ScratchError("setup must run as root (it probes, formats and mounts disks); --dry-run shows the plan")
-    import filelock
+    from slurm_scratch import locks
+    from slurm_scratch.layout import SETUP_LOCK
 
-    from slurm_scratch.volume import state
-
-    os.makedirs(state.RUN_DIR, mode=0o755, exist_ok=True)
     wait = max(volume.command_timeout * 4, 60.0)
-    lock = filelock.FileLock(state.LOCK_FILE)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        log.info(f"setup: another setup holds {state.LOCK_FILE}; waiting for it (at most {wait:g} s)")
-        try:
-            lock.acquire(timeout=wait)
-        except filelock.Timeout:
-            raise ScratchError(f"{state.LOCK_FILE}: another setup held the lock for more than {wait:g} s") from None
+    lock_fd = locks.acquire(SETUP_LOCK)
+    if lock_fd is None:
+        log.info(f"setup: another setup holds {SETUP_LOCK}; waiting for it (at most {wait:g} s)")
+        lock_fd = locks.acquire(SETUP_LOCK, wait)
+        if lock_fd is None:
+            raise ScratchError(f"{SETUP_LOCK}: another setup held the lock for more than {wait:g} s")
     try:
         log.info("setup: holding the setup lock", ms=timer.ms())
         return _plan_and_apply(volume)
     finally:
-        lock.release()
+        os.close(lock_fd)
 
 
 def _plan_and_apply(volume: VolumeConfig):

@@ -11,9 +11,9 @@ import stat
 import time
 
 from slurm_scratch import log, run
-from slurm_scratch.cleanup import DIR_FLAGS, open_trash
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import MARKER_NAME, Disk, probe_signature
+from slurm_scratch.devices import Disk, probe_signature
+from slurm_scratch.layout import DIR_FLAGS, MARKER_NAME, SQUATTED_PREFIX, open_trash
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.volume import state
 from slurm_scratch.volume.plan import Plan, Step
@@ -141,7 +141,7 @@ def mark(mount_point: str, timeout: float) -> str:
             if trash_fd is None:
                 raise
             try:
-                aside = f"squatted{MARKER_NAME}.{time.time_ns()}"
+                aside = f"{SQUATTED_PREFIX[:-1]}{MARKER_NAME}.{time.time_ns()}"
                 os.rename(MARKER_NAME, aside, src_dir_fd=root_fd, dst_dir_fd=trash_fd)
             finally:
                 os.close(trash_fd)

@@ -14,9 +14,9 @@ import stat
 from dataclasses import dataclass
 
 from slurm_scratch import log, mounts, run
-from slurm_scratch.cleanup import TRASH_NAME
+from slurm_scratch.layout import MARKER_NAME, TRASH_NAME
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import MARKER_NAME, Discovery, Signature, parse_blkid_export, probe_signature
+from slurm_scratch.devices import Discovery, Signature, parse_blkid_export, probe_signature
 
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import MARKER_NAME, TAG, Candidate, Discovery, Disk
+from slurm_scratch.layout import MARKER_NAME, TRASH_NAME, VOLUME_RECORD
+from slurm_scratch.devices import TAG, Candidate, Discovery, Disk
 from slurm_scratch.volume.observe import Observed
 
 BACKENDS = ("lvm", "mdadm", "single", "btrfs")
@@ -156,10 +157,10 @@ def _mount_steps(volume: VolumeConfig, device: str, fstype: str) -> list[Step]:
     return [
         Step("mkdir", (mp,), f"mkdir -p {mp}"),
         Step("mount", mount, " ".join(mount)),
-        Step("trash", (mp,), f"mkdir -m 0700 {mp}/.slurm-scratch-trash"),
+        Step("trash", (mp,), f"mkdir -m 0700 {mp}/{TRASH_NAME}"),
         _mark_step(mp),
         Step("chmod", (mp, volume.mount_mode), f"chmod {volume.mount_mode:04o} {mp}"),
-        Step("record", ("ready",), "record the volume in /var/lib/slurm-scratch/volume.json"),
+        Step("record", ("ready",), f"record the volume in {VOLUME_RECORD}"),
     ]
 
 
@@ -179,7 +180,7 @@ def _wipe_steps(candidates: list[Candidate]) -> list[Step]:
 
 
 def _record_building() -> Step:
-    return Step("record", ("building",), "record the member disks in /var/lib/slurm-scratch/volume.json (building)")
+    return Step("record", ("building",), f"record the member disks in {VOLUME_RECORD} (building)")
 
 
 def _no_disks(discovery: Discovery) -> str:
@@ -224,7 +225,7 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
             "volume: unmount it, or set [volume] mount_point elsewhere"))
     steps = []
     if not mount.trash_ok:
-        steps.append(Step("trash", (volume.mount_point,), f"mkdir -m 0700 {volume.mount_point}/.slurm-scratch-trash"))
+        steps.append(Step("trash", (volume.mount_point,), f"mkdir -m 0700 {volume.mount_point}/{TRASH_NAME}"))
     if not mount.marked:
         steps.append(_mark_step(volume.mount_point))
     if observed.vg is not None and TAG not in observed.vg.tags and mount.devnum in {devnum for _, devnum in observed.device_devnums}:
@@ -233,7 +234,7 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
         steps.append(Step("chmod", (volume.mount_point, volume.mount_mode), f"chmod {volume.mount_mode:04o} {volume.mount_point}"))
     recorded = observed.recorded or {}
     if recorded.get("status") != "ready" or recorded.get("mount_source") != mount.source or steps:
-        steps.append(Step("record", ("ready",), "record the volume in /var/lib/slurm-scratch/volume.json"))
+        steps.append(Step("record", ("ready",), f"record the volume in {VOLUME_RECORD}"))
     return Plan(backend, "mounted", device=mount.source, fstype=mount.fstype, steps=tuple(steps), members=members)
 
 

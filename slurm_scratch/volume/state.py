@@ -13,10 +13,9 @@ import json
 import os
 import time
 
-STATE_DIR = "/var/lib/slurm-scratch"
-STATE_FILE = f"{STATE_DIR}/volume.json"
-RUN_DIR = "/run/slurm-scratch"
-LOCK_FILE = f"{RUN_DIR}/setup.lock"
+from slurm_scratch.layout import SETUP_LOCK as LOCK_FILE  # noqa: F401
+from slurm_scratch.layout import STATE_DIR
+from slurm_scratch.layout import VOLUME_RECORD as STATE_FILE
 VERSION = 1
 
 

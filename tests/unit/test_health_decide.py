@@ -82,7 +82,6 @@ def test_hook_finding_is_handled_only_where_a_hook_error_was_replaced_or_resumed
 
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(drain, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(drain, "HOOK_FILE", str(tmp_path / "hook-finding"))
     monkeypatch.setattr(drain, "RELEASED_HOOK_FILE", str(tmp_path / "prolog-finding"))
     return tmp_path
