@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from scratchtest.kernel import LoopFactory, sh  # noqa: E402
-from scratchtest.sandbox import Sandbox  # noqa: E402
+from lab.kernel import LoopFactory, sh  # noqa: E402
+from lab.sandbox import Sandbox  # noqa: E402
 
 USER, GROUP = "nobody", "nogroup"
 TRASH = ".slurm-scratch-trash"

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from scratchtest.sandbox import Sandbox  # noqa: E402
+sys.path.insert(0, str(REPO))
+from lab.sandbox import Sandbox  # noqa: E402
 TOOLS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 

@@ -2,7 +2,7 @@
 """`make demo`: the whole slurm-scratch story, narrated with timings, on one machine.
 
 A real Slurm cluster (munge, slurmctld, two slurmd, each node in its own network, UTS, PID and
-mount namespaces: tests/cluster/harness.py) whose nodes each get two emulated local NVMe disks
+mount namespaces: lab/cluster.py) whose nodes each get two emulated local NVMe disks
 (sparse files on loop devices). Each node's boot-time `slurm-scratch setup` finds the disks and
 stripes them into one volume at /scratch. This kernel has no device-mapper or md, so the demo
 stripes with the `btrfs` backend (btrfs raid0 data); LVM and mdadm striping, on disks that carry
@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
-from cluster.harness import Cluster, wait_for  # noqa: E402
-from scratchtest.sandbox import Sandbox  # noqa: E402
+from lab.cluster import Cluster, wait_for  # noqa: E402
+from lab.sandbox import Sandbox  # noqa: E402
 
 HEALTH_INTERVAL = 5
 SETTINGS = {

@@ -2,7 +2,7 @@
 # Entrypoint of the docker-compose cluster's containers (docker-compose.yml), one role each:
 #   keygen      make the cluster's munge key in the shared volume, once, then exit
 #   controller  munged + slurmctld
-#   node        munged, then the node's boot: node_bootstrap.py attaches the emulated NVMe disks
+#   node        munged, then the node's boot: lab/node_boot.py attaches the emulated NVMe disks
 #               (sparse files on loop devices), writes slurm-scratch.conf and runs
 #               `slurm-scratch setup` (as the systemd unit does before slurmd), then slurmd.
 #               On stop (SIGTERM from `docker compose stop/down`): slurmd ends, /scratch is
@@ -11,7 +11,7 @@ set -euo pipefail
 
 KEY_DIR=/etc/munge-key                 # the shared named volume
 KEY="$KEY_DIR/munge.key"
-BOOTSTRAP=/usr/local/lib/slurm-scratch-docker/node_bootstrap.py
+BOOTSTRAP=/usr/local/lib/slurm-scratch-docker/lab/node_boot.py
 BASE_CONF=/usr/local/share/slurm-scratch-docker/slurm-scratch.conf
 DISK_DIR=/var/lib/scratch-disks        # a per-node named volume: the disks survive a restart
 READY=/run/slurm-scratch-docker/ready
@@ -94,7 +94,7 @@ node() {
   local waited=0
   until [ -e "$READY" ]; do  # mkfs on sparse files takes seconds; bounded all the same
     if ! kill -0 "$bootstrap_pid" 2> /dev/null; then
-      say "node_bootstrap.py failed"; stop_munged; exit 1
+      say "node_boot.py failed"; stop_munged; exit 1
     fi
     [ "$waited" -lt 3000 ] || { say "no /scratch after 300 s"; stop_node 1; }
     sleep 0.1; waited=$((waited + 1))

@@ -29,7 +29,6 @@ hostname, command, privileged, depends_on conditions); anything else is ignored.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -45,9 +44,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path("/var/cache/slurm-scratch-tests")
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+sys.path.insert(0, str(REPO))
+from lab.process import LabError, TOOL_PATH, die_with_parent, process_alive, run, wait_for  # noqa: E402
+from lab.rootfs import CACHE, archive_uri  # noqa: E402
+
 DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SUBNET = "10.78.0"
 BRIDGE = "br0"
@@ -56,44 +56,8 @@ BASIC_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PASSED_ENV = ("PIP_", "SSL_CERT", "REQUESTS_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy",
               "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class RehearsalError(RuntimeError):
-    pass
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,
-        env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, cwd="/",
-                          input=input, env=env or {"PATH": TOOL_PATH, "LANG": "C.UTF-8"})
-    if check and proc.returncode != 0:
-        raise RehearsalError(f"{shlex.join(argv)} exited {proc.returncode}: "
-                             f"{(proc.stderr.strip() or proc.stdout.strip())[-3000:]}")
-    return proc
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise RehearsalError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+# The lab's one error type (lab.process.LabError): a failed command or wait raises it too.
+RehearsalError = LabError
 
 
 # ---------------------------------------------------------------------- the Dockerfile
@@ -112,13 +76,6 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     if pending:
         raise RehearsalError(f"{path} ends with a line continuation")
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
-
-
-def archive_uri() -> str:
-    for line in SOURCES.read_text().splitlines():
-        if line.startswith("URIs:"):
-            return line.split()[1]
-    raise RehearsalError(f"{SOURCES}: no URIs: line")
 
 
 # A RUN step's namespaces: a private /proc, a /dev with only the basic devices, /sys read-only,
@@ -397,7 +354,7 @@ class Container:
                 if not volume.exists():
                     volume.mkdir(parents=True)
                     if inside.is_dir():  # a new named volume starts as a copy of the image's
-                        run(["cp", "-a", f"{inside}/.", str(volume)])
+                        run(["cp", "-a", f"{inside}/.", str(volume)], timeout=120)
                 source_path = volume
             else:
                 source_path = (REPO / source).resolve()
@@ -431,7 +388,7 @@ class Container:
              str(Path(__file__).resolve()), "init", str(self.root), self.hostname, "--",
              *self.argv],
             stdin=subprocess.PIPE, stdout=log, stderr=log, cwd="/", env=env,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
         def init_pid():
@@ -551,7 +508,7 @@ class Compose:
              f"ip link add {BRIDGE} type bridge && ip addr add {SUBNET}.1/24 dev {BRIDGE} && "
              f"ip link set {BRIDGE} up && ip link set lo up && echo up && exec sleep 86400"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/",
-            env={"PATH": TOOL_PATH}, start_new_session=True, preexec_fn=_die_with_parent)
+            env={"PATH": TOOL_PATH}, start_new_session=True, preexec_fn=die_with_parent)
         if self.network.stdout.readline().strip() != "up":
             raise RehearsalError("could not make the bridge")
         for name in names:

@@ -1,5 +1,5 @@
 """Shared test set-up. As root, the whole pytest process first moves into a private sandbox
-(scratchtest/sandbox.py): a private mount namespace, so every mount a test makes (and any it
+(lab/sandbox.py): a private mount namespace, so every mount a test makes (and any it
 forgets) disappears with the process and the host's mount table is never touched; tmpfs over the
 tool's state dirs; the unprivileged test users sstest1 and sstest2."""
 
@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from scratchtest.kernel import LoopFactory  # noqa: E402
-from scratchtest.sandbox import Sandbox  # noqa: E402
+from lab.kernel import LoopFactory  # noqa: E402
+from lab.sandbox import Sandbox  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 _sandbox = Sandbox()

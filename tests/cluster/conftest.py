@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import rootfs
-from cluster.harness import Cluster, HarnessError, in_private_mount_namespace, wait_for
+from lab import rootfs
+from lab.cluster import Cluster, HarnessError, in_private_mount_namespace, wait_for
 
 # Build each node's /scratch with the project's own `slurm-scratch setup` (single backend on the
 # node's loop device). False: harness.Cluster._setup_scratch_directly (mkfs + mount) stands in.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.node_bootstrap import BootstrapError, loop_backing_identity, wait_for
+from lab.node_boot import BootstrapError, loop_backing_identity, wait_for
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]

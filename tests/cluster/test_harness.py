@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.conftest import NODES, SCRATCH_SETTINGS, _missing_programs
-from cluster.harness import Cluster, HarnessError, Host, in_private_mount_namespace, \
+from lab.cluster import Cluster, HarnessError, Host, in_private_mount_namespace, \
     process_alive
 
 pytestmark = pytest.mark.cluster

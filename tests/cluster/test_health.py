@@ -14,7 +14,7 @@ import time
 import pytest
 
 from cluster.conftest import HEALTH_INTERVAL, SCRATCH_SETTINGS
-from cluster.harness import Cluster, wait_for
+from lab.cluster import Cluster, wait_for
 from slurm_scratch.cleanup import TRASH_NAME
 from slurm_scratch.health import LOCK_FILE as HEALTH_LOCK
 

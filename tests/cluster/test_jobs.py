@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster.conftest import HEALTH_INTERVAL
-from cluster.harness import Cluster, wait_for
+from lab.cluster import Cluster, wait_for
 from slurm_scratch.cleanup import REAPER_LOCK, TRASH_NAME
 
 pytestmark = pytest.mark.cluster

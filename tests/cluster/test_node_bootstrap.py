@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.node_bootstrap import loop_backing_file, mount_source, wait_for
+from lab.node_boot import loop_backing_file, mount_source, wait_for
 
 pytestmark = pytest.mark.cluster
-BOOTSTRAP = Path(__file__).with_name("node_bootstrap.py")
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "lab" / "node_boot.py"
 
 
 def _loops_backed_by(directory: Path) -> list[str]:

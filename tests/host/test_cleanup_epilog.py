@@ -8,10 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import filelock
 import pytest
-from scratchtest.jobs import HOOKS, TRASH, make_canary, poll, scratch_volume, snapshot
-from scratchtest.kernel import sh
+from lab.jobs import HOOKS, TRASH, make_canary, poll, scratch_volume, snapshot
+from lab.kernel import sh
+from slurm_scratch import locks
 
 pytestmark = pytest.mark.root
 
@@ -30,17 +30,18 @@ class reaper_lock_held:
 
     def __init__(self, scratch) -> None:
         self.scratch = scratch
-        self.lock = filelock.FileLock(REAPER_LOCK, timeout=5)
+        self.lock_fd: int | None = None
 
     def __enter__(self):
-        self.lock.acquire()
+        self.lock_fd = locks.acquire(REAPER_LOCK, wait=5)
+        assert self.lock_fd is not None, f"{REAPER_LOCK} held for over 5 s"
         return self
 
     def __exit__(self, *exc) -> None:
         try:
             self.scratch.wait_reapers()
         finally:
-            self.lock.release()
+            os.close(self.lock_fd)
 
 
 def fill_as_user(scratch, job_dir: Path, files: int = 200) -> None:

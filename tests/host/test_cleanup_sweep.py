@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import NODE, REPO, TRASH, make_canary, scratch_volume, snapshot
+from lab.jobs import NODE, REPO, TRASH, make_canary, scratch_volume, snapshot
 
 from slurm_scratch import cleanup, config
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import make_canary, scratch_volume, snapshot
+from lab.jobs import make_canary, scratch_volume, snapshot
 
 pytestmark = pytest.mark.root
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slurm_scratch import drain, health
-from scratchtest.kernel import is_mounted, mkfs, umount
+from lab.kernel import is_mounted, mkfs, umount
 
 pytestmark = pytest.mark.root
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from scratchtest.jobs import scratch_volume
+from lab.jobs import scratch_volume
 
 pytestmark = pytest.mark.root
 
@@ -37,7 +37,7 @@ def test_installed_prolog_and_epilog_under_empty_environment(installed, scratch)
     result = scratch.hook("epilog", scratch.job_env(501, context="epilog_slurmd"), hooks_dir=hooks)
     assert result.returncode == 0, result.stderr
     assert not os.path.lexists(scratch.job_dir(501))
-    scratch.wait_trash_empty()  # the installed reaper (psutil, filelock from the virtualenv) ran
+    scratch.wait_trash_empty()  # the installed reaper (from the virtualenv) ran
 
 
 def test_installed_hooks_ignore_python_environment_variables(installed, scratch, tmp_path) -> None:

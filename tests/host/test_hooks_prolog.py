@@ -7,8 +7,8 @@ import stat
 import subprocess
 
 import pytest
-from scratchtest.jobs import HOOKS, NODE, REPO, TRASH, scratch_volume, snapshot
-from scratchtest.kernel import sh
+from lab.jobs import HOOKS, NODE, REPO, TRASH, scratch_volume, snapshot
+from lab.kernel import sh
 
 pytestmark = pytest.mark.root
 

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import REPO, scratch_volume, snapshot
-from scratchtest.kernel import LoopFactory
+from lab.jobs import REPO, scratch_volume, snapshot
+from lab.kernel import LoopFactory
 
 pytestmark = pytest.mark.root
 

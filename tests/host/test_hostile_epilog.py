@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import make_canary, scratch_volume, snapshot
-from scratchtest.kernel import sh
+from lab.jobs import make_canary, scratch_volume, snapshot
+from lab.kernel import sh
 
 from slurm_scratch import drain
 

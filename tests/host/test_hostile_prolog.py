@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from scratchtest.jobs import HOOKS, TRASH, make_canary, snapshot
-from scratchtest.jobs import scratch_volume as _scratch_volume
-from scratchtest.kernel import sh
+from lab.jobs import HOOKS, TRASH, make_canary, snapshot
+from lab.jobs import scratch_volume as _scratch_volume
+from lab.kernel import sh
 
 from slurm_scratch import drain
 

@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import filelock
 import pytest
-from scratchtest.kernel import is_mounted, sh, umount
+from lab.kernel import is_mounted, sh, umount
+from slurm_scratch import locks
 
 pytestmark = pytest.mark.root
 
@@ -331,9 +331,9 @@ def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     assert (node.mount_point / "data").read_text() == "kept"
     assert volume.recorded()["device"] == disk
     # The setup lock is released when ensure_mounted returns (the Prolog's process goes on).
-    other = filelock.FileLock("/run/slurm-scratch/setup.lock")
-    other.acquire(timeout=0)
-    other.release()
+    other = locks.acquire("/run/slurm-scratch/setup.lock")
+    assert other is not None
+    os.close(other)
 
 
 # ---- issue 8: ours by proof, never by label; disks in use anywhere --------------------------------

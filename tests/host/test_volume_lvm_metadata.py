@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from scratchtest.kernel import detach_loop, sh
+from lab.kernel import detach_loop, sh
 from test_volume import STATE_FILE, Node, blkid, fresh_state  # noqa: F401  (fresh_state: autouse fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(shutil.which("pvcreate", path="/usr/sbin:/sbin") is None, reason="lvm2 is not installed")]

@@ -17,7 +17,7 @@ yaml = pytest.importorskip("yaml", reason="python3-yaml is not installed (apt-ge
 
 from slurm_scratch.config import parse_config  # noqa: E402
 
-from cluster.node_bootstrap import node_settings, read_ini, render_ini  # noqa: E402
+from lab.node_boot import node_settings, read_ini, render_ini  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -289,7 +289,7 @@ def test_entrypoint_paths_are_what_the_image_holds():
         source = _image_file_source(_entrypoint_constant(name))
         assert source is not None and source.is_file(), name
     assert _image_file_source(_entrypoint_constant("BOOTSTRAP")) == \
-        REPO / "tests" / "cluster" / "node_bootstrap.py"  # the harness's own bootstrap
+        REPO / "lab" / "node_boot.py"  # the harness's own bootstrap
     assert _image_file_source("/etc/slurm/slurm.conf") == DOCKER / "slurm.conf"
 
 
@@ -299,7 +299,7 @@ def test_entrypoint_passes_only_options_node_bootstrap_knows():
     call = call[:call.index("&\n")]
     options = set(re.findall(r"(--[a-z-]+)", call))
     known = set(re.findall(r'up\.add_argument\("(--[a-z-]+)"',
-                           (REPO / "tests" / "cluster" / "node_bootstrap.py").read_text()))
+                           (REPO / "lab" / "node_boot.py").read_text()))
     assert options and options <= known, options - known
     required = {"--image-dir", "--base-conf", "--ready"}
     assert required <= options

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lab.process import LabError
+
 CACHE = Path("/var/cache/slurm-scratch-tests")
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 PACKAGES = (
@@ -26,8 +28,7 @@ PACKAGES = (
 DIRS = ("scratch", "etc/slurm-scratch", "run/slurm-scratch", "var/lib/slurm-scratch", "run/munge")
 
 
-class RootfsError(RuntimeError):
-    pass
+RootfsError = LabError  # the lab's one error type
 
 
 def archive_uri() -> str:

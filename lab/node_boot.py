@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""How a simulated compute node gets its /scratch: shared by the cluster test harness
-(harness.py) and the docker-compose cluster's node containers (docker/entrypoint.sh).
+"""How a simulated compute node gets its /scratch: shared by the namespace cluster
+(lab/cluster.py) and the docker-compose cluster's node containers (docker/entrypoint.sh).
 
 The steps, in order (`bootstrap_node`):
 1. emulate the node's local NVMe disks: N sparse image files, each on a loop device. Each device
@@ -14,10 +14,11 @@ The steps, in order (`bootstrap_node`):
 `NodeDisks.detach` undoes step 1, touching only devices proven to be backed by our own images
 (same device and inode as recorded at attach time).
 
-Standard library only: the containers run it with Debian's /usr/bin/python3, no project on the path.
+Standard library only (and lab.process): the containers run it as a file with Debian's
+/usr/bin/python3, no project on the path; the Dockerfile copies it with lab/process.py.
 
 CLI (the node containers' entrypoint runs it before slurmd):
-  node_bootstrap.py up --image-dir DIR --disks N --disk-mib MIB --base-conf FILE --conf FILE
+  node_boot.py up --image-dir DIR --disks N --disk-mib MIB --base-conf FILE --conf FILE
                        --slurm-scratch PATH --ready FILE [--slurm-conf FILE]
 builds the node's /scratch, writes FILE named by --ready (the loop devices, or the error), then
 holds the disks until SIGTERM/SIGINT, when it unmounts the mount point and detaches its loop
@@ -30,7 +31,6 @@ import argparse
 import configparser
 import fcntl
 import os
-import shlex
 import signal
 import stat
 import struct
@@ -40,7 +40,10 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+if not __package__:  # run as a file (the compose nodes' entrypoint): make the lab importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lab.process import LabError, run, wait_for  # noqa: E402
+
 LOOP_MAJOR = 7
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
@@ -53,31 +56,8 @@ ATTACH_ATTEMPTS = 10   # another container may take the free loop device we were
 Settings = dict[str, dict[str, str]]
 
 
-class BootstrapError(RuntimeError):
-    pass
-
-
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-        env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    """Run a command with a fixed PATH (plus `env`), capture text output; a failure names it."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, cwd="/",
-                          input=input, env={"PATH": TOOL_PATH, "LANG": "C.UTF-8", **(env or {})})
-    if check and proc.returncode != 0:
-        raise BootstrapError(f"{shlex.join(argv)} exited {proc.returncode}: "
-                             f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.2):
-    """Poll `predicate` until it returns something truthy; BootstrapError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise BootstrapError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+# One error type for the node boot and every builder that uses it (lab.process.LabError).
+BootstrapError = LabError
 
 
 # ---------------------------------------------------------------------- loop devices
@@ -344,7 +324,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="node_bootstrap.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="node_boot.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build /scratch on emulated disks, hold them until SIGTERM")
     up.add_argument("--image-dir", type=Path, required=True, help="where the disk images live")

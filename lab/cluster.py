@@ -13,7 +13,7 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
 - on each node: private tmpfs over /run/slurm-scratch, /var/lib/slurm-scratch and /tmp, the
   cluster's /etc/hosts, the node's own slurm-scratch config bound over /etc/slurm-scratch,
   and its own /scratch, built the way the docker-compose cluster's nodes build theirs
-  (node_bootstrap.py: sparse disk images on loop devices, the node's slurm-scratch.conf,
+  (node_boot.py: sparse disk images on loop devices, the node's slurm-scratch.conf,
   `slurm-scratch setup` inside the node's namespaces, a check of the mount). The loop devices
   are attached with autoclear while the harness holds them open, so even a SIGKILLed test run
   leaves no loop device behind (teardown also detaches them explicitly);
@@ -35,7 +35,6 @@ test process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import re
@@ -47,10 +46,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from cluster.node_bootstrap import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
-    node_settings, run, wait_for, write_scratch_conf
-
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+from lab.node_boot import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
+    node_settings, write_scratch_conf
+from lab.process import TOOL_PATH, die_with_parent, process_alive, run, stop_process, wait_for
 NODE_INIT = Path(__file__).with_name("node_init.py")
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
@@ -66,48 +64,8 @@ TERMINAL_STATES = frozenset({
     "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
 })
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
 # One error type for the harness and the node bootstrap it shares with the compose nodes.
 HarnessError = BootstrapError
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL if the test process dies, so no daemon outlives it."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def process_alive(pid: int) -> bool:
-    """True while `pid` runs: a zombie (state Z/X) counts as gone, unlike `kill -0`."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def stop_process(pid: int, popen: subprocess.Popen | None = None, grace: float = 10) -> bool:
-    """TERM, bounded wait, KILL, bounded wait; reap `popen` if it is our child. True if gone."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not process_alive(pid):
-            break
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while process_alive(pid) and time.monotonic() < deadline:
-            if popen is not None and popen.poll() is not None:
-                break
-            time.sleep(0.05)
-    if popen is not None:
-        try:
-            popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    return not process_alive(pid)
 
 
 def _children(pid: int) -> list[int]:
@@ -145,7 +103,7 @@ class Host:
         self.daemon_pid: int | None = None          # the daemon itself (host PID)
         self.veth: str | None = None                # its peer, in the controller's namespace
         # The node's emulated local disks: sparse images on loop devices, each held open with
-        # autoclear (node_bootstrap.NodeDisks); index 0 is the one single-disk tests use.
+        # autoclear (node_boot.NodeDisks); index 0 is the one single-disk tests use.
         self.disks = NodeDisks(self.dir)
 
     @property
@@ -168,7 +126,7 @@ class Host:
              "--uts", "--propagation", "private", "--",
              "/usr/bin/python3", "-I", "-S", str(NODE_INIT)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
-            env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+            env={"PATH": TOOL_PATH}, preexec_fn=die_with_parent)
         log.close()
 
         def init_started():
@@ -208,7 +166,7 @@ class Host:
         self.daemon = subprocess.Popen(
             self.nsenter_argv(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
             start_new_session=True, env={"PATH": TOOL_PATH, "LANG": "C.UTF-8"},
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         log.close()
 
         def daemon_pid():
@@ -403,7 +361,7 @@ class Cluster:
              f"--socket={MUNGE_SOCKET}", f"--pid-file={mdir}/munged.pid",
              f"--log-file={mdir}/munged.log", f"--seed-file={mdir}/munged.seed"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
-            env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+            env={"PATH": TOOL_PATH}, preexec_fn=die_with_parent)
         log.close()
 
         def munge_works():
@@ -545,7 +503,7 @@ class Cluster:
             self._setup_scratch_directly(node)
 
     def _bootstrap_node(self, node: Host) -> None:
-        """Disks, config, `slurm-scratch setup` inside the node, check: node_bootstrap.py, the
+        """Disks, config, `slurm-scratch setup` inside the node, check: node_boot.py, the
         steps the docker-compose nodes take too."""
         try:
             bootstrap_node(
@@ -776,7 +734,7 @@ class Cluster:
             self.nodes[node].nsenter_argv(["flock", "-x", path, "sh", "-c",
                                            "echo locked; exec sleep 600"]),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd="/",
-            start_new_session=True, env={"PATH": TOOL_PATH}, preexec_fn=_die_with_parent)
+            start_new_session=True, env={"PATH": TOOL_PATH}, preexec_fn=die_with_parent)
         try:
             line = holder.stdout.readline().strip()
             if line != "locked":

@@ -21,9 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-from scratchtest.kernel import is_mounted, sh
+from lab.kernel import is_mounted, sh
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "hooks"
 TRASH = ".slurm-scratch-trash"
 NODE = "node1"

@@ -1,4 +1,4 @@
-"""PID 1 of a simulated node's PID namespace (started by harness.py through `unshare`).
+"""PID 1 of a simulated node's PID namespace (started by lab/cluster.py through `unshare`).
 
 It reaps every orphan that Slurm leaves behind in the node (slurmstepd, the tool's background
 reaper), and on SIGTERM ends every process of the node: TERM, a bounded wait, then KILL.

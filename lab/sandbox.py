@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from scratchtest.kernel import sh
+from lab.kernel import sh
 
 CLONE_NEWNS = 0x00020000
 STATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch")

@@ -1,1 +1,0 @@
-"""Helpers shared by the test suites (host, cluster); the VM guest has its own."""
