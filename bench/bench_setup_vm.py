@@ -57,7 +57,7 @@ def seed_sequence(devices: list[str]) -> list[tuple[str, float]]:
 
 
 def guest_main(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "tests/vm/guest"))
+    sys.path[:0] = [str(REPO / "tests/vm/guest"), str(REPO)]  # the guest's helpers, the lab
     import node
     from nvme_disks import mount_backing_tmpfs
 

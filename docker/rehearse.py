@@ -39,7 +39,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 

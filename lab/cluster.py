@@ -37,32 +37,28 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import re
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from lab.node_boot import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
     node_settings, write_scratch_conf
 from lab.process import TOOL_PATH, die_with_parent, process_alive, run, stop_process, wait_for
+from lab.munge import MUNGE_USER, make_key, start_munged
+from lab.slurmconf import make_controller_dir, slurm_conf_text
+from lab.scontrol import TERMINAL_JOB_STATES, parse_record, parse_sdiag_by_message_type, \
+    parse_sdiag_by_user, parse_sinfo_reason, sinfo_reason_argv
 NODE_INIT = Path(__file__).with_name("node_init.py")
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
 SUBNET = "10.77.0"  # only inside the namespaces the harness makes; the machine's own has none
 BRIDGE = "br0"      # inside the controller's network namespace
 CONTROLLER = "ctl"
-SLURM_USER = "slurm"
-MUNGE_USER = "munge"
 DISK_MIB = 1024  # sparse; 64k inodes, room for a 20,000-file job directory
 PRIVATE_DIRS = ("/run/slurm-scratch", "/var/lib/slurm-scratch", "/tmp")
-TERMINAL_STATES = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-    "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
-})
 
 # One error type for the harness and the node bootstrap it shares with the compose nodes.
 HarnessError = BootstrapError
@@ -340,40 +336,15 @@ class Cluster:
             home.chmod(0o755)
 
     def _start_munged(self) -> None:
+        state_dir = self.workdir / "munge"
+        state_dir.mkdir(mode=0o700)
+        key = make_key(state_dir / "munge.key")
         munge = pwd.getpwnam(MUNGE_USER)
-        mdir = self.workdir / "munge"
-        mdir.mkdir(mode=0o700)
-        os.chown(mdir, munge.pw_uid, munge.pw_gid)
-        key = mdir / "munge.key"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, os.urandom(1024))
-        os.close(fd)
-        os.chown(key, munge.pw_uid, munge.pw_gid)
         MUNGE_DIR.mkdir(mode=0o755, exist_ok=True)
         run(["mount", "-t", "tmpfs", "-o", f"mode=0755,size=1m,uid={munge.pw_uid},"
              f"gid={munge.pw_gid}", "cluster-munge", str(MUNGE_DIR)])
         self._mounted.append(MUNGE_DIR)
-        log = open(mdir / "munged.out", "wb")
-        self.munged = subprocess.Popen(
-            ["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
-             "--pdeathsig=SIGKILL",  # a change of uid clears the one preexec_fn set
-             "--", "/usr/sbin/munged", "--foreground", f"--key-file={key}",
-             f"--socket={MUNGE_SOCKET}", f"--pid-file={mdir}/munged.pid",
-             f"--log-file={mdir}/munged.log", f"--seed-file={mdir}/munged.seed"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True,
-            env={"PATH": TOOL_PATH}, preexec_fn=die_with_parent)
-        log.close()
-
-        def munge_works():
-            if self.munged.poll() is not None:
-                raise HarnessError(f"munged exited {self.munged.returncode}: "
-                                   f"{(mdir / 'munged.out').read_text()}")
-            cred = run(["munge", "-n", f"--socket={MUNGE_SOCKET}"], check=False)
-            return cred.returncode == 0 and run(
-                ["unmunge", f"--socket={MUNGE_SOCKET}"], input=cred.stdout,
-                check=False).returncode == 0
-
-        wait_for("munged", munge_works, 10, 0.05)
+        self.munged = start_munged(key, state_dir, MUNGE_SOCKET, timeout=10)
 
     def _stop_munged(self) -> list[str]:
         if self.munged is not None and not stop_process(self.munged.pid, self.munged):
@@ -429,59 +400,13 @@ class Cluster:
         conf_dir = self.workdir / "etc"
         conf_dir.mkdir()
         self.slurm_conf = conf_dir / "slurm.conf"
-        slurm = pwd.getpwnam(SLURM_USER)
-        ctld = self.controller.dir
-        os.chown(ctld, slurm.pw_uid, slurm.pw_gid)
-        (ctld / "state").mkdir()
-        os.chown(ctld / "state", slurm.pw_uid, slurm.pw_gid)
-        hooks = self.prefix / "libexec" / "slurm-scratch"
-        cpus = os.cpu_count() or 1
-        nodes = self.workdir / "hosts"
-        lines = [
-            "ClusterName=sstest",
-            "MailProg=/bin/true",
-            f"SlurmctldHost={CONTROLLER}({self.controller.addr})",
-            f"SlurmUser={SLURM_USER}",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            f"AuthInfo=socket={MUNGE_SOCKET}",
-            f"StateSaveLocation={ctld}/state",
-            f"SlurmctldPidFile={ctld}/slurmctld.pid",
-            f"SlurmctldLogFile={ctld}/slurmctld.log",
-            f"SlurmdSpoolDir={nodes}/%n/spool",
-            f"SlurmdPidFile={nodes}/%n/slurmd.pid",
-            f"SlurmdLogFile={nodes}/%n/slurmd.log",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            "LogTimeFormat=iso8601_ms",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "MpiDefault=none",
-            "SchedulerType=sched/backfill",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_CPU",
-            "ReturnToService=2",
-            "SlurmdTimeout=60",
-            "SlurmctldTimeout=60",
-            "MessageTimeout=20",
-            "InactiveLimit=0",
-            "KillWait=5",
-            "MinJobAge=600",
-            f"Prolog={hooks}/prolog",
-            f"Epilog={hooks}/epilog",
-            f"TaskProlog={hooks}/task_prolog",
-            "PrologFlags=Alloc",
-            f"HealthCheckProgram={hooks}/healthcheck",
-            f"HealthCheckInterval={self.health_interval}",
-            "HealthCheckNodeState=ANY",
-        ]
-        for node in self.nodes.values():
-            lines.append(f"NodeName={node.name} NodeAddr={node.addr} CPUs={cpus} "
-                         "RealMemory=100 State=UNKNOWN")
-        lines.append(f"PartitionName=main Nodes={','.join(self.nodes)} Default=YES "
-                     "MaxTime=INFINITE State=UP")
-        self.slurm_conf.write_text("\n".join(lines) + "\n")
+        make_controller_dir(self.controller.dir)
+        self.slurm_conf.write_text(slurm_conf_text(
+            cluster_name="sstest", controller=(CONTROLLER, self.controller.addr),
+            nodes=[(node.name, node.addr) for node in self.nodes.values()],
+            controller_dir=self.controller.dir, node_dir=f"{self.workdir / 'hosts'}/%n",
+            hooks=self.prefix / "libexec" / "slurm-scratch",
+            health_interval=self.health_interval, munge_socket=MUNGE_SOCKET))
 
     def _prepare_node(self, node: Host) -> None:
         (node.dir / "spool").mkdir(exist_ok=True)
@@ -673,12 +598,12 @@ class Cluster:
     def job_info(self, jobid: int | str) -> dict[str, str]:
         """`scontrol show job -o` of one job (the first record for an array) as a dict."""
         text = self.scontrol("show", "job", "-o", str(jobid)).stdout.splitlines()[0]
-        return _parse_scontrol_record(text)
+        return parse_record(text)
 
     def job_state(self, jobid: int | str) -> str:
         return self.job_info(jobid)["JobState"]
 
-    def wait_job(self, jobid: int | str, states: Iterable[str] = TERMINAL_STATES,
+    def wait_job(self, jobid: int | str, states: Iterable[str] = TERMINAL_JOB_STATES,
                  timeout: float = 60) -> str:
         """Poll until the job is in one of `states` and no longer completing; return it."""
         wanted = set(states)
@@ -688,7 +613,7 @@ class Cluster:
             state = info["JobState"]
             if state in wanted:
                 return state
-            if state in TERMINAL_STATES and state not in wanted:
+            if state in TERMINAL_JOB_STATES and state not in wanted:
                 raise HarnessError(f"job {jobid} ended {state} "
                                    f"(reason {info.get('Reason')}), wanted {sorted(wanted)}")
             return None
@@ -697,7 +622,7 @@ class Cluster:
 
     def node_info(self, node: str) -> dict[str, str]:
         text = self.scontrol("show", "node", "-o", node).stdout.splitlines()[0]
-        return _parse_scontrol_record(text)
+        return parse_record(text)
 
     def node_state(self, node: str) -> str:
         """scontrol's state, e.g. IDLE, MIXED, IDLE+DRAIN, ALLOCATED+DRAIN, DOWN+NOT_RESPONDING."""
@@ -705,12 +630,8 @@ class Cluster:
 
     def node_reason(self, node: str) -> str:
         """The reason the node is drained, draining, down or failed ('' when it is none of
-        those). `sinfo -R`: Slurm 24.11 keeps showing an old reason in `scontrol show node` and
-        `sinfo -o %E` after `state=resume`, 22.05 clears it."""
-        reason = self.client(["sinfo", "-R", "-h", "-N", "-n", node, "-o", "%E"],
-                             timeout=30).stdout.splitlines()
-        text = reason[0].strip() if reason else ""
-        return "" if text == "none" else text
+        those), as `sinfo -R` shows it."""
+        return parse_sinfo_reason(self.client(sinfo_reason_argv(node), timeout=30).stdout)
 
     def node_drained(self, node: str) -> bool:
         return "DRAIN" in self.node_state(node)
@@ -770,24 +691,7 @@ class Cluster:
 
     def sdiag(self) -> dict[str, int]:
         """RPC counts by message type received by slurmctld, e.g. {'REQUEST_NODE_INFO': 12}."""
-        out = self.client(["sdiag"], timeout=30).stdout
-        section = out.split("Remote Procedure Call statistics by message type", 1)[1]
-        section = section.split("Remote Procedure Call statistics by user", 1)[0]
-        return {m.group(1): int(m.group(2)) for m in
-                re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)}
+        return parse_sdiag_by_message_type(self.client(["sdiag"], timeout=30).stdout)
 
     def sdiag_by_user(self) -> dict[str, int]:
-        out = self.client(["sdiag"], timeout=30).stdout
-        section = out.split("Remote Procedure Call statistics by user", 1)[1]
-        return {m.group(1): int(m.group(2)) for m in
-                re.finditer(r"^\s*(\S+)\s+\(\s*\d+\)\s+count:(\d+)", section, re.M)}
-
-
-def _parse_scontrol_record(text: str) -> dict[str, str]:
-    """Split one `scontrol show -o` line into Key=Value pairs (values may contain spaces)."""
-    fields: dict[str, str] = {}
-    matches = list(re.finditer(r"(?:^|\s)([A-Za-z][\w:/]*)=", text))
-    for this, following in zip(matches, matches[1:] + [None]):
-        end = following.start() if following else len(text)
-        fields[this.group(1)] = text[this.end():end].strip()
-    return fields
+        return parse_sdiag_by_user(self.client(["sdiag"], timeout=30).stdout)

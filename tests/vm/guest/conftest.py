@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the guest's helpers, then the checkout's top for the lab (lab/: standard library only)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[3])]
 
 import node  # noqa: E402
 from nvme_disks import DiskRig, mount_backing_tmpfs  # noqa: E402

@@ -15,8 +15,9 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
+
+from lab import process
 
 NVMET = Path("/sys/kernel/config/nvmet")
 SYS_NVME = Path("/sys/class/nvme")
@@ -72,14 +73,8 @@ def settle() -> None:
 
 
 def wait_for(what: str, condition, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
+    """`condition()` until it is truthy (returned); TimeoutError after `timeout_s`."""
+    return process.wait_for(what, condition, timeout_s, 0.05, error=TimeoutError)
 
 
 class Disk:

@@ -14,13 +14,15 @@ import fcntl
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import node
+from lab.munge import start_munged
+from lab.process import stop_process, wait_for
+from lab.scontrol import TERMINAL_JOB_STATES, first_record, parse_sinfo_reason, sinfo_reason_argv
+from lab.slurmconf import make_controller_dir, slurm_conf_text
 from nvme_disks import sh
 
 NODE_NAME = "vm"  # the guest's host name (vm_image.py writes /etc/hostname)
@@ -40,8 +42,6 @@ EXTRA_LOOPBACK = "127.0.0.2/32"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Files of the guest this changes; their content is restored by stop().
 TOUCHED_FILES = (Path("/etc/hosts"), Path("/etc/passwd"), Path("/etc/group"), TOOL_CONF)
-TERMINAL_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-                       "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 T = TypeVar("T")
 
@@ -54,32 +54,12 @@ def poll(what: str, condition: Callable[[], T], timeout_s: float, interval_s: fl
          describe: Callable[[], str] | None = None) -> T:
     """`condition()` until it is truthy (returned) or `timeout_s` passed (an AssertionError
     naming `what` and, if given, `describe()`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{describe()}" if describe else ""
-            raise SlurmNodeError(f"timed out after {timeout_s} s waiting for {what}{extra}")
-        time.sleep(interval_s)
+    return wait_for(what, condition, timeout_s, interval_s, error=SlurmNodeError, describe=describe)
 
 
 def stop_pid(process: subprocess.Popen, grace_s: float = 15) -> bool:
     """TERM the process by its PID, then KILL after `grace_s`; True once it has exited."""
-    if process.poll() is not None:
-        return True
-    try:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-        return True
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-    try:
-        process.wait(timeout=10)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+    return stop_process(process.pid, process, grace_s)
 
 
 class SlurmNode:
@@ -130,54 +110,14 @@ class SlurmNode:
         return node.write_config(TOOL_CONF, volume, sections)
 
     def _write_slurm_conf(self) -> None:
-        slurm = pwd.getpwnam("slurm")
         ctld = self.workdir / "ctld"
-        (ctld / "state").mkdir(mode=0o755)
-        for path in (ctld, ctld / "state"):
-            os.chown(path, slurm.pw_uid, slurm.pw_gid)
+        make_controller_dir(ctld)
         slurmd = self.workdir / "slurmd"
         (slurmd / "spool").mkdir(mode=0o755)
-        lines = [
-            "ClusterName=fullstack",
-            f"SlurmctldHost={NODE_NAME}({ADDRESS})",
-            "SlurmUser=slurm",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            f"StateSaveLocation={ctld}/state",
-            f"SlurmctldPidFile={ctld}/slurmctld.pid",
-            f"SlurmctldLogFile={ctld}/slurmctld.log",
-            f"SlurmdSpoolDir={slurmd}/spool",
-            f"SlurmdPidFile={slurmd}/slurmd.pid",
-            f"SlurmdLogFile={slurmd}/slurmd.log",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "MpiDefault=none",
-            "MailProg=/bin/true",
-            "SchedulerType=sched/backfill",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_CPU",
-            "ReturnToService=2",
-            "SlurmdTimeout=60",
-            "SlurmctldTimeout=60",
-            "MessageTimeout=20",
-            "InactiveLimit=0",
-            "KillWait=5",
-            "MinJobAge=600",
-            f"Prolog={HOOKS}/prolog",
-            f"Epilog={HOOKS}/epilog",
-            f"TaskProlog={HOOKS}/task_prolog",
-            "PrologFlags=Alloc",
-            f"HealthCheckProgram={HOOKS}/healthcheck",
-            f"HealthCheckInterval={HEALTH_INTERVAL_S}",
-            "HealthCheckNodeState=ANY",
-            f"NodeName={NODE_NAME} NodeAddr={ADDRESS} CPUs={os.cpu_count() or 1} RealMemory=100 "
-            "State=UNKNOWN",
-            f"PartitionName=main Nodes={NODE_NAME} Default=YES MaxTime=INFINITE State=UP",
-        ]
-        self.slurm_conf.write_text("\n".join(lines) + "\n")
+        self.slurm_conf.write_text(slurm_conf_text(
+            cluster_name="fullstack", controller=(NODE_NAME, ADDRESS), nodes=[(NODE_NAME, ADDRESS)],
+            controller_dir=ctld, node_dir=str(slurmd), hooks=HOOKS,
+            health_interval=HEALTH_INTERVAL_S))
         self.slurm_conf.chmod(0o644)
         cgroup_conf = self.slurm_conf.with_name("cgroup.conf")
         cgroup_conf.write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n")
@@ -211,29 +151,12 @@ class SlurmNode:
             log.close()
 
     def start_munged(self) -> None:
-        munge = pwd.getpwnam("munge")
-        mdir = self.workdir / "munge"
-        mdir.chmod(0o700)
-        os.chown(mdir, munge.pw_uid, munge.pw_gid)
         if not MUNGE_RUN.exists():
             MUNGE_RUN.mkdir(mode=0o755)
             self._made_dirs.append(MUNGE_RUN)
+        munge = pwd.getpwnam("munge")
         os.chown(MUNGE_RUN, munge.pw_uid, munge.pw_gid)
-        self.munged = self._daemon(
-            ["setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
-             "--", "/usr/sbin/munged", "--foreground", f"--key-file={MUNGE_KEY}",
-             f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log",
-             f"--seed-file={mdir}/munged.seed"], "munged.out")
-
-        def munge_works() -> bool:
-            if self.munged.poll() is not None:
-                raise SlurmNodeError(f"munged exited {self.munged.returncode}: "
-                                     f"{self.log_tail('munged.out')}")
-            cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
-            return cred.returncode == 0 and subprocess.run(
-                ["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
-
-        poll("munged to answer", munge_works, 20, 0.1)
+        self.munged = start_munged(MUNGE_KEY, self.workdir / "munge")
 
     def start_slurmctld(self) -> None:
         self.slurmctld = self._daemon(["/usr/sbin/slurmctld", "-D", "-f", str(self.slurm_conf)],
@@ -318,19 +241,16 @@ class SlurmNode:
         return result
 
     def node_info(self) -> dict[str, str]:
-        text = self.scontrol("show", "node", "-o", NODE_NAME, check=False).stdout
-        return parse_record(text.splitlines()[0] if text.strip() else "")
+        return first_record(self.scontrol("show", "node", "-o", NODE_NAME, check=False).stdout)
 
     def node_state(self) -> str:
         return self.node_info().get("State", "")
 
     def node_reason(self) -> str:
         """The node's drain/down reason as `sinfo -R` shows it ('' when it has none)."""
-        result = subprocess.run(["sinfo", "-R", "-h", "-N", "-n", NODE_NAME, "-o", "%E"],
-                                capture_output=True, text=True, timeout=30, env=self.client_env())
-        lines = result.stdout.splitlines()
-        text = lines[0].strip() if lines else ""
-        return "" if text == "none" else text
+        result = subprocess.run(sinfo_reason_argv(NODE_NAME), capture_output=True, text=True,
+                                timeout=30, env=self.client_env())
+        return parse_sinfo_reason(result.stdout)
 
     def describe_node(self) -> str:
         return (f"scontrol show node: {self.node_info()}\n--- slurmd.log tail ---\n"
@@ -350,8 +270,7 @@ class SlurmNode:
         return int(result.stdout.strip().split(";")[0])
 
     def job_info(self, job_id: int) -> dict[str, str]:
-        text = self.scontrol("show", "job", "-o", str(job_id)).stdout
-        return parse_record(text.splitlines()[0])
+        return first_record(self.scontrol("show", "job", "-o", str(job_id)).stdout)
 
     def wait_job(self, job_id: int, timeout_s: float = 60) -> dict[str, str]:
         """Poll until the job ended (and is no longer completing); returns its record."""
@@ -396,18 +315,3 @@ class _HealthLock:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-
-
-def parse_record(line: str) -> dict[str, str]:
-    """`scontrol show -o` output: space-separated Key=Value (values may hold '=' but not
-    spaces, except Reason=..., which runs to the next known key)."""
-    fields: dict[str, str] = {}
-    key = None
-    for token in line.split(" "):
-        name, sep, value = token.partition("=")
-        if sep and name and name[0].isupper() and name.replace("_", "").isalnum():
-            key = name
-            fields[key] = value
-        elif key is not None:
-            fields[key] += " " + token
-    return fields
