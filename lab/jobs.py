@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from lab.kernel import is_mounted, sh
 
@@ -27,16 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "hooks"
 TRASH = ".slurm-scratch-trash"
 NODE = "node1"
+T = TypeVar("T")
 TAG_VAR = "SLURM_SCRATCH_TEST_TAG"  # not read by the tool: lets teardown find the detached reapers
 
 
 def with_overrides(env: dict[str, str], overrides: dict[str, object]) -> dict[str, str]:
     """`env` with `overrides` applied: a value of None removes that variable."""
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = str(value)
+    removed = [key for key, value in overrides.items() if value is None]
+    env.update((key, str(value)) for key, value in overrides.items() if value is not None)
+    for key in removed:
+        env.pop(key, None)
     return env
 
 
@@ -216,6 +217,14 @@ class Scratch:
         return subprocess.run(argv, cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60, check=True)
 
     # ---- waiting and teardown --------------------------------------------------------------------
+
+    def while_frozen(self, action: Callable[[], T]) -> T:
+        """`action()` with the volume frozen (fsfreeze), thawed afterwards whatever happens."""
+        sh("fsfreeze", "-f", str(self.mount_point))
+        try:
+            return action()
+        finally:
+            sh("fsfreeze", "-u", str(self.mount_point), check=False)
 
     def wait_trash_empty(self, timeout: float = 60) -> None:
         poll(lambda: not self.trash_entries(), timeout, what=f"{self.trash} to be emptied by the reaper")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_scratch import drain, health
+from lab.fake_slurm import FakeSlurm
+from slurm_scratch import layout
+from slurm_scratch.health import drain, entry
 
 pytestmark = pytest.mark.root
 
@@ -24,73 +26,17 @@ HOOK = REPO / "hooks" / "healthcheck"
 NODE = "n1"
 TEST_UID = 4201  # sstest1 (tests/conftest.py)
 
-FAKE_SCONTROL = r"""#!/bin/sh
-d=@DIR@
-echo "$* |SLURM_CONF=${SLURM_CONF-unset} PATH=${PATH-unset}" >> "$d/calls.log"
-case "$1" in
-show)
-  reason=$(cat "$d/reason")
-  r=""
-  [ -n "$reason" ] && r=" Reason=$reason [root@2026-11-29T05:15:35]"
-  echo "NodeName=$4 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 State=$(cat "$d/state") ThreadsPerCore=1 TmpDisk=0 Weight=1 Partitions=p$r"
-  ;;
-update)
-  case "$3" in
-  state=drain)
-    base=$(cut -d+ -f1 < "$d/state"); echo "$base+DRAIN" > "$d/state"; printf '%s\n' "${4#reason=}" > "$d/reason" ;;
-  state=resume)
-    if grep -q DRAIN "$d/state"; then base=$(cut -d+ -f1 < "$d/state"); echo "$base" > "$d/state"; : > "$d/reason"
-    else echo "slurm_update error: Invalid node state specified" >&2; exit 1; fi ;;
-  esac
-  ;;
-listpids)
-  echo "PID      JOBID    STEPID   LOCALID GLOBALID"
-  if [ -s "$d/listpids" ]; then cat "$d/listpids"; else echo "No job steps exist on this node."; exit 1; fi
-  ;;
---version) echo "slurm-wlm 22.05.8" ;;
-*) echo "fake scontrol: unexpected $*" >&2; exit 2 ;;
-esac
-"""
 
-FAKE_SQUEUE = """#!/bin/sh
-d=@DIR@
-echo "squeue $*" >> "$d/calls.log"
-cat "$d/squeue.out"
-"""
-
-
-class Node:
+class Node(FakeSlurm):
     """One simulated node: a mounted loop ext4 at `mount_point`, its config, and a fake Slurm."""
 
     def __init__(self, tmp_path: Path, loops, size_mb: int = 64, health_conf: str = "", mount_options: str | None = None) -> None:
-        self.dir = tmp_path / "slurm"
-        self.dir.mkdir()
-        for name, text in (("scontrol", FAKE_SCONTROL), ("squeue", FAKE_SQUEUE)):
-            path = self.dir / name
-            path.write_text(text.replace("@DIR@", str(self.dir)))
-            path.chmod(0o755)
-        for name in ("calls.log", "reason", "listpids", "squeue.out"):
-            (self.dir / name).write_text("")
-        self.set_state("IDLE")
+        super().__init__(tmp_path / "slurm")
         self.fs = loops.filesystem("ext4", size_mb=size_mb, mount_point=str(tmp_path / "scratch"), options=mount_options)
         self.mount_point = self.fs.mount_point
-        self.config = tmp_path / "slurm-scratch.conf"
-        self.config.write_text(
-            f"[volume]\nmount_point = {self.mount_point}\nbackend = single\nfilesystem = ext4\n"
-            f"[health]\n{health_conf}\n"
-            f"[slurm]\nscontrol = {self.dir}/scontrol\nsqueue = {self.dir}/squeue\nslurm_conf = /etc/slurm-test/slurm.conf\n"
-        )
-        self.config.chmod(0o644)
-
-    def set_state(self, state: str, reason: str = "") -> None:
-        (self.dir / "state").write_text(state + "\n")
-        (self.dir / "reason").write_text(reason + ("\n" if reason else ""))
-
-    def state(self) -> tuple[str, str]:
-        return (self.dir / "state").read_text().strip(), (self.dir / "reason").read_text().strip()
-
-    def calls(self) -> list[str]:
-        return [line.split(" |")[0] for line in (self.dir / "calls.log").read_text().splitlines()]
+        self.config = self.tool_config(
+            tmp_path / "slurm-scratch.conf", f"mount_point = {self.mount_point}\nbackend = single\nfilesystem = ext4\n",
+            health_conf, "slurm_conf = /etc/slurm-test/slurm.conf\n")
 
     def healthcheck(self) -> subprocess.CompletedProcess:
         env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(self.config)}
@@ -110,7 +56,7 @@ def no_memory():
     no volume record (these volumes are not built by setup: config says what to expect)."""
 
     def clear() -> None:
-        for path in (drain.STATE_FILE, drain.HOOK_FILE, drain.RELEASED_HOOK_FILE, health.STUCK_FILE, health.RECORD_CACHE, health.RECORD_FILE):
+        for path in (drain.STATE_FILE, drain.HOOK_FILE, drain.RELEASED_HOOK_FILE, layout.PROBE_STUCK, layout.VOLUME_RECORD_CACHE, layout.VOLUME_RECORD):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -225,12 +171,12 @@ def test_hung_probe_times_out_and_is_not_repeated_while_stuck(tmp_path, loops) -
         assert result.returncode == 1
         assert result.stdout.splitlines() == ["probe timed out after 1 s"]
         assert node.state() == ("IDLE+DRAIN", "scratch: probe timed out after 1 s")
-        stuck_pid = int(Path(health.STUCK_FILE).read_text().split()[0])
+        stuck_pid = int(Path(layout.PROBE_STUCK).read_text().split()[0])
         assert Path(f"/proc/{stuck_pid}").exists()
         calls = len(node.calls())
         again = node.healthcheck()  # the stuck probe is still there: no second one, same reason
         assert again.stdout.splitlines() == ["probe timed out after 1 s"]
-        assert int(Path(health.STUCK_FILE).read_text().split()[0]) == stuck_pid
+        assert int(Path(layout.PROBE_STUCK).read_text().split()[0]) == stuck_pid
         assert len(node.calls()) == calls
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", node.mount_point], check=False)
@@ -272,7 +218,7 @@ def test_prolog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     node.umount()
     # What the Prolog does when the volume is broken at job start: a file, no Slurm call; then
     # slurmctld drains the node with "Prolog error".
-    health.record_prolog_finding(None, f"{node.mount_point} is not mounted and setup failed: no disks")
+    entry.record_prolog_finding(None, f"{node.mount_point} is not mounted and setup failed: no disks")
     node.set_state("IDLE+DRAIN", "Prolog error")
     assert node.healthcheck().returncode == 1
     reason = f"scratch: {node.mount_point} not mounted"
@@ -301,7 +247,7 @@ def test_epilog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     # What the Epilog does on a faulty volume: it records its finding under the name the hooks
     # call (no Slurm call) and fails; slurmctld then drains the node with "Epilog error".
     monkeypatch.setenv("SLURM_SCRIPT_CONTEXT", "epilog_slurmd")
-    health.record_prolog_finding(None, f"{node.mount_point}: cannot retire job_4711: Read-only file system")
+    entry.record_prolog_finding(None, f"{node.mount_point}: cannot retire job_4711: Read-only file system")
     assert "hook=epilog" in Path(drain.HOOK_FILE).read_text().splitlines()
     node.set_state("MIXED+DRAIN", "Epilog error")
     assert node.healthcheck().returncode == 1
@@ -314,12 +260,28 @@ def test_epilog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     assert node.state() == ("MIXED", "")
 
 
+def _job_env(node: Node, job_id: int) -> dict[str, str]:
+    """What slurmd gives a Prolog or Epilog of sstest1's job `job_id` (and the test's config)."""
+    return {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config), "SLURM_JOB_ID": str(job_id),
+            "SLURM_JOB_UID": str(TEST_UID), "SLURM_JOB_GID": str(TEST_UID), "SLURM_JOB_USER": "sstest1"}
+
+
+def _slurm_drains_then_the_health_check_takes_over(node: Node, slurm_reason: str) -> None:
+    """A hook failed on the read-only volume: slurmctld drains with `slurm_reason`, the next check
+    replaces it with ours, and the check after the repair resumes the node."""
+    node.set_state("IDLE+DRAIN", slurm_reason)
+    assert node.healthcheck().returncode == 1
+    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
+    node.remount("remount,rw")
+    assert node.healthcheck().returncode == 0
+    assert node.state() == ("IDLE", "")
+
+
 def test_epilog_on_a_read_only_volume_fails_and_the_health_check_takes_over_its_drain(node: Node) -> None:
     """The installed Prolog and Epilog, as slurmd runs them; the volume turns read-only while the
     job runs (ext4's errors=remount-ro)."""
     assert node.healthcheck().returncode == 0
-    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config), "SLURM_JOB_ID": "4713",
-           "SLURM_JOB_UID": str(TEST_UID), "SLURM_JOB_GID": str(TEST_UID), "SLURM_JOB_USER": "sstest1"}
+    env = _job_env(node, 4713)
     prolog = subprocess.run([str(REPO / "hooks" / "prolog")], env={**env, "SLURM_SCRIPT_CONTEXT": "prolog_slurmd"},
                             capture_output=True, text=True, timeout=60, cwd="/")
     assert prolog.returncode == 0, prolog.stderr
@@ -330,12 +292,7 @@ def test_epilog_on_a_read_only_volume_fails_and_the_health_check_takes_over_its_
     recorded = Path(drain.HOOK_FILE).read_text().splitlines()
     assert "hook=epilog" in recorded and any("Read-only file system" in line for line in recorded), recorded
     assert node.calls() == [SHOW]  # the hooks asked Slurm nothing
-    node.set_state("IDLE+DRAIN", "Epilog error")  # what slurmctld does on a failed Epilog
-    assert node.healthcheck().returncode == 1
-    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
-    node.remount("remount,rw")
-    assert node.healthcheck().returncode == 0
-    assert node.state() == ("IDLE", "")
+    _slurm_drains_then_the_health_check_takes_over(node, "Epilog error")
 
 
 def test_epilog_error_shown_after_our_drain_is_replaced_again_and_resumed(node: Node) -> None:
@@ -343,7 +300,7 @@ def test_epilog_error_shown_after_our_drain_is_replaced_again_and_resumed(node: 
     (it replaces a drained node's reason): the finding stays pending until that is undone."""
     assert node.healthcheck().returncode == 0
     node.remount("remount,ro")
-    health.record_hook_finding(None, f"{node.mount_point}: cannot retire job_4712: Read-only file system", "epilog")
+    entry.record_hook_finding(None, f"{node.mount_point}: cannot retire job_4712: Read-only file system", "epilog")
     reason = f"scratch: {node.mount_point} read-only"
     assert node.healthcheck().returncode == 1
     assert node.state() == ("IDLE+DRAIN", reason)
@@ -414,12 +371,12 @@ def test_reports_do_not_wait_on_another_checks_housekeeping(tmp_path, loops) -> 
     env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config)}
     busy = subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
     try:
-        _wait_until("the first check is in its housekeeping", lambda: busy.pid in _flock_holders(health.HOUSEKEEPING_LOCK), 60)
+        _wait_until("the first check is in its housekeeping", lambda: busy.pid in _flock_holders(layout.HOUSEKEEPING_LOCK), 60)
         _fill(node)
         argv = [sys.executable, "-m", "slurm_scratch", "--config", str(node.config), "healthcheck", "--node", NODE, "--report-only"]
         report = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(REPO))
         full = node.healthcheck()
-        still_busy = busy.pid in _flock_holders(health.HOUSEKEEPING_LOCK)
+        still_busy = busy.pid in _flock_holders(layout.HOUSEKEEPING_LOCK)
         left = len(os.listdir(trash))
         print(f"{left} trash entries left when the other checks had ended")
         assert still_busy, f"the first check's housekeeping ended before the others ran ({left} left): the test proves nothing"
@@ -463,7 +420,7 @@ def test_a_full_check_waits_for_another_ones_checks_then_reconciles_its_own_find
     assert node.healthcheck().returncode == 0
     node.umount()
     env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config)}
-    fd = _hold(health.LOCK_FILE)  # another check's checks and reconcile are under way
+    fd = _hold(layout.HEALTH_LOCK)  # another check's checks and reconcile are under way
     try:
         second = subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
         time.sleep(1)  # the second check is waiting (its bound is 2 + 2 + 3 x 1 + 5 = 12 s)
@@ -481,7 +438,7 @@ def test_a_full_check_whose_lock_stays_taken_reports_the_fault_within_its_bound(
     _fast_slurm(node)
     assert node.healthcheck().returncode == 0
     node.remount("remount,ro")
-    fd = _hold(health.LOCK_FILE)  # a holder that never lets go (stuck, or an admin's pause)
+    fd = _hold(layout.HEALTH_LOCK)  # a holder that never lets go (stuck, or an admin's pause)
     try:
         started = time.monotonic()
         result = node.healthcheck()  # the hang detector: healthcheck()'s 120 s timeout
@@ -544,18 +501,12 @@ def test_slurm_unreachable_is_retried(node: Node) -> None:
 def test_prolog_on_a_read_only_volume_records_the_finding_for_the_health_check(node: Node) -> None:
     assert node.healthcheck().returncode == 0
     node.remount("remount,ro")
-    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(node.config), "SLURM_JOB_ID": "4711",
-           "SLURM_JOB_UID": str(TEST_UID), "SLURM_JOB_GID": str(TEST_UID), "SLURM_JOB_USER": "sstest1"}
+    env = _job_env(node, 4711)
     prolog = subprocess.run([str(REPO / "hooks" / "prolog")], env=env, capture_output=True, text=True, timeout=60, cwd="/")
     assert prolog.returncode == 1 and "Traceback" not in prolog.stderr
     assert "Read-only file system" in Path(drain.PROLOG_FILE).read_text()
     assert node.calls() == [SHOW]  # the Prolog asked Slurm nothing
-    node.set_state("IDLE+DRAIN", "Prolog error")  # what slurmctld does on a failed Prolog
-    assert node.healthcheck().returncode == 1
-    assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")
-    node.remount("remount,rw")
-    assert node.healthcheck().returncode == 0
-    assert node.state() == ("IDLE", "")
+    _slurm_drains_then_the_health_check_takes_over(node, "Prolog error")
 
 
 def test_broken_node_resumed_by_an_admin_is_drained_at_the_next_check(node: Node) -> None:

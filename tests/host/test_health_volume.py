@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_scratch import drain, health
+from slurm_scratch import layout
+from slurm_scratch.health import drain
+from lab.fake_slurm import FakeSlurm
 from lab.kernel import is_mounted, mkfs, umount
 
 pytestmark = pytest.mark.root
@@ -18,46 +20,16 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
 RECORD = Path("/var/lib/slurm-scratch/volume.json")
 NODE = "n1"
-FAKE_SCONTROL = """#!/bin/sh
-d=$(dirname "$0")
-echo "$*" >> "$d/calls.log"
-case "$1" in
-show) echo "NodeName=$4 Arch=x86_64 State=$(cat "$d/state") Weight=1$(cat "$d/reason")" ;;
-update) case "$3" in
-  state=drain) echo "IDLE+DRAIN" > "$d/state"; echo " Reason=${4#reason=} [root@2026-11-29T05:15:35]" > "$d/reason" ;;
-  state=resume) echo IDLE > "$d/state"; : > "$d/reason" ;;
-  esac ;;
-esac
-"""
-
-
-@pytest.fixture(autouse=True)
-def fresh_node_state():
-    def clear() -> None:
-        for path in (str(RECORD), drain.STATE_FILE, drain.PROLOG_FILE, health.STUCK_FILE, health.RECORD_CACHE):
-            Path(path).unlink(missing_ok=True)
-
-    clear()
-    yield
-    clear()
 
 
 class Volume:
     def __init__(self, tmp_path: Path, devices: list[str], backend: str, filesystem: str, health_conf: str = "") -> None:
         self.mount_point = str(tmp_path / "scratch")
-        self.slurm = tmp_path / "slurm"
-        self.slurm.mkdir()
-        (self.slurm / "scontrol").write_text(FAKE_SCONTROL)
-        (self.slurm / "scontrol").chmod(0o755)
-        (self.slurm / "state").write_text("IDLE\n")
-        (self.slurm / "reason").write_text("")
-        self.config = tmp_path / "slurm-scratch.conf"
-        self.config.write_text(
-            f"[volume]\nmount_point = {self.mount_point}\ndevices = {' '.join(devices)}\nbackend = {backend}\n"
-            f"filesystem = {filesystem}\ncommand_timeout = 120\n[health]\n{health_conf}\n"
-            f"[slurm]\nscontrol = {self.slurm}/scontrol\n"
-        )
-        self.config.chmod(0o644)
+        self.slurm = FakeSlurm(tmp_path / "slurm")
+        self.config = self.slurm.tool_config(
+            tmp_path / "slurm-scratch.conf",
+            f"mount_point = {self.mount_point}\ndevices = {' '.join(devices)}\nbackend = {backend}\n"
+            f"filesystem = {filesystem}\ncommand_timeout = 120\n", health_conf)
 
     def setup(self) -> None:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), "SLURM_SCRATCH_CONF": str(self.config)}
@@ -70,11 +42,24 @@ class Volume:
         return subprocess.run([str(REPO / "hooks" / "healthcheck")], env=env, capture_output=True, text=True, timeout=120, cwd="/")
 
     def reason(self) -> str:
-        return (self.slurm / "reason").read_text().strip()
+        return self.slurm.state()[1]
 
     def unmount(self) -> None:
         while is_mounted(self.mount_point):
             umount(self.mount_point)
+
+
+@pytest.fixture(autouse=True)
+def fresh_node_state():
+    """Each test starts as a node just booted: no volume record, nothing remembered."""
+
+    def clear() -> None:
+        for path in (str(RECORD), drain.STATE_FILE, drain.PROLOG_FILE, layout.PROBE_STUCK, layout.VOLUME_RECORD_CACHE):
+            Path(path).unlink(missing_ok=True)
+
+    clear()
+    yield
+    clear()
 
 
 def test_single_volume_from_setup_then_another_filesystem_mounted_in_its_place(tmp_path, loops) -> None:
@@ -84,7 +69,7 @@ def test_single_volume_from_setup_then_another_filesystem_mounted_in_its_place(t
     healthy = volume.healthcheck()
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert f"ext4 on {disk}" in healthy.stdout
-    assert Path(health.RECORD_CACHE).exists()  # later checks read the record without JSON
+    assert Path(layout.VOLUME_RECORD_CACHE).exists()  # later checks read the record without JSON
     assert volume.healthcheck().returncode == 0
     volume.unmount()
     mkfs(stranger, "ext4")
@@ -92,7 +77,7 @@ def test_single_volume_from_setup_then_another_filesystem_mounted_in_its_place(t
     wrong = volume.healthcheck()
     assert wrong.returncode == 1
     assert wrong.stdout.splitlines()[0] == f"{volume.mount_point} mounted from {stranger}, expected {disk}"
-    assert volume.reason().startswith(f"Reason=scratch: {volume.mount_point} mounted from {stranger}")
+    assert volume.reason().startswith(f"scratch: {volume.mount_point} mounted from {stranger}")
 
 
 def test_btrfs_volume_counts_its_disks(tmp_path, loops) -> None:
@@ -123,4 +108,4 @@ def test_repair_no_only_reports(tmp_path, loops) -> None:
     volume.unmount()
     result = volume.healthcheck()
     assert result.returncode == 1 and not is_mounted(volume.mount_point)
-    assert volume.reason().startswith(f"Reason=scratch: {volume.mount_point} not mounted")
+    assert volume.reason().startswith(f"scratch: {volume.mount_point} not mounted")

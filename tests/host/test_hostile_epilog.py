@@ -22,7 +22,7 @@ import pytest
 from lab.jobs import make_canary, scratch_volume, snapshot
 from lab.kernel import sh
 
-from slurm_scratch import drain
+from slurm_scratch.health import drain
 
 pytestmark = pytest.mark.root
 
@@ -171,8 +171,8 @@ def test_the_sweep_is_not_hung_by_a_fuse_mount_on_an_orphan_or_a_process_holding
                                        str(deep)])
         ready(holder)
         sweep = subprocess.run(
-            ["/usr/bin/python3", "-c", "import sys; from slurm_scratch import cleanup, config; "
-             "report = cleanup.sweep(config.load_config(sys.argv[1]), 'node1', set()); print(sorted(report.retired), sorted(report.young))",
+            ["/usr/bin/python3", "-c", "import sys; from slurm_scratch import config; from slurm_scratch.jobs import sweep; "
+             "report = sweep.sweep(config.load_config(sys.argv[1]), 'node1', set()); print(sorted(report.retired), sorted(report.young))",
              str(scratch.config)],
             env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])}, cwd="/", capture_output=True, text=True, timeout=60,
         )
@@ -344,14 +344,11 @@ def test_a_frozen_volume_fails_the_epilog_within_fs_timeout_and_records_why(scra
     scratch.configure({"jobs": {"fs_timeout": "2"}})
     assert scratch.prolog(861).returncode == 0
     (scratch.job_dir(861) / "data").write_text("x\n")
-    sh("fsfreeze", "-f", str(scratch.mount_point))
-    try:
-        result = scratch.epilog(861, timeout=60)  # the hang detector: fs_timeout plus generous slack
-        assert result.returncode == 1, result.stderr
-        assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in result.stderr
-        assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in Path(drain.PROLOG_FILE).read_text()
-    finally:
-        sh("fsfreeze", "-u", str(scratch.mount_point), check=False)
+    # the hang detector: fs_timeout plus generous slack
+    result = scratch.while_frozen(lambda: scratch.epilog(861, timeout=60))
+    assert result.returncode == 1, result.stderr
+    assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in result.stderr
+    assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in Path(drain.PROLOG_FILE).read_text()
     # Thawed: the killed child may still have finished its rename; either way the next Epilog and
     # the reaper leave nothing behind.
     again = scratch.epilog(861, timeout=60)

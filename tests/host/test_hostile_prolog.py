@@ -23,7 +23,7 @@ from lab.jobs import HOOKS, TRASH, make_canary, snapshot
 from lab.jobs import scratch_volume as _scratch_volume
 from lab.kernel import sh
 
-from slurm_scratch import drain
+from slurm_scratch.health import drain
 
 pytestmark = pytest.mark.root
 
@@ -282,14 +282,13 @@ def test_a_frozen_volume_fails_the_prolog_within_fs_timeout_and_records_why(scra
     assert scratch.prolog(350).returncode == 0
     with contextlib.suppress(FileNotFoundError):
         os.unlink(drain.PROLOG_FILE)
-    sh("fsfreeze", "-f", str(scratch.mount_point))
+    # the hang detector: fs_timeout plus generous slack
+    result = scratch.while_frozen(lambda: scratch.prolog(351, timeout=60))
     try:
-        result = scratch.prolog(351, timeout=60)  # the hang detector: fs_timeout plus generous slack
         assert result.returncode == 1, result.stderr
         assert f"{scratch.mount_point} hung: prolog timed out after 2 s" in result.stderr
         assert f"{scratch.mount_point} hung: prolog timed out after 2 s" in Path(drain.PROLOG_FILE).read_text()
     finally:
-        sh("fsfreeze", "-u", str(scratch.mount_point), check=False)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(drain.PROLOG_FILE)
     again = scratch.prolog(352)

@@ -170,6 +170,16 @@ def wait_drained(stack, what: str) -> str:
                 describe=stack.describe_node)
 
 
+def pull_disk(stack, disk, steps: Steps) -> None:
+    """Pull `disk`: the health check drains the node, naming the problem in the layers (the LV
+    lost a leg) or, if ext4 already gave up, as read-only."""
+    disk.disconnect()
+    reason = wait_drained(stack, f"{disk.serial} pulled")
+    assert reason in (f"scratch: LV {VG}/{LV} partial (a disk is missing)",
+                      f"scratch: {MOUNT_POINT} read-only"), reason
+    steps.done(f"disk pulled -> drained: {reason!r}")
+
+
 def wait_resumed(stack, what: str) -> None:
     def resumed():
         state = stack.node_state()
@@ -207,12 +217,7 @@ def test_boot_job_reboot_pulled_disk_drains_and_its_return_resumes(disks, slurm_
 
     # One disk pulled: the health check drains the node, naming the problem.
     pulled = made[1]
-    pulled.disconnect()
-    reason = wait_drained(stack, f"{pulled.serial} pulled")
-    # layers (the LV lost a leg) or, if ext4 already gave up, writable: both name the problem
-    assert reason in (f"scratch: LV {VG}/{LV} partial (a disk is missing)",
-                      f"scratch: {MOUNT_POINT} read-only"), reason
-    steps.done(f"disk pulled -> drained: {reason!r}")
+    pull_disk(stack, pulled, steps)
 
     # The disk is put back and the volume repaired as an admin would: taken down, its ext4
     # checked (the writes that failed while the disk was gone left errors recorded in the
@@ -240,11 +245,7 @@ def test_a_pulled_disk_that_stays_gone_is_rebuilt_and_the_node_resumed(disks, sl
     old_uuid = node.fs_uuid(LV_DEVICE)
 
     gone, kept = made
-    gone.disconnect()
-    reason = wait_drained(stack, f"{gone.serial} pulled")
-    assert reason in (f"scratch: LV {VG}/{LV} partial (a disk is missing)",
-                      f"scratch: {MOUNT_POINT} read-only"), reason
-    steps.done(f"disk pulled -> drained: {reason!r}")
+    pull_disk(stack, gone, steps)
 
     # The node reboots and the disk does not come back: setup rebuilds from the disk present.
     stack.stop_slurmd()
