@@ -43,7 +43,7 @@ SEED_STEPS = (
 
 def seed_sequence(devices: list[str]) -> list[tuple[str, float]]:
     """Run the seed's commands; returns (command, seconds) for each."""
-    from nvme_disks import sh
+    from lab.nvme_disks import sh
 
     timings = []
     for step in SEED_STEPS:
@@ -57,9 +57,9 @@ def seed_sequence(devices: list[str]) -> list[tuple[str, float]]:
 
 
 def guest_main(args: argparse.Namespace) -> int:
-    sys.path[:0] = [str(REPO / "tests/vm/guest"), str(REPO)]  # the guest's helpers, the lab
-    import node
-    from nvme_disks import mount_backing_tmpfs
+    sys.path.insert(0, str(REPO))
+    from lab import guest_node as node
+    from lab.nvme_disks import mount_backing_tmpfs
 
     backing = Path("/var/tmp/bench-disks")
     mount_backing_tmpfs(backing, size=args.tmpfs)
@@ -70,7 +70,7 @@ def guest_main(args: argparse.Namespace) -> int:
 
 
 def measure(node, config: Path, backing: Path, count: int, size: str, rounds: int) -> None:
-    from nvme_disks import DiskRig
+    from lab.nvme_disks import DiskRig
 
     times: dict[str, list[float]] = {"seed": [], "tool": []}
     tool_log = ""
@@ -109,8 +109,8 @@ def measure(node, config: Path, backing: Path, count: int, size: str, rounds: in
 
 
 def host_main(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "tests/vm"))
-    from vm_boot import qemu_unavailable_reason, run_in_vm
+    sys.path.insert(0, str(REPO))
+    from lab.vm_boot import qemu_unavailable_reason, run_in_vm
 
     reason = qemu_unavailable_reason()
     if reason:

@@ -16,10 +16,10 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm_boot import PROJECT_ROOT, VmResult, run_in_vm
+from lab.vm_boot import PROJECT_ROOT, VmResult, run_in_vm
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
-GUEST_SOURCE = Path("/src")  # where guest_init.sh mounts the project checkout
+GUEST_SOURCE = Path("/src")  # where lab/vm_init.sh mounts the project checkout
 DEFAULT_MODULE_TIMEOUT_S = 900
 PER_TEST_TIMEOUT_S = 300
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guest_run import (GuestModuleRun, collect_guest_tests, junit_key,  # noqa: E402
                        module_of, run_guest_module)
-from vm_boot import qemu_unavailable_reason  # noqa: E402
-from vm_image import VmImage, ensure_image  # noqa: E402
+from lab.vm_boot import qemu_unavailable_reason  # noqa: E402
+from lab.vm_image import VmImage, ensure_image  # noqa: E402
 
 pytestmark = pytest.mark.vm
 

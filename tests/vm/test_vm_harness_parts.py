@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guest_run import junit_key, module_timeout, parse_junit  # noqa: E402
-from vm_image import (archive_url, dependency_closure, extract_vmlinux,  # noqa: E402
+from lab.vm_image import (archive_url, dependency_closure, extract_vmlinux,  # noqa: E402
                       module_name, parse_modules_dep)
 
 SOURCES = """\

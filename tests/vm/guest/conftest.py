@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-# the guest's helpers, then the checkout's top for the lab (lab/: standard library only)
+# the guest's own helpers (slurm_node), then the checkout's top for the lab (standard library only)
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[3])]
 
-import node  # noqa: E402
-from nvme_disks import DiskRig, mount_backing_tmpfs  # noqa: E402
+from lab import guest_node as node  # noqa: E402
+from lab.nvme_disks import DiskRig, mount_backing_tmpfs  # noqa: E402
 
 BACKING_DIR = Path("/var/tmp/nvme-backing")
 # Files the tool or the tests may change on the node; restored after every test.

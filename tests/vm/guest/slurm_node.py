@@ -18,12 +18,12 @@ import subprocess
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import node
+from lab import guest_node as node
 from lab.munge import start_munged
 from lab.process import stop_process, wait_for
 from lab.scontrol import TERMINAL_JOB_STATES, first_record, parse_sinfo_reason, sinfo_reason_argv
 from lab.slurmconf import make_controller_dir, slurm_conf_text
-from nvme_disks import sh
+from lab.nvme_disks import sh
 
 NODE_NAME = "vm"  # the guest's host name (vm_image.py writes /etc/hostname)
 ADDRESS = "127.0.0.1"

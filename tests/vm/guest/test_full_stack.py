@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import node
-from nvme_disks import EC2_INSTANCE_STORE, sh
+from lab import guest_node as node
+from lab.nvme_disks import EC2_INSTANCE_STORE, sh
 from slurm_node import TOOL_CONF, SlurmNode, poll
 
 VM_TIMEOUT_S = 600

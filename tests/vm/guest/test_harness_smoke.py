@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-import node
-from nvme_disks import EBS, EC2_INSTANCE_STORE, sh
+from lab import guest_node as node
+from lab.nvme_disks import EBS, EC2_INSTANCE_STORE, sh
 
 VG = "vg.smoke"
 

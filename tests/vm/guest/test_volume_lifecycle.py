@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import node
-from nvme_disks import sh, wait_for
+from lab import guest_node as node
+from lab.nvme_disks import sh, wait_for
 
 MOUNT_POINT = Path("/scratch")
 VM_TIMEOUT_S = 1200

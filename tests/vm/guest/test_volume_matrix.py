@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import node
+from lab import guest_node as node
 
 MOUNT_POINT = "/scratch"
 VM_TIMEOUT_S = 1200

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import node
-from nvme_disks import AZURE_DIRECT, AZURE_DIRECT_V2, EBS, GCP_LOCAL_SSD, PLAIN, sh
+from lab import guest_node as node
+from lab.nvme_disks import AZURE_DIRECT, AZURE_DIRECT_V2, EBS, GCP_LOCAL_SSD, PLAIN, sh
 
 MOUNT_POINT = Path("/scratch")
 VM_TIMEOUT_S = 900

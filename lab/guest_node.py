@@ -11,9 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nvme_disks import DiskRig, sh
+from lab.nvme_disks import DiskRig, sh
 
-SOURCE = Path(__file__).resolve().parents[3]  # the project checkout (/src in the guest)
+SOURCE = Path(__file__).resolve().parents[1]  # the project checkout (/src in the guest)
 STATE_DIRS = (Path("/var/lib/slurm-scratch"), Path("/run/slurm-scratch"))
 RUN_STATE = Path("/run/slurm-scratch")
 # LVM's and mdadm's own runtime state (pvs_online, vgs_online, map), lost at a real reboot.

@@ -2,12 +2,12 @@
 
 The image is made only from Debian packages: the kernel with `apt-get download` + `dpkg -x`
 (never installed on the host), the userspace with `mmdebstrap`, plus the kernel modules the
-tests need (closed over modules.dep) and `guest_init.sh` as `/init`, packed as one
+tests need (closed over modules.dep) and `vm_init.sh` as `/init`, packed as one
 uncompressed newc cpio. It is cached outside the repository under
 `/var/cache/slurm-scratch-tests/vm/<digest of the inputs>`; a lock keeps two test processes
 from building at once, and a build goes into a temporary folder that is renamed into place.
 
-Run `python3 tests/vm/vm_image.py` to build (or find) the image and print where it is.
+Run `python3 lab/vm_image.py` to build (or find) the image and print where it is.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ CACHE_ROOT = Path("/var/cache/slurm-scratch-tests/vm")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 SUITE = "bookworm"
 KERNEL_META_PACKAGE = "linux-image-amd64"
-INIT_SCRIPT = Path(__file__).with_name("guest_init.sh")
+INIT_SCRIPT = Path(__file__).with_name("vm_init.sh")
 
 GUEST_PACKAGES = (
     "mount", "util-linux", "fdisk", "kmod", "procps", "iproute2", "udev",

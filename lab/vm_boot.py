@@ -1,11 +1,11 @@
 """Boot the test VM under QEMU (TCG), run one shell command in it, and collect the result.
 
-The guest's /init (guest_init.sh) mounts the project source read-only at /src and a results
+The guest's /init (vm_init.sh) mounts the project source read-only at /src and a results
 folder at /results (both 9p), starts udevd, runs `/results/command.sh` with a time limit,
 writes output.log, exit_code and dmesg.log to /results, and powers off. The host kills QEMU
 (by the PID it started) when the hard timeout passes, whatever happens.
 
-`python3 tests/vm/vm_boot.py 'COMMAND'` runs COMMAND in a fresh VM and prints its output.
+`python3 lab/vm_boot.py 'COMMAND'` runs COMMAND in a fresh VM and prints its output.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vm_image import VmImage, ensure_image  # noqa: E402
+if not __package__:  # run as a file: make the lab importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lab.vm_image import VmImage, ensure_image  # noqa: E402
 
 QEMU = "qemu-system-x86_64"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KERNEL_COMMAND_LINE = (
     "console=ttyS0 quiet panic=-1 mitigations=off"
     # Bookworm's 6.1 can BUG() in nvmet_tcp_io_work on O_DIRECT buffers in huge pages
