@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from lab.kernel import is_mounted, sh
+from lab.process import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "hooks"
@@ -53,15 +54,9 @@ def write_config(path: Path, mount_point: str, sections: dict[str, dict[str, str
 
 
 def poll(condition, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Call `condition` until it returns something truthy, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """Call `condition` until it returns something truthy, at most `timeout` seconds (then an
+    AssertionError: a test's wait that fails is a failed test)."""
+    return wait_for(what, condition, timeout, interval, error=AssertionError)
 
 
 def snapshot(root: str | Path) -> dict[str, tuple]:
