@@ -1,4 +1,4 @@
-"""Fixtures for the real-Slurm tests: one cluster per test module (see harness.py).
+"""Fixtures for the real-Slurm tests: one cluster per test module (see lab/cluster.py).
 
 `cluster` (per test) hands out the module's cluster and, after the test, puts it back as it was:
 leftover jobs cancelled, nodes resumed, every node's config restored and /scratch mounted, so
@@ -25,7 +25,7 @@ SETUP_BY_PROJECT = True
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_INTERVAL = 5  # seconds; slurm.conf HealthCheckInterval
 NODES = ("n1", "n2")
-# bookworm's own Slurm, and trixie's in a rootfs (rootfs.py); CLUSTER_SLURM=slurm-22.05 runs
+# bookworm's own Slurm, and trixie's in a rootfs (lab/rootfs.py); CLUSTER_SLURM=slurm-22.05 runs
 # only the first
 SLURM_FLAVOURS = tuple(f for f in ("slurm-22.05", "slurm-24.11")
                        if os.environ.get("CLUSTER_SLURM", f) == f)

@@ -1,4 +1,4 @@
-"""node_bootstrap.py's CLI, as the docker-compose nodes run it (docker/entrypoint.sh), for real,
+"""lab/node_boot.py's CLI, as the docker-compose nodes run it (docker/entrypoint.sh), for real,
 each run in its own mount namespace with empty state dirs, like a fresh container: two sparse
 disks on loop devices striped by `slurm-scratch setup` (btrfs backend), held while the volume is
 broken, unmounted and detached on SIGTERM; run again on the same images (a container re-created
@@ -30,7 +30,7 @@ def _mounted(pid: int, mount_point: Path) -> tuple[str, str] | None:
 
 
 class Node:
-    """`node_bootstrap.py up` in a mount namespace of its own, as in a fresh container."""
+    """`node_boot.py up` in a mount namespace of its own, as in a fresh container."""
 
     def __init__(self, work: Path, prefix: Path):
         self.work, self.prefix = work, prefix
@@ -50,11 +50,11 @@ class Node:
               "--ready", str(self.ready)]
         private_state = "".join(f"mount -t tmpfs -o mode=0755 node-state {d}\n"
                                 for d in ("/run/slurm-scratch", "/var/lib/slurm-scratch"))
-        self.proc = subprocess.Popen(  # sh execs python: self.proc.pid is node_bootstrap.py
+        self.proc = subprocess.Popen(  # sh execs python: self.proc.pid is node_boot.py
             ["unshare", "--mount", "--propagation", "private", "--",
              "sh", "-euc", f"{private_state}exec {shlex.join(up)}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/")
-        wait_for("node_bootstrap.py up", lambda: self.ready.exists() or self.proc.poll() is not None,
+        wait_for("node_boot.py up", lambda: self.ready.exists() or self.proc.poll() is not None,
                  120)
         assert self.ready.exists(), self.proc.communicate(timeout=30)[0]
         return self.ready.read_text()
