@@ -8,6 +8,7 @@ nodes import are standard library only.
 - sandbox     the test process's private mount namespace, state dirs and test users
 - jobs        a scratch volume on a loop filesystem and Slurm-like hooks against it (host tests)
 - fake_slurm  a fake scontrol/squeue for one node (host tests of the health check)
+- toolconf    the one writer and reader of the tool's own config (slurm-scratch.conf)
 - slurmconf   the one slurm.conf writer
 - scontrol    the one parser of scontrol, sinfo and sdiag output
 - munge       munged started and proven to answer

@@ -44,8 +44,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from lab.node_boot import BootstrapError, NodeDisks, bootstrap_node, mount_source, \
-    node_settings, write_scratch_conf
+from lab.node_boot import BootstrapError, NodeDisks, bootstrap_node, mount_source, node_settings
+from lab.toolconf import write_tool_conf
 from lab.process import TOOL_PATH, die_with_parent, process_alive, run, stop_process, wait_for
 from lab.munge import MUNGE_USER, make_key, start_munged
 from lab.slurmconf import make_controller_dir, slurm_conf_text
@@ -546,7 +546,7 @@ class Cluster:
                            overrides: dict[str, dict[str, str]] | None = None) -> None:
         """(Re)write the node's /etc/slurm-scratch/slurm-scratch.conf atomically: the cluster's
         settings, the node's own device and slurm.conf, then `overrides`."""
-        write_scratch_conf(self.scratch_conf_path(node), node_settings(
+        write_tool_conf(self.scratch_conf_path(node), node_settings(
             self.scratch_settings, self.nodes[node].loop_devices, str(self.slurm_conf),
             overrides))
 

@@ -24,6 +24,7 @@ from typing import Callable, TypeVar
 
 from lab.kernel import is_mounted, sh
 from lab.process import wait_for
+from lab.toolconf import write_tool_conf
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "hooks"
@@ -43,14 +44,11 @@ def with_overrides(env: dict[str, str], overrides: dict[str, object]) -> dict[st
 
 
 def write_config(path: Path, mount_point: str, sections: dict[str, dict[str, str]] | None = None) -> Path:
+    """The tool's config at `path`: `mount_point` and `sections`."""
     settings: dict[str, dict[str, str]] = {"volume": {"mount_point": mount_point}}
     for section, keys in (sections or {}).items():
         settings.setdefault(section, {}).update(keys)
-    text = "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items()) for section, keys in settings.items())
-    path.write_text(text)
-    os.chown(path, 0, 0)
-    path.chmod(0o644)
-    return path
+    return write_tool_conf(path, settings)
 
 
 def poll(condition, timeout: float, interval: float = 0.02, what: str = "condition"):

@@ -28,7 +28,6 @@ still starts and the health check drains the node until an admin repairs it.
 from __future__ import annotations
 
 import argparse
-import configparser
 import fcntl
 import os
 import signal
@@ -43,6 +42,7 @@ from typing import Callable, Sequence
 if not __package__:  # run as a file (the compose nodes' entrypoint): make the lab importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab.process import LabError, run, wait_for  # noqa: E402
+from lab.toolconf import Settings, read_ini, write_tool_conf  # noqa: E402
 
 LOOP_MAJOR = 7
 _LOOP_SET_STATUS64 = 0x4C04
@@ -53,7 +53,6 @@ _LOOP_INFO64_SIZE = 232
 _LO_FLAGS_OFFSET = 52  # struct loop_info64: five __u64, then lo_number, encrypt type, key size
 ATTACH_ATTEMPTS = 10   # another container may take the free loop device we were told about
 
-Settings = dict[str, dict[str, str]]
 
 
 # One error type for the node boot and every builder that uses it (lab.process.LabError).
@@ -185,20 +184,6 @@ class NodeDisks:
 
 
 # ---------------------------------------------------------------------- the node's config
-def render_ini(settings: Settings) -> str:
-    return "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
-                   + "\n" for section, keys in settings.items())
-
-
-def read_ini(path: Path) -> Settings:
-    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"),
-                                       inline_comment_prefixes=None, strict=True)
-    parser.optionxform = str  # keep keys as written
-    with open(path) as stream:
-        parser.read_file(stream)
-    return {section: dict(parser[section]) for section in parser.sections()}
-
-
 def node_settings(settings: Settings, devices: Sequence[str], slurm_conf: str | None = None,
                   overrides: Settings | None = None) -> Settings:
     """The cluster's settings plus the node's own devices (and slurm.conf), then `overrides`."""
@@ -209,15 +194,6 @@ def node_settings(settings: Settings, devices: Sequence[str], slurm_conf: str | 
     for section, keys in (overrides or {}).items():
         merged.setdefault(section, {}).update(keys)
     return merged
-
-
-def write_scratch_conf(path: Path, settings: Settings) -> None:
-    """Write a slurm-scratch.conf atomically, root-owned 0644 (the tool insists when root)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".new")
-    temporary.write_text(render_ini(settings))
-    temporary.chmod(0o644)
-    os.replace(temporary, path)
 
 
 def expected_filesystem(settings: Settings) -> str:
@@ -259,7 +235,7 @@ def bootstrap_node(disks: NodeDisks, disk_count: int, disk_mib: int, conf_path: 
     command as the node (its namespaces, its root); `read_mountinfo` returns the node's
     mountinfo, in which the mount point shows as `mount_point_seen` (default: as configured)."""
     disks.attach(disk_count, disk_mib)
-    write_scratch_conf(conf_path, node_settings(settings, disks.devices, slurm_conf))
+    write_tool_conf(conf_path, node_settings(settings, disks.devices, slurm_conf))
     run_setup(run_in_node, slurm_scratch)
     mount_point = settings.get("volume", {}).get("mount_point", "/scratch")
     check_scratch(read_mountinfo(), mount_point_seen or mount_point,

@@ -17,7 +17,8 @@ yaml = pytest.importorskip("yaml", reason="python3-yaml is not installed (apt-ge
 
 from slurm_scratch.config import parse_config  # noqa: E402
 
-from lab.node_boot import node_settings, read_ini, render_ini  # noqa: E402
+from lab.node_boot import node_settings  # noqa: E402
+from lab.toolconf import read_ini, render_ini  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
