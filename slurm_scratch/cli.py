@@ -25,7 +25,7 @@ def _node_name(explicit: str | None = None) -> str:
 
 
 def cmd_prolog(config_path: str | None) -> int:
-    from slurm_scratch import jobdir, job
+    from slurm_scratch.jobs import job, jobdir
 
     config = load_config(config_path)
     context = job.from_slurm_env()
@@ -33,25 +33,26 @@ def cmd_prolog(config_path: str | None) -> int:
         try:
             jobdir.create(config, context)
         except jobdir.VolumeNotMounted as not_mounted:
-            from slurm_scratch import health, volume
+            from slurm_scratch.health import entry
+            from slurm_scratch.volume import setup
 
             log.warning(f"prolog: {not_mounted}; running setup", job=context.job_id)
             try:
-                volume.ensure_mounted(config)
+                setup.ensure_mounted(config)
             except ScratchError as exc:
-                health.record_prolog_finding(config, str(exc))
+                entry.record_prolog_finding(config, str(exc))
                 raise
             jobdir.create(config, context)  # a volume just mounted can hang or fail too: below
     except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
-        from slurm_scratch import health
+        from slurm_scratch.health import entry
 
-        health.record_prolog_finding(config, str(hung))
+        entry.record_prolog_finding(config, str(hung))
         raise
     except OSError as exc:  # mounted but broken (EROFS, EIO, ENOSPC): the health check names it
-        from slurm_scratch import health
+        from slurm_scratch.health import entry
 
         message = f"{config.volume.mount_point}: cannot create the job directory: {exc.strerror or exc}"
-        health.record_prolog_finding(config, message)
+        entry.record_prolog_finding(config, message)
         raise ScratchError(message) from None
     return EXIT_OK
 
@@ -59,29 +60,29 @@ def cmd_prolog(config_path: str | None) -> int:
 def cmd_epilog(config_path: str | None) -> int:
     """What the user did (a mount on the directory, an account gone from NSS, someone else's entry)
     never fails the Epilog; a faulty volume does, after recording the finding for the health check."""
-    from slurm_scratch import jobdir, job
+    from slurm_scratch.jobs import job, jobdir
 
     config = load_config(config_path)
     context = job.for_epilog()
     try:
         jobdir.retire(config, context)
     except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
-        from slurm_scratch import health
+        from slurm_scratch.health import entry
 
-        health.record_prolog_finding(config, str(hung))
+        entry.record_prolog_finding(config, str(hung))
         raise
     except (OSError, ScratchError) as exc:  # EROFS, EIO, a trash that is not ours: the volume's fault
-        from slurm_scratch import health
+        from slurm_scratch.health import entry
 
         message = f"{config.volume.mount_point}: cannot retire the job directory: {getattr(exc, 'strerror', None) or exc}"
-        health.record_prolog_finding(config, message)
+        entry.record_prolog_finding(config, message)
         raise ScratchError(message) from None
     return EXIT_OK
 
 
 def cmd_task_prolog(config_path: str | None) -> int:
     """Never fails the job: any problem becomes a `print` line in the job's output."""
-    from slurm_scratch import jobdir, job
+    from slurm_scratch.jobs import job, jobdir
 
     log.configure(stderr=False)
     try:
@@ -97,48 +98,50 @@ def cmd_task_prolog(config_path: str | None) -> int:
 
 
 def cmd_healthcheck(config_path: str | None, node: str | None = None, report_only: bool = False) -> int:
-    from slurm_scratch import health
+    from slurm_scratch.health import entry
 
-    return health.main(load_config(config_path), _node_name(node), report_only)
+    return entry.main(load_config(config_path), _node_name(node), report_only)
 
 
 def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
-    from slurm_scratch import volume
+    from slurm_scratch.volume import setup
 
-    return volume.setup_main(load_config(config_path), dry_run)
+    return setup.setup_main(load_config(config_path), dry_run)
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:
-    from slurm_scratch import volume
+    from slurm_scratch.volume import status
 
-    return volume.status_main(load_config(config_path), as_json)
+    return status.main(load_config(config_path), as_json)
 
 
 def cmd_reap(config_path: str | None) -> int:
-    from slurm_scratch import cleanup
+    from slurm_scratch.jobs import trash
+    from slurm_scratch.layout import TRASH_NAME
 
     config = load_config(config_path)
-    deleted = cleanup.reap(config, wait=True)
+    deleted = trash.reap(config, wait=True)
     print(f"reaped {deleted} trash entr{'y' if deleted == 1 else 'ies'}")
-    left = cleanup.trash_entries(config)
+    left = trash.trash_entries(config)
     if left:
-        raise ScratchError(f"{len(left)} left in {config.volume.mount_point}/{cleanup.TRASH_NAME} (the log says why): {', '.join(left)}")
+        raise ScratchError(f"{len(left)} left in {config.volume.mount_point}/{TRASH_NAME} (the log says why): {', '.join(left)}")
     return EXIT_OK
 
 
 def cmd_sweep(config_path: str | None, node: str | None = None) -> int:
-    from slurm_scratch import cleanup, slurm
+    from slurm_scratch.health import slurm
+    from slurm_scratch.jobs import sweep, trash
 
     config = load_config(config_path)
     node = _node_name(node)
-    report = cleanup.sweep(config, node, slurm.running_jobs(config, node))
+    report = sweep.sweep(config, node, slurm.running_jobs(config, node))
     for path in report.unattributed:
         print(f"left alone (not a job directory of this tool): {path}")
     print(
         f"swept {len(report.retired)} orphaned job directories; kept {len(report.running)} of running jobs "
         f"and {len(report.young)} younger than {config.jobs.sweep_guard:g} s; {len(report.unattributed)} left alone"
     )
-    cleanup.reap(config, wait=True)
+    trash.reap(config, wait=True)
     return EXIT_OK
 
 

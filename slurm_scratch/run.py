@@ -11,6 +11,7 @@ import os
 
 from slurm_scratch import log
 from slurm_scratch.errors import ScratchError
+from slurm_scratch.record import Record
 
 SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 FIXED_ENV = {"PATH": ":".join(SEARCH_PATH), "LC_ALL": "C", "LANG": "C"}
@@ -27,11 +28,11 @@ class CommandError(ScratchError):
         super().__init__(f"{' '.join(argv)} {what}" + (": " + " | ".join(detail) if detail else ""))
 
 
-class Result:
-    __slots__ = ("argv", "returncode", "stdout", "stderr")
-
-    def __init__(self, argv: list[str], returncode: int, stdout: str, stderr: str) -> None:
-        self.argv, self.returncode, self.stdout, self.stderr = argv, returncode, stdout, stderr
+class Result(Record):
+    argv: list
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def tool(name: str) -> str:
@@ -81,7 +82,7 @@ def run(
         stdout, stderr = process.communicate()
         log.error(f"command timed out after {timeout:g} s: {' '.join(argv)}", ms=timer.ms())
         raise CommandError(argv, None, stderr or stdout or "", timed_out=True) from None
-    result = Result(argv, process.returncode, stdout, stderr)
+    result = Result(argv=argv, returncode=process.returncode, stdout=stdout, stderr=stderr)
     if not quiet or process.returncode != 0:
         log.info(f"ran {' '.join(argv)} rc={process.returncode}", ms=timer.ms())
     if check and process.returncode != 0:

@@ -1,7 +1,7 @@
 """apply(): carry out a Plan's steps, each logged with its duration. The caller holds the setup lock.
 
 It also puts our mark on the filesystem: `<mount_point>/.slurm-scratch-volume`, root's 0600 file
-holding the filesystem's UUID, written before the root is opened to users (see devices.py)."""
+holding the filesystem's UUID, written before the root is opened to users (see volume/devices.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 from slurm_scratch import log, run
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import Disk, probe_signature
+from slurm_scratch.volume.devices import Disk, probe_signature
 from slurm_scratch.layout import DIR_FLAGS, MARKER_NAME, SQUATTED_PREFIX, open_trash
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.volume import state

@@ -11,18 +11,17 @@ import glob
 import json
 import os
 import stat
-from dataclasses import dataclass
 
 from slurm_scratch import log, mounts, run
-from slurm_scratch.layout import MARKER_NAME, TRASH_NAME
 from slurm_scratch.config import VolumeConfig
-from slurm_scratch.devices import Discovery, Signature, parse_blkid_export, probe_signature
+from slurm_scratch.layout import MARKER_NAME, TRASH_NAME
+from slurm_scratch.record import Record
+from slurm_scratch.volume.devices import Discovery, Signature, devnum_of_path, parse_blkid_export, probe_signature
 
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
-@dataclass(frozen=True)
-class Mounted:
+class Mounted(Record):
     source: str
     fstype: str
     devnum: str  # mountinfo major:minor (0:N for btrfs)
@@ -32,8 +31,7 @@ class Mounted:
     marked: bool = True  # <mount_point>/.slurm-scratch-volume is root's regular file, no access for others
 
 
-@dataclass(frozen=True)
-class Vg:
+class Vg(Record):
     name: str
     pv_count: int
     missing_pv_count: int
@@ -41,8 +39,7 @@ class Vg:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Lv:
+class Lv(Record):
     vg_name: str
     name: str
     path: str  # /dev/<vg>/<lv>
@@ -58,8 +55,7 @@ class Lv:
         return len(self.attr) > 8 and self.attr[8] == "p"
 
 
-@dataclass(frozen=True)
-class MdArray:
+class MdArray(Record):
     devnode: str  # /dev/md127
     name: str  # the name part of MD_NAME ("host:name")
     uuid: str
@@ -73,16 +69,14 @@ class MdArray:
         return self.array_state not in ("", "inactive", "clear")
 
 
-@dataclass(frozen=True)
-class BtrfsFs:
+class BtrfsFs(Record):
     uuid: str
     label: str
     total_devices: int
     present: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(Record):
     mount: Mounted | None
     recorded: dict | None
     vg: Vg | None = None
@@ -252,14 +246,6 @@ def observe_btrfs(volume: VolumeConfig, uuids: set[str]) -> tuple[BtrfsFs, ...]:
     return tuple(found)
 
 
-def _devnum(path: str) -> str | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else None
-
-
 def observe(volume: VolumeConfig, discovery: Discovery, recorded: dict | None, backend: str) -> Observed:
     """Everything plan() needs to know about the current state, for the given backend."""
     timer = log.Timer()
@@ -282,7 +268,7 @@ def observe(volume: VolumeConfig, discovery: Discovery, recorded: dict | None, b
     devices.extend(array.devnode for array in md_arrays if array.running and array.name == volume.md_name)
     signatures, devnums = [], []
     for path in devices:
-        devnum = _devnum(path)
+        devnum = devnum_of_path(path)
         if devnum is None:
             continue
         devnums.append((path, devnum))

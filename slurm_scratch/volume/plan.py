@@ -15,26 +15,24 @@ or a failure that says which device is wrong and why. Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.layout import MARKER_NAME, TRASH_NAME, VOLUME_RECORD
-from slurm_scratch.devices import TAG, Candidate, Discovery, Disk
+from slurm_scratch.record import Record
+from slurm_scratch.volume.devices import TAG, Candidate, Discovery, Disk, is_member_disk
 from slurm_scratch.volume.observe import Observed
 
 BACKENDS = ("lvm", "mdadm", "single", "btrfs")
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(Record):
     kind: str  # run, wipe, wait, mkfs_if_blank, mkdir, mount, trash, chmod, record
     args: tuple
     text: str
     check: bool = True  # run: a non-zero exit fails setup
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Record):
     backend: str
     state: str  # mounted, build, rebuild, complete, activate, mount, degraded, failed
     device: str = ""  # what gets mounted
@@ -73,12 +71,6 @@ def effective_backend(volume: VolumeConfig, discovery: Discovery, recorded: dict
     return "single" if len(discovery.candidates) == 1 else "lvm"
 
 
-def _member_matches(member: dict, disk: Disk) -> bool:
-    if member.get("serial"):
-        return member["serial"] == disk.serial
-    return not disk.serial and member.get("path") == disk.path
-
-
 def _describe_member(member: dict) -> str:
     parts = [member.get("path") or "?"]
     if member.get("serial"):
@@ -98,8 +90,8 @@ def missing_members(recorded: dict | None, discovery: Discovery) -> list[dict]:
     # A skipped disk is still there (it is named in `status`), unless it has no media (size 0).
     disks = [c.disk for c in discovery.candidates] + [s.disk for s in discovery.skipped if s.disk.size_bytes > 0]
     members = recorded.get("members", [])
-    gone = [m for m in members if not any(_member_matches(m, d) for d in disks)]
-    here = [c for c in discovery.candidates if c.ours and any(_member_matches(m, c.disk) for m in members)]
+    gone = [m for m in members if not any(is_member_disk(m, d) for d in disks)]
+    here = [c for c in discovery.candidates if c.ours and any(is_member_disk(m, c.disk) for m in members)]
     return gone if gone and here else []
 
 
@@ -321,9 +313,7 @@ def _degraded(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: 
 
 def _first(steps: list[Step], p: Plan) -> Plan:
     """`p` with `steps` run before its own (unless it fails)."""
-    from dataclasses import replace
-
-    return p if p.failure or not steps else replace(p, steps=tuple(steps) + p.steps)
+    return p if p.failure or not steps else p.replace(steps=tuple(steps) + p.steps)
 
 
 def _plan_lvm(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:

@@ -13,9 +13,9 @@ import json
 import os
 import time
 
-from slurm_scratch.layout import SETUP_LOCK as LOCK_FILE  # noqa: F401
 from slurm_scratch.layout import STATE_DIR
 from slurm_scratch.layout import VOLUME_RECORD as STATE_FILE
+
 VERSION = 1
 
 

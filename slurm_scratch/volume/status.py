@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from slurm_scratch.config import VolumeConfig
-from slurm_scratch.errors import ScratchError
+from slurm_scratch.config import Config, VolumeConfig
+from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
 
 
 def _disk(disk) -> dict:
@@ -14,7 +14,7 @@ def _disk(disk) -> dict:
 
 
 def collect(volume: VolumeConfig) -> dict:
-    from slurm_scratch.volume import make_plan
+    from slurm_scratch.volume.setup import make_plan
 
     report: dict = {"mount_point": volume.mount_point, "devices": " ".join(volume.devices)}
     try:
@@ -91,3 +91,15 @@ def render(report: dict) -> str:
         lines.append("setup would:")
         lines.extend(f"  {line}" for line in report["setup_would"])
     return "\n".join(lines)
+
+
+def main(config: Config, as_json: bool) -> int:
+    """`slurm-scratch status`: exit 0 when the volume is mounted."""
+    report = collect(config.volume)
+    if as_json:
+        import json
+
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render(report))
+    return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE

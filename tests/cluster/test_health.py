@@ -15,8 +15,7 @@ import pytest
 
 from cluster.conftest import HEALTH_INTERVAL, SCRATCH_SETTINGS
 from lab.cluster import Cluster, wait_for
-from slurm_scratch.cleanup import TRASH_NAME
-from slurm_scratch.health import LOCK_FILE as HEALTH_LOCK
+from slurm_scratch.layout import HEALTH_LOCK, TRASH_NAME
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,7 @@ import pytest
 
 from cluster.conftest import HEALTH_INTERVAL
 from lab.cluster import Cluster, wait_for
-from slurm_scratch.cleanup import REAPER_LOCK, TRASH_NAME
+from slurm_scratch.layout import REAPER_LOCK, TRASH_NAME
 
 pytestmark = pytest.mark.cluster
 

@@ -234,20 +234,21 @@ def test_a_mount_inside_the_job_dir_is_detached_never_deleted_into(scratch) -> N
 
 
 def test_reap_with_no_time_budget_deletes_nothing(scratch) -> None:
-    from slurm_scratch import cleanup, config
+    from slurm_scratch import config
+    from slurm_scratch.jobs import trash
 
     assert scratch.prolog(331).returncode == 0
     with reaper_lock_held(scratch):
         assert scratch.epilog(331).returncode == 0
-    assert cleanup.reap(config.load_config(str(scratch.config)), wait=True, max_seconds=0) == 0
+    assert trash.reap(config.load_config(str(scratch.config)), wait=True, max_seconds=0) == 0
     assert len(scratch.trash_entries()) == 1
-    assert cleanup.reap(config.load_config(str(scratch.config)), wait=True) == 1
+    assert trash.reap(config.load_config(str(scratch.config)), wait=True) == 1
     assert scratch.trash_entries() == []
 
 
 def holders(scratch, directory: Path, uid: int) -> list[int]:
     """The PIDs processes.Index finds holding `directory` (one scan of /proc, as the Epilog does)."""
-    from slurm_scratch import processes
+    from slurm_scratch.jobs import processes
 
     root_fd = os.open(scratch.mount_point, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -258,7 +259,7 @@ def holders(scratch, directory: Path, uid: int) -> list[int]:
 
 
 def test_holders_finds_cwd_root_and_descriptors_of_that_user_only(scratch) -> None:
-    from slurm_scratch import processes
+    from slurm_scratch.jobs import processes
 
     assert scratch.prolog(341).returncode == 0
     job_dir = scratch.job_dir(341)
@@ -285,7 +286,7 @@ def test_holders_finds_cwd_root_and_descriptors_of_that_user_only(scratch) -> No
 def test_a_setuid_style_process_of_the_user_is_found_too(scratch) -> None:
     # Real uid the user's, effective uid root (a setuid program the job ran): /proc/PID is root's,
     # so the scan must read its real uid rather than pass it over with the kernel threads.
-    from slurm_scratch import processes
+    from slurm_scratch.jobs import processes
 
     assert scratch.prolog(351).returncode == 0
     job_dir = scratch.job_dir(351)

@@ -1,6 +1,6 @@
 """`sweep`: directories of jobs that no longer run on this node and are older than the guard age are
 retired; running or young jobs' directories are kept; what cannot be attributed is reported, not
-deleted. Tested directly (`cleanup.sweep`) and through the CLI with a fake `squeue`."""
+deleted. Tested directly (`jobs.sweep`) and through the CLI with a fake `squeue`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from lab.jobs import NODE, REPO, TRASH, make_canary, scratch_volume, snapshot
 
-from slurm_scratch import cleanup, config
+from slurm_scratch import config
+from slurm_scratch.jobs import sweep, trash
 
 pytestmark = pytest.mark.root
 
@@ -77,7 +78,7 @@ class Layout:
 def test_sweep_retires_only_old_orphans(scratch) -> None:
     layout = Layout(scratch)
     kept_before = {str(p): snapshot(p) for p in layout.kept}
-    report = cleanup.sweep(config.load_config(str(scratch.config)), NODE, {102, 999})
+    report = sweep.sweep(config.load_config(str(scratch.config)), NODE, {102, 999})
     assert sorted(report.retired) == [str(layout.orphan), str(layout.orphan2)]
     assert report.running == [str(layout.running)]
     assert sorted(report.young) == sorted([str(layout.just_under), str(layout.young)])
@@ -85,14 +86,14 @@ def test_sweep_retires_only_old_orphans(scratch) -> None:
     assert not os.path.lexists(layout.orphan) and not os.path.lexists(layout.orphan2)
     assert {str(p): snapshot(p) for p in layout.kept} == kept_before
     assert sorted(e.split(".")[0] for e in scratch.trash_entries()) == ["job_101", "job_105"]
-    assert cleanup.reap(config.load_config(str(scratch.config)), wait=True) == 2
+    assert trash.reap(config.load_config(str(scratch.config)), wait=True) == 2
     assert snapshot(layout.canary) == layout.canary_before
 
 
 def test_sweep_guard_is_configurable(scratch) -> None:
     layout = Layout(scratch)
     scratch.configure({"jobs": {"sweep_guard": "10"}})
-    report = cleanup.sweep(config.load_config(str(scratch.config)), NODE, set())
+    report = sweep.sweep(config.load_config(str(scratch.config)), NODE, set())
     assert sorted(report.retired) == sorted(str(p) for p in (layout.orphan, layout.orphan2, layout.running, layout.just_under))
     assert report.young == [str(layout.young)]
     assert os.path.isdir(layout.young)
@@ -112,7 +113,7 @@ def test_sweep_with_pattern_levels(scratch, pattern) -> None:
     if pattern.startswith("%n/"):
         other_node = make_dir(scratch.mount_point / "node2", 0, OLD)
         other_node.chmod(0o755)
-    report = cleanup.sweep(config.load_config(str(scratch.config)), NODE, {203})
+    report = sweep.sweep(config.load_config(str(scratch.config)), NODE, {203})
     assert sorted(report.retired) == sorted(str(dirs[j]) for j in (201, 202))
     assert report.running == [str(dirs[203])]
     assert str(impostor) in report.unattributed and impostor.is_dir()
@@ -125,7 +126,7 @@ def test_sweep_reports_a_user_planted_pattern_level(scratch) -> None:
     scratch.configure({"jobs": {"dir": "%u/job_%j"}})
     planted = make_dir(scratch.mount_point / "sstest1", UID1, OLD)  # the user's, not root's
     inside = make_dir(planted / "job_301", UID1, OLD)
-    report = cleanup.sweep(config.load_config(str(scratch.config)), NODE, set())
+    report = sweep.sweep(config.load_config(str(scratch.config)), NODE, set())
     assert report.unattributed == [str(planted)] and report.retired == []
     assert inside.is_dir()
 

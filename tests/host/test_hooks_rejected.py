@@ -103,7 +103,7 @@ def test_bad_job_environment_is_rejected_and_changes_nothing(scratch, hook, case
 
 def test_nul_in_names_is_rejected_by_the_validator() -> None:
     # The environment cannot carry a NUL byte, so the validator itself is asked.
-    from slurm_scratch import job
+    from slurm_scratch.jobs import job
     from slurm_scratch.errors import JobContextError
 
     for env_name in ("SLURM_JOB_USER", "SLURMD_NODENAME"):

@@ -292,7 +292,7 @@ def test_degraded_btrfs_fails_naming_the_disk_then_rebuilds_when_allowed(tmp_pat
 @pytest.mark.parametrize("backend", ["single", "btrfs"])
 def test_a_crash_after_any_step_is_completed_by_the_next_run(tmp_path, loops, backend) -> None:
     from slurm_scratch.config import parse_config
-    from slurm_scratch.volume import make_plan
+    from slurm_scratch.volume.setup import make_plan
     from slurm_scratch.volume.apply import apply
     from slurm_scratch.volume.plan import Plan
 
@@ -318,7 +318,7 @@ def test_a_crash_after_any_step_is_completed_by_the_next_run(tmp_path, loops, ba
 
 def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     from slurm_scratch.config import parse_config
-    from slurm_scratch import volume
+    from slurm_scratch.volume import setup, state
 
     disk = loops.device(320)
     node = Node(tmp_path, [disk], backend="single")
@@ -326,10 +326,10 @@ def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     (node.mount_point / "data").write_text("kept")
     node.unmount()
     config = parse_config(node.conf.read_text(), str(node.conf))
-    volume.ensure_mounted(config)
+    setup.ensure_mounted(config)
     assert_ready(node, "ext4")
     assert (node.mount_point / "data").read_text() == "kept"
-    assert volume.recorded()["device"] == disk
+    assert state.read()["device"] == disk
     # The setup lock is released when ensure_mounted returns (the Prolog's process goes on).
     other = locks.acquire("/run/slurm-scratch/setup.lock")
     assert other is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slurm_scratch.config import parse_config
-from slurm_scratch.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
+from slurm_scratch.volume.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
                                    not_selected, recorded_member, select_cloud, signature_from_blkid)
 from slurm_scratch.volume.observe import Lv, parse_btrfs_show, parse_lvs, parse_vgs
 
@@ -178,7 +178,7 @@ def test_mounted_in_another_mount_namespace_held_or_busy_is_never_used() -> None
 
 
 def test_marker_must_be_roots_private_file_with_the_uuid() -> None:
-    from slurm_scratch.devices import marker_matches
+    from slurm_scratch.volume.devices import marker_matches
 
     assert marker_matches("0 600 37", "11111111-2222-4333-8444-555555555555\n", "11111111-2222-4333-8444-555555555555")
     assert not marker_matches("1000 600 37", "u\n", "u")  # a user's file

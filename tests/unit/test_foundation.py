@@ -191,7 +191,7 @@ def test_cli_check_config(tmp_path) -> None:
 def test_hot_path_imports_stay_small() -> None:
     # The Prolog and TaskProlog run for every job: what they import decides their latency (bench/).
     code = (
-        "import sys; from slurm_scratch import cli, jobdir, job, config, cleanup, processes;"
+        "import sys; from slurm_scratch import cli, config; from slurm_scratch.jobs import jobdir, job, retire, sweep, trash, processes;"
         "print(' '.join(sorted(sys.modules)))"
     )
     loaded = set(subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); {code}"], capture_output=True, text=True, check=True, timeout=60).stdout.split())

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from slurm_scratch import config, health
+from slurm_scratch import config
+from slurm_scratch.health import checks, recorded
+from slurm_scratch.health.findings import bad, ok, problems_of
 from slurm_scratch.mounts import Mount
 
 
@@ -21,59 +23,59 @@ def mount(source: str = "/dev/loop7", fstype: str = "ext4", options: tuple = ("r
 
 
 def test_not_mounted() -> None:
-    finding = health.check_mount(_config(), None, None)
+    finding = checks.check_mount(_config(), None, None)
     assert (finding.healthy, finding.text) == (False, "/scratch not mounted")
 
 
 def test_filesystem_type_from_config_or_record() -> None:
-    assert health.check_mount(_config(), mount(), None).healthy
-    assert health.check_mount(_config(), mount(fstype="xfs"), None).text == "/scratch is xfs, expected ext4"
-    assert health.check_mount(_config(), mount(fstype="xfs"), {"filesystem": "xfs"}).healthy
+    assert checks.check_mount(_config(), mount(), None).healthy
+    assert checks.check_mount(_config(), mount(fstype="xfs"), None).text == "/scratch is xfs, expected ext4"
+    assert checks.check_mount(_config(), mount(fstype="xfs"), {"filesystem": "xfs"}).healthy
 
 
 def test_device_from_record() -> None:
     record = {"backend": "single", "device": "/dev/loop7", "filesystem": "ext4"}
-    assert health.check_mount(_config(), mount(), record).healthy
-    wrong = health.check_mount(_config(), mount(source="/dev/loop3", major_minor="7:3"), record)
+    assert checks.check_mount(_config(), mount(), record).healthy
+    wrong = checks.check_mount(_config(), mount(source="/dev/loop3", major_minor="7:3"), record)
     assert (wrong.healthy, wrong.text) == (False, "/scratch mounted from /dev/loop3, expected /dev/loop7")
 
 
 def test_device_implied_by_config_without_record() -> None:
     lvm = config.parse_config("[volume]\nbackend = lvm\n", "test.conf")
-    finding = health.check_mount(lvm, mount(source="/dev/loop3"), None)
+    finding = checks.check_mount(lvm, mount(source="/dev/loop3"), None)
     assert finding.text == "/scratch mounted from /dev/loop3, expected /dev/vg.01/lv_ephemeral"
-    assert health.expected_volume(_config(), None) == ("single", None, None)
+    assert recorded.expected_volume(_config(), None) == ("single", None, None)
 
 
 def test_read_only() -> None:
-    assert health.check_writable(_config(), mount(options=("ro", "noatime"))).text == "/scratch read-only"
-    assert health.check_writable(_config(), mount()).healthy
+    assert checks.check_writable(_config(), mount(options=("ro", "noatime"))).text == "/scratch read-only"
+    assert checks.check_writable(_config(), mount()).healthy
 
 
 def test_space_and_inodes() -> None:
-    findings = health.space_findings(_config(), "1000 20 500 400")  # 2% blocks free, 80% inodes free
+    findings = checks.space_findings(_config(), "1000 20 500 400")  # 2% blocks free, 80% inodes free
     assert [(f.healthy, f.text) for f in findings] == [
         (False, "/scratch 98% full (min free 3%)"),
         (True, "/scratch inodes 20% used (min free 3%)"),
     ]
-    findings = health.space_findings(_config("[health]\nmin_free_inodes_percent = 90\n"), "1000 500 500 400")
+    findings = checks.space_findings(_config("[health]\nmin_free_inodes_percent = 90\n"), "1000 500 500 400")
     assert [f.healthy for f in findings] == [True, False]
-    assert len(health.space_findings(_config(), "1000 500 0 0")) == 1  # btrfs: no inode limit
+    assert len(checks.space_findings(_config(), "1000 500 0 0")) == 1  # btrfs: no inode limit
 
 
 def test_ranking_names_the_most_specific_problem() -> None:
     findings = [
-        health.bad("errors", "/scratch has 1 ext4 errors"),
-        health.bad("probe", "/scratch probe failed: write: No space left on device"),
-        health.bad("statvfs", "/scratch 100% full (min free 3%)"),
-        health.ok("mount", "fine"),
+        bad("errors", "/scratch has 1 ext4 errors"),
+        bad("probe", "/scratch probe failed: write: No space left on device"),
+        bad("statvfs", "/scratch 100% full (min free 3%)"),
+        ok("mount", "fine"),
     ]
-    assert health.problems_of(findings)[0].text == "/scratch 100% full (min free 3%)"
-    findings.append(health.bad("hung", "probe timed out after 10 s"))
-    assert health.problems_of(findings)[0].text == "probe timed out after 10 s"
-    findings.append(health.bad("writable", "/scratch read-only"))
-    assert health.problems_of(findings)[0].text == "/scratch read-only"
-    assert health.problems_of([health.ok("mount", "fine")]) == []
+    assert problems_of(findings)[0].text == "/scratch 100% full (min free 3%)"
+    findings.append(bad("hung", "probe timed out after 10 s"))
+    assert problems_of(findings)[0].text == "probe timed out after 10 s"
+    findings.append(bad("writable", "/scratch read-only"))
+    assert problems_of(findings)[0].text == "/scratch read-only"
+    assert problems_of([ok("mount", "fine")]) == []
 
 
 LV = "vg.01/lv_ephemeral"
@@ -93,7 +95,7 @@ LV = "vg.01/lv_ephemeral"
     ],
 )
 def test_lvs(output, members, healthy, text) -> None:
-    (finding,) = health.parse_lvs(output, LV, members)
+    (finding,) = checks.parse_lvs(output, LV, members)
     assert (finding.healthy, finding.text) == (healthy, text)
 
 
@@ -123,12 +125,12 @@ def _md(tmp_path, state: str, degraded: str | None, disks: int, raid_disks: int)
 def test_md(tmp_path, state, degraded, disks, raid_disks, members, healthy, text) -> None:
     sysfs = _md(tmp_path, state, degraded, disks, raid_disks)
     recorded = [f"/dev/nvme{index}n1" for index in range(members)] if members else None
-    (finding,) = health.check_md(sysfs, "md127", recorded)
+    (finding,) = checks.check_md(sysfs, "md127", recorded)
     assert (finding.healthy, finding.text) == (healthy, text)
 
 
 def test_md_missing(tmp_path) -> None:
-    (finding,) = health.check_md(str(tmp_path / "md9"), "md9", None)
+    (finding,) = checks.check_md(str(tmp_path / "md9"), "md9", None)
     assert finding.text == "md array md9 not found"
 
 
@@ -143,9 +145,9 @@ def _btrfs(tmp_path, fsid: str, disks: list[str]) -> str:
 def test_btrfs_members(tmp_path) -> None:
     sysfs = _btrfs(tmp_path, "1234-abcd", ["loop3", "loop4"])
     btrfs = mount(source="/dev/loop3", fstype="btrfs")
-    (finding,) = health.check_btrfs(_config(), btrfs, "1234-abcd", ["/dev/loop3", "/dev/loop4"], sysfs)
+    (finding,) = checks.check_btrfs(_config(), btrfs, "1234-abcd", ["/dev/loop3", "/dev/loop4"], sysfs)
     assert finding.healthy and finding.text == "btrfs on 2 disks"
-    (finding,) = health.check_btrfs(_config(), btrfs, "", ["/dev/loop3", "/dev/loop4", "/dev/loop5"], sysfs)
+    (finding,) = checks.check_btrfs(_config(), btrfs, "", ["/dev/loop3", "/dev/loop4", "/dev/loop5"], sysfs)
     assert finding.text == "btrfs on /scratch has 2 disks, 3 recorded"
-    (finding,) = health.check_btrfs(_config(), mount(fstype="btrfs", options=("rw", "degraded")), "1234-abcd", None, sysfs)
+    (finding,) = checks.check_btrfs(_config(), mount(fstype="btrfs", options=("rw", "degraded")), "1234-abcd", None, sysfs)
     assert finding.text == "btrfs on /scratch mounted degraded"

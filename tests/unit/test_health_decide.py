@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_scratch import drain
-from slurm_scratch.slurm import NodeState
+from slurm_scratch.health import drain
+from slurm_scratch.health.slurm import NodeState
 
 PREFIX = "scratch:"
 BROKEN = "scratch: /scratch not mounted"

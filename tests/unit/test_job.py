@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from slurm_scratch import job
+from slurm_scratch.jobs import job
 from slurm_scratch.errors import JobContextError
 
 # Plain records, not pwd.struct_passwd/grp.struct_group: structseqs made from Python crash

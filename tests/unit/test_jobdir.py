@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from slurm_scratch import cleanup, config, jobdir
-from slurm_scratch.job import JobContext
+from slurm_scratch import config
+from slurm_scratch.jobs import jobdir, pattern
+from slurm_scratch.jobs.job import JobContext
 
 JOB = JobContext(job_id=42, uid=os.getuid(), gid=os.getgid(), user="alice", node="n1")
 
@@ -28,12 +29,12 @@ def cfg(text: str = "", mount_point: str = "/scratch") -> config.Config:
     ],
 )
 def test_expand(component: str, expected: str) -> None:
-    assert jobdir.expand(component, JOB) == expected
+    assert pattern.expand(component, JOB) == expected
 
 
 def test_expand_never_rereads_a_substituted_value() -> None:
     odd = JOB.replace(user="a%nb%j", node="n%u")
-    assert jobdir.expand("%u.%n.%j", odd) == "a%nb%j.n%u.42"
+    assert pattern.expand("%u.%n.%j", odd) == "a%nb%j.n%u.42"
 
 
 def test_job_dir_path_and_components() -> None:
@@ -79,7 +80,7 @@ def test_export_lines_for_a_file_or_someone_elses_dir(tmp_path) -> None:
     ],
 )
 def test_sweep_reads_names_back(component: str, name: str, job: str, user: str | None) -> None:
-    match = cleanup._component_regex(component, "n1").match(name)
+    match = pattern.component_regex(component, "n1").match(name)
     assert match is not None and match.group("job") == job
     assert match.groupdict().get("user") == user
 
@@ -97,4 +98,4 @@ def test_sweep_reads_names_back(component: str, name: str, job: str, user: str |
     ],
 )
 def test_sweep_rejects_names_that_do_not_fit(component: str, name: str) -> None:
-    assert cleanup._component_regex(component, "n1").match(name) is None
+    assert pattern.component_regex(component, "n1").match(name) is None

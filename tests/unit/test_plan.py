@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from slurm_scratch.config import parse_config
-from slurm_scratch.devices import Candidate, Discovery, Disk, Signature, Skipped
+from slurm_scratch.volume.devices import Candidate, Discovery, Disk, Signature, Skipped
 from slurm_scratch.volume.observe import BtrfsFs, Lv, MdArray, Mounted, Observed, Vg
 from slurm_scratch.volume.plan import effective_backend, missing_members, plan
 

@@ -3,7 +3,7 @@ the volume the other filesystems mounted on it sit (objects on those are placed 
 
 from __future__ import annotations
 
-from slurm_scratch import processes
+from slurm_scratch.jobs import processes
 
 MOUNTINFO = """\
 1 0 8:1 / / rw - ext4 /dev/sda1 rw

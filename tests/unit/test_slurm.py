@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from slurm_scratch import config, slurm
+from slurm_scratch import config
+from slurm_scratch.health import slurm
 from slurm_scratch.errors import ScratchError
 
 IDLE = (

@@ -15,7 +15,8 @@ import time
 from slurm_scratch import log, mounts
 from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
-from slurm_scratch.job import JobContext
+from slurm_scratch.jobs import pattern
+from slurm_scratch.jobs.job import JobContext
 from slurm_scratch.layout import DIR_FLAGS, LEVEL_PREFIX, NEW_PREFIX, PATH_FLAGS, SQUATTED_PREFIX, TRASH_NAME, VolumeNotMounted, open_root
 INTERMEDIATE_MODE = 0o755
 MAX_ATTEMPTS = 16  # re-decisions when a name changes under the Prolog (a racing user or Prolog)
@@ -26,26 +27,9 @@ class VolumeHung(ScratchError):
     """The Prolog's work on the volume did not end within [jobs] fs_timeout (a frozen or dead disk)."""
 
 
-def expand(component: str, job: JobContext) -> str:
-    """One path component of `[jobs] dir` with %j, %u, %n and %% replaced."""
-    # One pass, so that a '%' inside a user or node name is never read as a placeholder.
-    values = {"j": str(job.job_id), "u": job.user, "n": job.node, "%": "%"}
-    out, index = [], 0
-    while index < len(component):
-        char = component[index]
-        if char == "%" and component[index + 1 : index + 2] in values:
-            out.append(values[component[index + 1]])
-            index += 2
-        else:
-            out.append(char)
-            index += 1
-    return "".join(out)
-
-
 def relative_components(config: Config, job: JobContext) -> list[str]:
     """The job directory's path below the mount point, as components (config validated the pattern)."""
-    relative = config.jobs.dir[len(config.volume.mount_point) + 1 :]
-    return [expand(component, job) for component in relative.split("/")]
+    return pattern.relative_components(config.jobs.dir, config.volume.mount_point, job)
 
 
 def job_dir_path(config: Config, job: JobContext) -> str:
@@ -218,8 +202,10 @@ class _Place:
         self.notes.append(f"moved aside {path}: {_describe(moved)} of uid {moved.st_uid} (not followed), now {TRASH_NAME}/{target}")
         return True
 
-    def level(self, parent_fd: int, name: str, path: str) -> int:
-        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry."""
+    def put(self, parent_fd: int, name: str, path: str, keep, prefix: str, uid: int, gid: int, mode: int):
+        """What `keep(fd_path, st, mounted)` makes of the entry at parent/name when it accepts it
+        (not None); else a new directory made in the trash (prefix, uid, gid, mode) is swapped in
+        for whatever is there, and its descriptor returned."""
         new: tuple[str, int] | None = None
         try:
             for _ in range(MAX_ATTEMPTS):
@@ -227,18 +213,13 @@ class _Place:
                 st = found[1] if found else None
                 if found is not None:
                     try:
-                        if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
-                            fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
-                            if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
-                                # root's own (an old release, an admin): fixed in place, since moving it would
-                                # take the running jobs' directories inside with it
-                                os.fchmod(fd, INTERMEDIATE_MODE)
-                                self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
-                            return fd
+                        kept = keep(*found)
+                        if kept is not None:
+                            return kept
                     finally:
                         os.close(found[0])
                 if new is None:
-                    new = self.new_dir(LEVEL_PREFIX, 0, 0, INTERMEDIATE_MODE)
+                    new = self.new_dir(prefix, uid, gid, mode)
                 if self.swap_in(new[0], parent_fd, name, path, st):
                     fd, new = new[1], None
                     return fd
@@ -246,6 +227,22 @@ class _Place:
         finally:
             if new is not None:
                 self.discard(new)
+
+    def level(self, parent_fd: int, name: str, path: str) -> int:
+        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry."""
+
+        def keep(fd_path: int, st: os.stat_result, mounted: bool) -> int | None:
+            if not (stat.S_ISDIR(st.st_mode) and st.st_uid == 0):
+                return None
+            fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
+            if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
+                # root's own (an old release, an admin): fixed in place, since moving it would
+                # take the running jobs' directories inside with it
+                os.fchmod(fd, INTERMEDIATE_MODE)
+                self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
+            return fd
+
+        return self.put(parent_fd, name, path, keep, LEVEL_PREFIX, 0, 0, INTERMEDIATE_MODE)
 
     def discard(self, new: tuple[str, int]) -> None:
         os.close(new[1])
@@ -325,36 +322,26 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
     into place: a crash leaves at most a temporary in the trash (the reaper empties it), never a
     root-owned directory at the job's name. Anything at the name but a directory of the job's uid
     on the volume is swapped out into the trash."""
-    new: tuple[str, int] | None = None
-    try:
-        for _ in range(MAX_ATTEMPTS):
-            found = place.look(parent_fd, name, path)
-            st = found[1] if found else None
-            if found is not None:
-                try:
-                    # A directory someone mounted on is not reused even if it is the job user's:
-                    # the user's own mount there is as much a squat as anyone's.
-                    if stat.S_ISDIR(st.st_mode) and st.st_uid == job.uid and not found[2]:
-                        fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
-                        try:
-                            os.fchown(fd, job.uid, job.gid)
-                            os.fchmod(fd, mode)
-                        finally:
-                            os.close(fd)
-                        was = (st.st_gid, stat.S_IMODE(st.st_mode))
-                        return "reused" if was == (job.gid, mode) else f"reused (had gid={was[0]} mode={was[1]:04o})"
-                finally:
-                    os.close(found[0])
-            if new is None:
-                new = place.new_dir(f"{NEW_PREFIX}{name[:160]}.", job.uid, job.gid, mode)
-            if place.swap_in(new[0], parent_fd, name, path, st):
-                os.close(new[1])
-                new = None
-                return "created"
-        raise ScratchError(f"{path} kept changing while the Prolog made it ({MAX_ATTEMPTS} attempts): giving up")
-    finally:
-        if new is not None:
-            place.discard(new)
+
+    def keep(fd_path: int, st: os.stat_result, mounted: bool) -> str | None:
+        # A directory someone mounted on is not reused even if it is the job user's:
+        # the user's own mount there is as much a squat as anyone's.
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == job.uid and not mounted):
+            return None
+        fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
+        try:
+            os.fchown(fd, job.uid, job.gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        was = (st.st_gid, stat.S_IMODE(st.st_mode))
+        return "reused" if was == (job.gid, mode) else f"reused (had gid={was[0]} mode={was[1]:04o})"
+
+    outcome = place.put(parent_fd, name, path, keep, f"{NEW_PREFIX}{name[:160]}.", job.uid, job.gid, mode)
+    if isinstance(outcome, str):
+        return outcome
+    os.close(outcome)
+    return "created"
 
 
 def export_lines(config: Config, job: JobContext) -> list[str]:
@@ -379,9 +366,10 @@ def retire(config: Config, job: JobContext) -> str | None:
     under `[jobs] fs_timeout`: VolumeHung at the deadline, OSError (EROFS, EIO: the volume's fault)
     or ScratchError as the child reported them. What the user made impossible (someone else's
     directory, a squatted %u level, a mount the kernel keeps) is logged and left for the sweep.
-    Starting the reaper points this process's stdio at /dev/null (see cleanup.spawn_reaper): this
+    Starting the reaper points this process's stdio at /dev/null (see trash.spawn_reaper): this
     is the Epilog's last act."""
-    from slurm_scratch import cleanup, timed
+    from slurm_scratch import timed
+    from slurm_scratch.jobs import trash
 
     timer = log.Timer()
     path = job_dir_path(config, job)
@@ -402,7 +390,7 @@ def retire(config: Config, job: JobContext) -> str | None:
     verb, _, trashed = outcome.strip().partition(" ")
     if verb == "retired":
         log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
-        cleanup.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
+        trash.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
         return trashed
     if verb == "unmounted":
         log.warning(f"epilog: {config.volume.mount_point} is not mounted; nothing to retire", job=job.job_id)
@@ -416,7 +404,7 @@ def retire(config: Config, job: JobContext) -> str | None:
 def _retire(config: Config, job: JobContext, deadline: float) -> str:
     """The Epilog's work on the volume (in the child): `retired NAME`, `absent`, `unmounted` or
     `left`, then what the log should say, joined by NOTE_SEPARATOR."""
-    from slurm_scratch import cleanup
+    from slurm_scratch.jobs.retire import retire_entry
 
     notes: list[str] = []
 
@@ -440,7 +428,7 @@ def _retire(config: Config, job: JobContext, deadline: float) -> str:
         try:
             if not _exists(parent_fd, components[-1]):
                 return "absent"
-            trashed = cleanup.retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say)
+            trashed = retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say)
         finally:
             os.close(parent_fd)
     finally:

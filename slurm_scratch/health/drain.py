@@ -41,11 +41,11 @@ from __future__ import annotations
 import os
 import time
 
+from slurm_scratch.health.slurm import NodeState
 from slurm_scratch.layout import HEALTH_STATE as STATE_FILE
 from slurm_scratch.layout import HOOK_FINDING as HOOK_FILE
 from slurm_scratch.layout import RELEASED_HOOK_FINDING as RELEASED_HOOK_FILE
 from slurm_scratch.record import Record
-from slurm_scratch.slurm import NodeState
 from slurm_scratch.statefile import one_line as _one_line
 from slurm_scratch.statefile import read_fields, write_fields
 PROLOG_FILE = HOOK_FILE  # the former name, for callers and tests of the released version
@@ -197,7 +197,8 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
     ScratchError when Slurm could not be asked or refused; the memory is then left as it was, so
     that the next health check tries again.
     """
-    from slurm_scratch import log, slurm
+    from slurm_scratch import log
+    from slurm_scratch.health import slurm
 
     now = time.time() if now is None else now
     prefix = config.slurm.drain_prefix

@@ -15,8 +15,9 @@ filesystem, walked down from the volume's root with O_NOFOLLOW descriptors and c
 /proc is scanned once per run into an index of the directories held and what their parents are
 (`Index`); the directories asked about are answered together by one memoised pass up from what is
 held, so the sweep of thousands of directories costs one scan, and no depth or number of held
-directories a user chooses makes it quadratic. The scan stops at a deadline. Read straight from /proc rather than through psutil (10-25 ms to import,
-more than the rest of the Epilog). A process is signalled through a pidfd, and only when it is still
+directories a user chooses makes it quadratic. The scan stops at a deadline. Read straight from
+/proc rather than through psutil: psutil cannot find the holders of a directory by device and
+inode, and importing it would cost the Epilog more than the rest of its work (bench/). A process is signalled through a pidfd, and only when it is still
 the process the scan saw (same start time), so a PID reused in between is never hit.
 """
 

@@ -33,12 +33,12 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from dataclasses import dataclass, field
 
 from slurm_scratch import log, run
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.layout import MARKER_NAME
+from slurm_scratch.record import Factory, Record
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
 AWS_NEVER = ("Amazon Elastic Block Store",)
@@ -50,8 +50,7 @@ GLOB_CHARS = frozenset("*?[")
 TAG = "slurm-scratch"  # the LVM tag setup puts on its VG and LV
 
 
-@dataclass(frozen=True)
-class Disk:
+class Disk(Record):
     """One whole block disk as the kernel (and udev, when present) describes it."""
 
     path: str  # /dev/<name>
@@ -75,8 +74,7 @@ class Disk:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(Record):
     """What `blkid -p` found on a device (plus the VG name for an LVM PV)."""
 
     type: str = ""  # ext4, xfs, btrfs, LVM2_member, linux_raid_member, ...
@@ -116,20 +114,18 @@ class Signature:
         return what
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(Record):
     """What the rest of the machine says about block devices (see `probe_facts`)."""
 
     root_devnums: frozenset[str] = frozenset()
     swap_devnums: frozenset[str] = frozenset()
-    mounts: dict = field(default_factory=dict)  # devnum -> mount point (first seen)
+    mounts: dict = Factory(dict)  # devnum -> mount point (first seen)
     mounted_btrfs_uuids: frozenset[str] = frozenset()
-    elsewhere: dict = field(default_factory=dict)  # devnum -> (pid, mount point) in another mount namespace
+    elsewhere: dict = Factory(dict)  # devnum -> (pid, mount point) in another mount namespace
     busy: frozenset[str] = frozenset()  # devnums whose exclusive open failed with EBUSY
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Record):
     """A selected disk that passed the safety rules."""
 
     disk: Disk
@@ -138,14 +134,12 @@ class Candidate:
     wipe: bool  # carries someone else's signature or partitions and [volume] wipe = yes
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(Record):
     disk: Disk
     reason: str
 
 
-@dataclass(frozen=True)
-class Discovery:
+class Discovery(Record):
     selector: str  # aws, gcp, azure, explicit, or "auto->aws" etc.
     candidates: tuple[Candidate, ...]
     skipped: tuple[Skipped, ...]
@@ -230,13 +224,17 @@ def recorded_member(disk: Disk, signature: Signature | None, recorded: dict | No
     if not recorded:
         return None
     for member in recorded.get("members", []):
-        if member.get("serial"):
-            same_disk = bool(disk.serial) and member["serial"] == disk.serial
-        else:
-            same_disk = not disk.serial and member.get("path") == disk.path
-        if same_disk and _matches_record(signature, recorded):
+        if is_member_disk(member, disk) and _matches_record(signature, recorded):
             return member
     return None
+
+
+def is_member_disk(member: dict, disk: Disk) -> bool:
+    """Whether a recorded member entry names this disk: by serial; by path only for serial-less
+    disks such as loop devices. The one membership rule, for discovery and for the plan."""
+    if member.get("serial"):
+        return member["serial"] == disk.serial
+    return not disk.serial and member.get("path") == disk.path
 
 
 def _matches_record(signature: Signature | None, recorded: dict) -> bool:
@@ -439,7 +437,8 @@ def resolve_explicit(patterns: tuple[str, ...]) -> tuple[list[Disk], list[Skippe
     return disks, skipped
 
 
-def _devnum_of_path(path: str) -> str | None:
+def devnum_of_path(path: str) -> str | None:
+    """The major:minor of the block device node at `path` (followed), or None."""
     try:
         st = os.stat(path)
     except OSError:
@@ -456,7 +455,7 @@ def probe_facts() -> Facts:
     for mount in mounts.list_mounts():
         devnums = {mount.major_minor}
         if mount.source.startswith("/dev/"):
-            devnum = _devnum_of_path(mount.source)
+            devnum = devnum_of_path(mount.source)
             if devnum:
                 devnums.add(devnum)
         for devnum in devnums:
@@ -469,7 +468,7 @@ def probe_facts() -> Facts:
     try:
         with open("/proc/swaps", encoding="utf-8") as stream:
             for line in stream.read().splitlines()[1:]:
-                devnum = _devnum_of_path(line.split()[0].replace("\\040", " ")) if line.split() else None
+                devnum = devnum_of_path(line.split()[0].replace("\\040", " ")) if line.split() else None
                 if devnum:
                     swaps.add(devnum)
     except OSError:
@@ -778,6 +777,4 @@ def _look_for_markers(volume: VolumeConfig, disks: list[Disk], signatures: dict,
 
 
 def _with(record, **changes: object):
-    from dataclasses import replace
-
-    return replace(record, **changes)
+    return record.replace(**changes)
