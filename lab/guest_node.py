@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from lab.nvme_disks import DiskRig, sh
+from lab.toolconf import write_tool_conf
 
 SOURCE = Path(__file__).resolve().parents[1]  # the project checkout (/src in the guest)
 STATE_DIRS = (Path("/var/lib/slurm-scratch"), Path("/run/slurm-scratch"))
@@ -30,16 +31,7 @@ def in_test_vm() -> bool:
 def write_config(path: Path, volume: dict[str, str] | None = None,
                  sections: dict[str, dict[str, str]] | None = None) -> Path:
     """An INI file for SLURM_SCRATCH_CONF, root-owned and 0644 as the tool requires."""
-    all_sections = {"volume": dict(volume or {})}
-    all_sections.update(sections or {})
-    lines = []
-    for section, keys in all_sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {value}" for key, value in keys.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    path.chmod(0o644)
-    return path
+    return write_tool_conf(path, {"volume": dict(volume or {}), **(sections or {})})
 
 
 def tool_env(conf: Path) -> dict[str, str]:
