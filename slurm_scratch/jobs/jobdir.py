@@ -202,15 +202,22 @@ class _Place:
         self.notes.append(f"moved aside {path}: {_describe(moved)} of uid {moved.st_uid} (not followed), now {TRASH_NAME}/{target}")
         return True
 
-    def put(self, parent_fd: int, name: str, path: str, keep, prefix: str, uid: int, gid: int, mode: int):
+    def put(self, parent_fd: int, name: str, path: str, keep, prefix: str, uid: int, gid: int, mode: int, in_place: bool = False):
         """What `keep(fd_path, st, mounted)` makes of the entry at parent/name when it accepts it
         (not None); else a new directory made in the trash (prefix, uid, gid, mode) is swapped in
-        for whatever is there, and its descriptor returned."""
+        for whatever is there, and its descriptor returned. `in_place`: a missing entry is made
+        with mkdir where it belongs (and then judged by `keep`) rather than renamed in."""
         new: tuple[str, int] | None = None
         try:
             for _ in range(MAX_ATTEMPTS):
                 found = self.look(parent_fd, name, path)
                 st = found[1] if found else None
+                if found is None and in_place:
+                    try:
+                        os.mkdir(name, mode, dir_fd=parent_fd)
+                    except FileExistsError:
+                        pass
+                    continue  # and look at what is there now
                 if found is not None:
                     try:
                         kept = keep(*found)
@@ -229,20 +236,26 @@ class _Place:
                 self.discard(new)
 
     def level(self, parent_fd: int, name: str, path: str) -> int:
-        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry."""
+        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry.
+
+        A missing level is made in place with mkdir, not in the trash and renamed like a job's
+        directory: a level is root's anyway, and a rename would silently replace the empty level
+        that a concurrent Prolog has just made and is about to create its job's directory in."""
 
         def keep(fd_path: int, st: os.stat_result, mounted: bool) -> int | None:
             if not (stat.S_ISDIR(st.st_mode) and st.st_uid == 0):
                 return None
             fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
             if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
-                # root's own (an old release, an admin): fixed in place, since moving it would
-                # take the running jobs' directories inside with it
+                # slurmd's umask narrowed a level just made; or root's own level (an old release,
+                # an admin) is fixed in place: moving it would take the running jobs' directories
+                # inside with it
                 os.fchmod(fd, INTERMEDIATE_MODE)
-                self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
+                if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE & ~_umask():
+                    self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
             return fd
 
-        return self.put(parent_fd, name, path, keep, LEVEL_PREFIX, 0, 0, INTERMEDIATE_MODE)
+        return self.put(parent_fd, name, path, keep, LEVEL_PREFIX, 0, 0, INTERMEDIATE_MODE, in_place=True)
 
     def discard(self, new: tuple[str, int]) -> None:
         os.close(new[1])
@@ -250,6 +263,12 @@ class _Place:
             os.rmdir(new[0], dir_fd=self.trash_fd)
         except OSError:
             pass  # left to the reaper, like everything in the trash
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _describe(st: os.stat_result) -> str:
