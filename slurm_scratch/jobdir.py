@@ -240,24 +240,37 @@ class _Place:
         return True
 
     def level(self, parent_fd: int, name: str, path: str) -> int:
-        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry."""
+        """Root's own 0755 directory at parent/name, made or put in place of a squatter's entry.
+
+        A missing level is made in place with mkdir, not in the trash and renamed like a job's
+        directory: a level is root's anyway, and a rename would silently replace the empty level
+        that a concurrent Prolog has just made and is about to create its job's directory in."""
         new: tuple[str, int] | None = None
+        made = False
         try:
             for _ in range(MAX_ATTEMPTS):
                 found = self.look(parent_fd, name, path)
-                st = found[1] if found else None
-                if found is not None:
+                if found is None:
                     try:
-                        if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
-                            fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
-                            if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
-                                # root's own (an old release, an admin): fixed in place, since moving it would
-                                # take the running jobs' directories inside with it
-                                os.fchmod(fd, INTERMEDIATE_MODE)
+                        os.mkdir(name, INTERMEDIATE_MODE, dir_fd=parent_fd)
+                        made = True
+                    except FileExistsError:
+                        pass
+                    continue  # and look at what is there now
+                st = found[1]
+                try:
+                    if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                        fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=found[0])
+                        if stat.S_IMODE(st.st_mode) != INTERMEDIATE_MODE:
+                            # slurmd's umask narrowed ours; or root's own level (an old release, an
+                            # admin) is fixed in place: moving it would take the running jobs'
+                            # directories inside with it
+                            os.fchmod(fd, INTERMEDIATE_MODE)
+                            if not made:
                                 self.notes.append(f"{path} had mode {stat.S_IMODE(st.st_mode):04o}, set to {INTERMEDIATE_MODE:04o}")
-                            return fd
-                    finally:
-                        os.close(found[0])
+                        return fd
+                finally:
+                    os.close(found[0])
                 if new is None:
                     new = self.new_dir("level", 0, 0, INTERMEDIATE_MODE)
                 if self.swap_in(new[0], parent_fd, name, path, st):
