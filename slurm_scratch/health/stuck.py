@@ -1,36 +1,41 @@
 """The memory of a check child that was killed at its timeout but is still stuck in the kernel.
 
 While it lives no new child is started (it would get stuck too) and its finding is repeated;
-kept in layout.PROBE_STUCK as `PID START TEXT` (START: its start time, so a reused PID is not it).
+kept in layout.PROBE_STUCK as a state file (statefile): pid, its start time (so that a reused PID
+is not taken for it) and the finding.
 """
 
 from __future__ import annotations
 
 import os
 
-from slurm_scratch import timed
+from slurm_scratch import statefile, timed
 from slurm_scratch.layout import PROBE_STUCK as STUCK_FILE
-from slurm_scratch.layout import RUN_DIR
 
 
 def remember(pid: int, text: str) -> None:
     start = timed.start_time(pid)
     if start is not None:
-        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-        with open(STUCK_FILE, "w", encoding="utf-8") as stream:
-            stream.write(f"{pid} {start} {text}\n")
+        statefile.write_fields(STUCK_FILE, {"pid": pid, "start": start, "finding": text})
+
+
+def stuck_pid() -> int | None:
+    """The PID of the remembered stuck child (whether or not it still lives), or None."""
+    fields = statefile.read_fields(STUCK_FILE) or {}
+    pid = fields.get("pid", "")
+    return int(pid) if pid.isdigit() else None
 
 
 def still_stuck() -> str | None:
     """The finding of a check child killed earlier that is still stuck in the kernel (then no other
     is started: it would get stuck too), or None."""
     try:
-        with open(STUCK_FILE, encoding="utf-8") as stream:
-            pid_text, start, text = stream.read().strip().split(" ", 2)
-    except (OSError, ValueError):
+        fields = statefile.read_fields(STUCK_FILE)
+    except OSError:
         return None
-    if timed.still_running(int(pid_text), start):
-        return text
+    pid = stuck_pid()
+    if fields is not None and pid is not None and timed.still_running(pid, fields.get("start", "")):
+        return fields.get("finding", "")
     try:
         os.unlink(STUCK_FILE)
     except FileNotFoundError:

@@ -17,7 +17,7 @@ import pytest
 
 from lab.fake_slurm import FakeSlurm
 from slurm_scratch import layout
-from slurm_scratch.health import drain, entry
+from slurm_scratch.health import drain, entry, stuck
 
 pytestmark = pytest.mark.root
 
@@ -171,12 +171,12 @@ def test_hung_probe_times_out_and_is_not_repeated_while_stuck(tmp_path, loops) -
         assert result.returncode == 1
         assert result.stdout.splitlines() == ["probe timed out after 1 s"]
         assert node.state() == ("IDLE+DRAIN", "scratch: probe timed out after 1 s")
-        stuck_pid = int(Path(layout.PROBE_STUCK).read_text().split()[0])
+        stuck_pid = stuck.stuck_pid()
         assert Path(f"/proc/{stuck_pid}").exists()
         calls = len(node.calls())
         again = node.healthcheck()  # the stuck probe is still there: no second one, same reason
         assert again.stdout.splitlines() == ["probe timed out after 1 s"]
-        assert int(Path(layout.PROBE_STUCK).read_text().split()[0]) == stuck_pid
+        assert stuck.stuck_pid() == stuck_pid
         assert len(node.calls()) == calls
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", node.mount_point], check=False)
