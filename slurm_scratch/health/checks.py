@@ -14,6 +14,7 @@ from slurm_scratch.errors import ScratchError
 from slurm_scratch.health import stuck
 from slurm_scratch.health.findings import Finding, bad, ok, problems_of  # noqa: F401  (problems_of: the checks' vocabulary)
 from slurm_scratch.health.recorded import expected_volume, field, recorded
+from slurm_scratch.volume.state import VolumeRecord
 from slurm_scratch.layout import PROBE_PREFIX
 
 PROBE_SIZE = 4096
@@ -29,7 +30,7 @@ def _same_device(mount: mounts.Mount, device: str) -> bool:
     return os.path.realpath(device) == os.path.realpath(mount.source) or device == mount.source
 
 
-def check_mount(config: Config, mount: mounts.Mount | None, record: dict | None) -> Finding:
+def check_mount(config: Config, mount: mounts.Mount | None, record: VolumeRecord | None) -> Finding:
     mount_point = config.volume.mount_point
     if mount is None:
         return bad("mount", f"{mount_point} not mounted")
@@ -184,10 +185,10 @@ def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
     return [ok("layers", f"LV {lv} active, {pv_count} disks")]
 
 
-def check_lvm(config: Config, mount: mounts.Mount | None, record: dict, members: list[str] | None) -> list[Finding]:
+def check_lvm(config: Config, mount: mounts.Mount | None, record: VolumeRecord, members: list[str] | None) -> list[Finding]:
     from slurm_scratch import run
 
-    lv = f"{record.get('vg_name') or config.volume.vg_name}/{record.get('lv_name') or config.volume.lv_name}"
+    lv = f"{record.vg_name or config.volume.vg_name}/{record.lv_name or config.volume.lv_name}"
     found = []
     if mount is not None:  # sysfs first: every disk of the mounted LV still there
         name = _block_name(mount.major_minor)
@@ -234,7 +235,7 @@ def check_btrfs(config: Config, mount: mounts.Mount, fsid: str, members: list[st
     return [ok("layers", f"btrfs on {len(devices)} disks")]
 
 
-def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None) -> list[Finding]:
+def check_layers(config: Config, mount: mounts.Mount | None, record: VolumeRecord | None) -> list[Finding]:
     """The layers below the filesystem, for the backend the volume was recorded with."""
     if record is None:
         return []
@@ -249,7 +250,7 @@ def check_layers(config: Config, mount: mounts.Mount | None, record: dict | None
             return [bad("layers", f"md array {config.volume.md_name} not found")]
         return check_md(f"/sys/block/{name}", name, members)
     if backend == "btrfs" and mount is not None and mount.fstype == "btrfs":
-        return check_btrfs(config, mount, str(record.get("fs_uuid") or ""), members)
+        return check_btrfs(config, mount, record.fs_uuid or "", members)
     return []
 
 

@@ -13,15 +13,17 @@ from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.layout import VOLUME_RECORD as RECORD_FILE
 from slurm_scratch.layout import VOLUME_RECORD_CACHE as RECORD_CACHE
+from slurm_scratch.volume.state import Member, VolumeRecord
 
-_CACHED_KEYS = ("status", "mount_point", "backend", "filesystem", "device", "mount_source", "fs_uuid", "vg_name", "lv_name", "md_name")
+_MEMBER_FIELDS = ("path", "serial", "model", "size_bytes", "by_id")
 
 
-def recorded(config: Config) -> dict | None:
+def recorded(config: Config) -> VolumeRecord | None:
     """The volume record (what setup built, volume.json) for this mount point, or None.
 
-    What the checks need of it is cached in /run/slurm-scratch as key=value lines, keyed by the
-    record's inode, size and mtime: so the health check does not import `json` on every run.
+    It is cached in /run/slurm-scratch as key=value lines, keyed by the record's inode, size and
+    mtime: so the health check does not import `json` on every run. The cache gives the same
+    VolumeRecord as the file.
     """
     from slurm_scratch import statefile
 
@@ -31,55 +33,79 @@ def recorded(config: Config) -> dict | None:
         return None
     key = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     cached = statefile.read_fields(RECORD_CACHE)
-    if cached is not None and cached.get("key") == key:
-        record: dict | None = {name: cached.get(name, "") for name in _CACHED_KEYS}
-        record["members"] = [path for path in cached.get("members", "").split(",") if path]  # type: ignore[index]
-    else:
+    record = _from_fields(cached) if cached is not None and cached.get("key") == key else None
+    if record is None:
         record = _read_record()
         if record is not None:
-            fields = {"key": key, **{name: str(record.get(name) or "") for name in _CACHED_KEYS}}
-            _, _, members = expected_volume(config, record)
-            fields["members"] = ",".join(members or [])
             try:
-                statefile.write_fields(RECORD_CACHE, fields)
+                statefile.write_fields(RECORD_CACHE, {"key": key, **_as_fields(record)})
             except OSError as exc:
                 log.warning(f"healthcheck: cannot cache the volume record in {RECORD_CACHE}: {exc.strerror}")
-    if record is None or (record.get("mount_point") or config.volume.mount_point) != config.volume.mount_point:
+    if record is None or (record.mount_point or config.volume.mount_point) != config.volume.mount_point:
         return None
     return record
 
 
-def _read_record() -> dict | None:
+def _as_fields(record: VolumeRecord) -> dict[str, object]:
+    """The record as key=value fields: members as `members` (their count) and `member.N.<field>`."""
+    fields: dict[str, object] = {}
+    for name, value in record.as_dict().items():
+        if name != "members" and value is not None:
+            fields[name] = value
+    fields["members"] = len(record.members)
+    for index, member in enumerate(record.members):
+        for name in _MEMBER_FIELDS:
+            value = getattr(member, name)
+            fields[f"member.{index}.{name}"] = ",".join(value) if name == "by_id" else value
+    return fields
+
+
+def _from_fields(fields: dict[str, str]) -> VolumeRecord | None:
+    try:
+        members = tuple(
+            Member(path=fields[f"member.{index}.path"], serial=fields[f"member.{index}.serial"],
+                   model=fields[f"member.{index}.model"], size_bytes=int(fields[f"member.{index}.size_bytes"]),
+                   by_id=tuple(link for link in fields[f"member.{index}.by_id"].split(",") if link))
+            for index in range(int(fields["members"])))
+        values: dict[str, object] = {name: fields[name] for name in _TEXT_FIELDS}
+        values.update({name: fields[name] for name in ("fs_uuid", "mount_source") if name in fields})
+        return VolumeRecord(**values, members=members, stripe_kb=int(fields["stripe_kb"]), version=int(fields["version"]))
+    except (KeyError, ValueError):
+        return None  # a cache of an older shape: read the record itself
+
+
+_TEXT_FIELDS = ("status", "backend", "filesystem", "device", "mount_point", "vg_name", "lv_name", "md_name", "label", "created", "updated")
+
+
+def _read_record() -> VolumeRecord | None:
     try:
         from slurm_scratch.volume import state
 
-        value = state.read()
+        return state.read()
     except ScratchError as exc:
         log.warning(f"healthcheck: cannot read the volume record: {exc}")
         return None
-    return value if isinstance(value, dict) else None
 
 
-def field(record: dict | None, *names: str):
-    if not record:
+def field(record: VolumeRecord | None, *names: str):
+    """The first of these fields the record holds a value for (not empty), else None."""
+    if record is None:
         return None
     for name in names:
-        if record.get(name) not in (None, "", [], ()):
-            return record[name]
+        value = getattr(record, name)
+        if value not in (None, "", ()):
+            return value
     return None
 
 
-def expected_volume(config: Config, record: dict | None) -> tuple[str, str | None, list[str] | None]:
+def expected_volume(config: Config, record: VolumeRecord | None) -> tuple[str, str | None, list[str] | None]:
     """(backend, device or None, member disks or None) from the record, else from config."""
     backend = field(record, "backend") or config.volume.backend
     device = field(record, "device")
-    members = field(record, "members")
     if device is None and record is None:
         if backend == "lvm":
             device = f"/dev/{config.volume.vg_name}/{config.volume.lv_name}"
         elif backend == "mdadm":
             device = f"/dev/md/{config.volume.md_name}"
-    if members is not None and not isinstance(members, (list, tuple)):
-        members = None
-    paths = [str(m.get("path", "?")) if isinstance(m, dict) else str(m) for m in members] if members else None
+    paths = [member.path or "?" for member in record.members] if record is not None and record.members else None
     return str(backend), (str(device) if device else None), paths

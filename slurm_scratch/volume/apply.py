@@ -161,39 +161,38 @@ def mark(mount_point: str, timeout: float) -> str:
     return f"marked {mount_point} as ours: {MARKER_NAME} = {signature.uuid}"
 
 
-def member_entry(disk: Disk) -> dict:
-    return {"path": disk.path, "serial": disk.serial, "model": disk.model, "size_bytes": disk.size_bytes, "by_id": list(disk.by_id)}
+def member_entry(disk: Disk) -> state.Member:
+    return state.Member(path=disk.path, serial=disk.serial, model=disk.model, size_bytes=disk.size_bytes, by_id=tuple(disk.by_id))
 
 
 def record(volume: VolumeConfig, plan: Plan, status: str) -> None:
     from slurm_scratch import mounts
 
-    data = {
-        "status": status,
-        "backend": plan.backend,
-        "filesystem": plan.fstype or volume.filesystem,
-        "device": plan.device,
-        "mount_point": volume.mount_point,
-        "members": [member_entry(disk) for disk in plan.members],
-        "vg_name": volume.vg_name,
-        "lv_name": volume.lv_name,
-        "md_name": volume.md_name,
-        "label": volume.label,
-        "stripe_kb": volume.stripe_kb,
-    }
-    previous = state.read() or {}
+    previous = state.read()
+    same_device = previous is not None and previous.device == plan.device
+    built = state.VolumeRecord(
+        status=status,
+        backend=plan.backend,
+        filesystem=plan.fstype or volume.filesystem,
+        device=plan.device,
+        mount_point=volume.mount_point,
+        members=tuple(member_entry(disk) for disk in plan.members),
+        vg_name=volume.vg_name,
+        lv_name=volume.lv_name,
+        md_name=volume.md_name,
+        label=volume.label,
+        stripe_kb=volume.stripe_kb,
+        created=previous.created if same_device and previous.created else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     if status in ("building", "formatted"):
         # The UUID mkfs is given (or gave): proof that what a crash leaves behind is ours.
-        data["fs_uuid"] = plan.fs_uuid or (previous.get("fs_uuid", "") if previous.get("device") == plan.device else "")
-    data["created"] = previous.get("created") if previous.get("device") == plan.device and previous.get("created") else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        built = built.replace(fs_uuid=plan.fs_uuid or ((previous.fs_uuid or "") if same_device else ""))
     if status == "ready":
         mount = mounts.find_mount(volume.mount_point)
         if mount is None:
             raise ScratchError(f"{volume.mount_point} is not mounted after setup")
-        data["mount_source"] = mount.source
-        data["filesystem"] = mount.fstype
         signature = probe_signature(mount.source, volume.command_timeout) if mount.source.startswith("/dev/") else None
-        data["fs_uuid"] = signature.uuid if signature is not None else ""
-        if not data["members"] and previous.get("members"):
-            data["members"] = previous["members"]
-    state.write(data)
+        built = built.replace(mount_source=mount.source, filesystem=mount.fstype, fs_uuid=signature.uuid if signature is not None else "")
+        if not built.members and previous is not None and previous.members:
+            built = built.replace(members=previous.members)
+    state.write(built)

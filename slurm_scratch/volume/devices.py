@@ -39,6 +39,7 @@ from slurm_scratch.config import VolumeConfig
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.layout import MARKER_NAME
 from slurm_scratch.record import Factory, Record
+from slurm_scratch.volume.state import Member, VolumeRecord
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
 AWS_NEVER = ("Amazon Elastic Block Store",)
@@ -209,44 +210,44 @@ def our_mark(volume: VolumeConfig, signature: Signature | None) -> str:
     return ""
 
 
-def is_ours(volume: VolumeConfig, disk: Disk, signature: Signature | None, recorded: dict | None) -> bool:
+def is_ours(volume: VolumeConfig, disk: Disk, signature: Signature | None, recorded: VolumeRecord | None) -> bool:
     """Whether the disk belongs to our volume: by the state file or by a mark we put on the volume."""
     if signature is not None and signature.ambivalent:
         return False
     return bool(our_mark(volume, signature)) or recorded_member(disk, signature, recorded) is not None
 
 
-def recorded_member(disk: Disk, signature: Signature | None, recorded: dict | None) -> dict | None:
+def recorded_member(disk: Disk, signature: Signature | None, recorded: VolumeRecord | None) -> Member | None:
     """The state file's member entry for this disk (by serial; by path only for serial-less disks
     such as loop devices), when what the disk carries is what the record says: nothing, a PV
     (orphan, or of the recorded VG), a member of the recorded md array, or the recorded filesystem
     (its UUID). A recorded disk that now carries anything else is not ours."""
     if not recorded:
         return None
-    for member in recorded.get("members", []):
+    for member in recorded.members:
         if is_member_disk(member, disk) and _matches_record(signature, recorded):
             return member
     return None
 
 
-def is_member_disk(member: dict, disk: Disk) -> bool:
+def is_member_disk(member: Member, disk: Disk) -> bool:
     """Whether a recorded member entry names this disk: by serial; by path only for serial-less
     disks such as loop devices. The one membership rule, for discovery and for the plan."""
-    if member.get("serial"):
-        return member["serial"] == disk.serial
-    return not disk.serial and member.get("path") == disk.path
+    if member.serial:
+        return member.serial == disk.serial
+    return not disk.serial and member.path == disk.path
 
 
-def _matches_record(signature: Signature | None, recorded: dict) -> bool:
+def _matches_record(signature: Signature | None, recorded: VolumeRecord) -> bool:
     if signature is None:
         return True
     if signature.ambivalent:
         return False
     if signature.type == "LVM2_member":
-        return signature.vg_name == "" or bool(signature.vg_name) and signature.vg_name == recorded.get("vg_name")
+        return signature.vg_name == "" or bool(signature.vg_name) and signature.vg_name == recorded.vg_name
     if signature.type == "linux_raid_member":
-        return bool(recorded.get("md_name")) and signature.md_name == recorded.get("md_name")
-    return bool(signature.uuid) and signature.uuid == recorded.get("fs_uuid")
+        return bool(recorded.md_name) and signature.md_name == recorded.md_name
+    return bool(signature.uuid) and signature.uuid == recorded.fs_uuid
 
 
 def never_reason(disk: Disk, facts: Facts) -> str:
@@ -263,7 +264,7 @@ def never_reason(disk: Disk, facts: Facts) -> str:
     return ""
 
 
-def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts: Facts, recorded: dict | None) -> Candidate | Skipped:
+def assess(volume: VolumeConfig, disk: Disk, signature: Signature | None, facts: Facts, recorded: VolumeRecord | None) -> Candidate | Skipped:
     """Apply the safety rules to one selected disk."""
     reason = never_reason(disk, facts)
     if reason:
@@ -700,7 +701,7 @@ def md_examine_devices(path: str, timeout: float) -> int:
         return 0
 
 
-def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
+def discover(volume: VolumeConfig, recorded: VolumeRecord | None) -> Discovery:
     """Select disks per `[volume] devices` and sort them into candidates and skipped (with why)."""
     timer = log.Timer()
     selector = volume.devices[0] if len(volume.devices) == 1 and volume.devices[0] in ("auto", *CLOUDS) else "explicit"
@@ -749,7 +750,7 @@ def discover(volume: VolumeConfig, recorded: dict | None) -> Discovery:
     return Discovery(selector=selector, candidates=tuple(candidates), skipped=tuple(skipped), not_selected=tuple(ignored))
 
 
-def _look_for_markers(volume: VolumeConfig, disks: list[Disk], signatures: dict, facts: Facts, recorded: dict | None) -> None:
+def _look_for_markers(volume: VolumeConfig, disks: list[Disk], signatures: dict, facts: Facts, recorded: VolumeRecord | None) -> None:
     """Set `marker` on the filesystems labelled like ours that the state file does not vouch for.
 
     The label only says where to look: a filesystem mounted at our mount point is read there; one

@@ -16,6 +16,7 @@ from slurm_scratch import log, mounts, run
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.layout import MARKER_NAME, TRASH_NAME
 from slurm_scratch.record import Record
+from slurm_scratch.volume.state import VolumeRecord
 from slurm_scratch.volume.devices import Discovery, Signature, devnum_of_path, parse_blkid_export, probe_signature
 
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
@@ -78,7 +79,7 @@ class BtrfsFs(Record):
 
 class Observed(Record):
     mount: Mounted | None
-    recorded: dict | None
+    recorded: VolumeRecord | None
     vg: Vg | None = None
     lv: Lv | None = None
     md_arrays: tuple[MdArray, ...] = ()
@@ -246,7 +247,7 @@ def observe_btrfs(volume: VolumeConfig, uuids: set[str]) -> tuple[BtrfsFs, ...]:
     return tuple(found)
 
 
-def observe(volume: VolumeConfig, discovery: Discovery, recorded: dict | None, backend: str) -> Observed:
+def observe(volume: VolumeConfig, discovery: Discovery, recorded: VolumeRecord | None, backend: str) -> Observed:
     """Everything plan() needs to know about the current state, for the given backend."""
     timer = log.Timer()
     mount = observe_mount(volume.mount_point)

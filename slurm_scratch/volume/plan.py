@@ -21,6 +21,7 @@ from slurm_scratch.layout import MARKER_NAME, TRASH_NAME, VOLUME_RECORD
 from slurm_scratch.record import Record
 from slurm_scratch.volume.devices import TAG, Candidate, Discovery, Disk, is_member_disk
 from slurm_scratch.volume.observe import Observed
+from slurm_scratch.volume.state import Member, VolumeRecord
 
 BACKENDS = ("lvm", "mdadm", "single", "btrfs")
 
@@ -55,14 +56,14 @@ def run_step(*argv: object, check: bool = True, text: str | None = None) -> Step
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def effective_backend(volume: VolumeConfig, discovery: Discovery, recorded: dict | None) -> str:
+def effective_backend(volume: VolumeConfig, discovery: Discovery, recorded: VolumeRecord | None) -> str:
     """`auto`: what the state file recorded while any of its disks is still here, else what our
     members carry, else single for one disk, else lvm (new blank disks after a stop/start are
     counted afresh)."""
     if volume.backend != "auto":
         return volume.backend
-    if recorded and recorded.get("backend") in BACKENDS and any(c.ours for c in discovery.candidates):
-        return recorded["backend"]
+    if recorded and recorded.backend in BACKENDS and any(c.ours for c in discovery.candidates):
+        return recorded.backend
     types = {c.signature.type for c in discovery.candidates if c.ours and c.signature is not None}
     if "LVM2_member" in types:
         return "lvm"
@@ -71,16 +72,16 @@ def effective_backend(volume: VolumeConfig, discovery: Discovery, recorded: dict
     return "single" if len(discovery.candidates) == 1 else "lvm"
 
 
-def _describe_member(member: dict) -> str:
-    parts = [member.get("path") or "?"]
-    if member.get("serial"):
-        parts.append(f"serial {member['serial']}")
-    if member.get("model"):
-        parts.append(f"model {member['model']!r}")
+def _describe_member(member: Member) -> str:
+    parts = [member.path or "?"]
+    if member.serial:
+        parts.append(f"serial {member.serial}")
+    if member.model:
+        parts.append(f"model {member.model!r}")
     return ", ".join(parts)
 
 
-def missing_members(recorded: dict | None, discovery: Discovery) -> list[dict]:
+def missing_members(recorded: VolumeRecord | None, discovery: Discovery) -> list[Member]:
     """Recorded members that are gone, when at least one recorded member is still here.
 
     All gone (stop/start: new blank disks) is not "missing": the volume is simply built anew.
@@ -89,7 +90,7 @@ def missing_members(recorded: dict | None, discovery: Discovery) -> list[dict]:
         return []
     # A skipped disk is still there (it is named in `status`), unless it has no media (size 0).
     disks = [c.disk for c in discovery.candidates] + [s.disk for s in discovery.skipped if s.disk.size_bytes > 0]
-    members = recorded.get("members", [])
+    members = recorded.members
     gone = [m for m in members if not any(is_member_disk(m, d) for d in disks)]
     here = [c for c in discovery.candidates if c.ours and any(is_member_disk(m, c.disk) for m in members)]
     return gone if gone and here else []
@@ -121,9 +122,9 @@ def interrupted(observed: Observed, backend: str, uuid: str) -> bool:
     "building" (it says "formatted" once mkfs has finished, "ready" once mounted) and names the UUID
     of the filesystem it was making, and that is the one found (`uuid`). That filesystem was never
     mounted, so making it again loses nothing; any other filesystem is not the build's to redo."""
-    recorded = observed.recorded or {}
-    return (recorded.get("status") == "building" and recorded.get("backend") == backend
-            and bool(uuid) and recorded.get("fs_uuid") == uuid)
+    recorded = observed.recorded or VolumeRecord()
+    return (recorded.status == "building" and recorded.backend == backend
+            and bool(uuid) and recorded.fs_uuid == uuid)
 
 
 def _record_formatted() -> Step:
@@ -183,7 +184,7 @@ def _no_disks(discovery: Discovery) -> str:
     return f"no disk matches [volume] devices = {selector}"
 
 
-def _degraded_failure(volume: VolumeConfig, what: str, missing: list[dict], count: int, present: int) -> str:
+def _degraded_failure(volume: VolumeConfig, what: str, missing: list[Member], count: int, present: int) -> str:
     if missing:
         gone = "; ".join(_describe_member(m) for m in missing)
     else:
@@ -224,8 +225,8 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
         steps.append(run_step("vgchange", "--addtag", TAG, volume.vg_name))  # adopted while mounted (the seed's script)
     if mount.root_mode != volume.mount_mode:
         steps.append(Step("chmod", (volume.mount_point, volume.mount_mode), f"chmod {volume.mount_mode:04o} {volume.mount_point}"))
-    recorded = observed.recorded or {}
-    if recorded.get("status") != "ready" or recorded.get("mount_source") != mount.source or steps:
+    recorded = observed.recorded or VolumeRecord()
+    if recorded.status != "ready" or recorded.mount_source != mount.source or steps:
         steps.append(Step("record", ("ready",), f"record the volume in {VOLUME_RECORD}"))
     return Plan(backend, "mounted", device=mount.source, fstype=mount.fstype, steps=tuple(steps), members=members)
 
@@ -303,7 +304,7 @@ def _lvcreate(volume: VolumeConfig, stripes: int) -> list[Step]:
 
 
 def _degraded(volume: VolumeConfig, discovery: Discovery, backend: str, fstype: str, what: str,
-              missing: list[dict], count: int, present: int, teardown: list[Step], uuid: str = "") -> Plan:
+              missing: list[Member], count: int, present: int, teardown: list[Step], uuid: str = "") -> Plan:
     message = _degraded_failure(volume, what, missing, count, present)
     if volume.on_degraded != "rebuild":
         return Plan(backend, "degraded", failure=message)
@@ -323,12 +324,12 @@ def _plan_lvm(volume: VolumeConfig, discovery: Discovery, observed: Observed, ba
     missing = missing_members(observed.recorded, discovery)
     teardown = [run_step("vgchange", "-an", volume.vg_name, check=False)] if vg is not None else []
     if vg is not None and (vg.missing_pv_count > 0 or missing or (lv is not None and lv.partial)):
-        count = max(vg.pv_count, len((observed.recorded or {}).get("members", [])))
+        count = max(vg.pv_count, len((observed.recorded or VolumeRecord()).members))
         present = vg.pv_count - vg.missing_pv_count if vg.missing_pv_count else count - len(missing)
         return _degraded(volume, discovery, backend, fstype, what, missing, count, present, teardown, uuid)
     if vg is None:
         if missing:
-            count = len((observed.recorded or {}).get("members", []))
+            count = len((observed.recorded or VolumeRecord()).members)
             return _degraded(volume, discovery, backend, fstype, what, missing, count, count - len(missing), [], uuid)
         orphan_pv = lambda c: c.signature is not None and c.signature.type == "LVM2_member" and c.signature.vg_name == ""
         has_ours = any(c.ours for c in discovery.candidates)
@@ -407,14 +408,14 @@ def _plan_mdadm(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
         steps += _tail(volume, device, fstype, "if_blank", list(members))
         return Plan(backend, "activate", device, "", tuple(steps), members, notes=notes)
     if missing:
-        count = len((observed.recorded or {}).get("members", []))
+        count = len((observed.recorded or VolumeRecord()).members)
         return _degraded(volume, discovery, backend, fstype, device, missing, count, count - len(missing), stop, observed.new_uuid)
     return _build(volume, discovery, backend, fstype, "build", stop, uuid=observed.new_uuid)
 
 
 def _plan_single(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
     ours = [c for c in discovery.candidates if c.ours and c.signature is not None and c.signature.usage == "filesystem"]
-    recorded_uuid = (observed.recorded or {}).get("fs_uuid")
+    recorded_uuid = (observed.recorded or VolumeRecord()).fs_uuid
     if len(ours) > 1 and recorded_uuid:
         ours = [c for c in ours if c.signature.uuid == recorded_uuid] or ours
     if len(ours) > 1:
@@ -433,7 +434,7 @@ def _plan_single(volume: VolumeConfig, discovery: Discovery, observed: Observed,
 def _plan_btrfs(volume: VolumeConfig, discovery: Discovery, observed: Observed, backend: str, fstype: str) -> Plan:
     ours = [c for c in discovery.candidates if c.ours and c.signature is not None and c.signature.type == "btrfs"]
     uuids = sorted({c.signature.uuid for c in ours})
-    recorded_uuid = (observed.recorded or {}).get("fs_uuid")
+    recorded_uuid = (observed.recorded or VolumeRecord()).fs_uuid
     if len(uuids) > 1 and recorded_uuid in uuids:
         uuids = [recorded_uuid]
     if len(uuids) > 1:
@@ -453,6 +454,6 @@ def _plan_btrfs(volume: VolumeConfig, discovery: Discovery, observed: Observed, 
         steps = [run_step("btrfs", "device", "scan", *paths)] + _mount_steps(volume, paths[0], "btrfs")
         return Plan(backend, "mount", paths[0], "btrfs", tuple(steps), tuple(c.disk for c in members), notes=_unused_note(discovery))
     if missing:
-        count = len((observed.recorded or {}).get("members", []))
+        count = len((observed.recorded or VolumeRecord()).members)
         return _degraded(volume, discovery, backend, fstype, "btrfs", missing, count, count - len(missing), [], observed.new_uuid)
     return _build(volume, discovery, backend, fstype, "build", [], uuid=observed.new_uuid)

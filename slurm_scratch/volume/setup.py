@@ -25,10 +25,10 @@ def _mounted_as_recorded(volume: VolumeConfig) -> bool:
     from slurm_scratch.volume import state
 
     data = state.read()
-    if not data or data.get("status") != "ready" or data.get("mount_point") != volume.mount_point:
+    if data is None or data.status != "ready" or data.mount_point != volume.mount_point:
         return False
     mount = mounts.find_mount(volume.mount_point)
-    if mount is None or mount.source != data.get("mount_source"):
+    if mount is None or mount.source != data.mount_source:
         return False
     try:
         root = os.lstat(volume.mount_point)

@@ -54,7 +54,7 @@ def collect(volume: VolumeConfig) -> dict:
     else:
         report["state"] = "not mounted"
     report["setup_would"] = plan.lines()
-    report["recorded"] = observed.recorded
+    report["recorded"] = observed.recorded.as_json() if observed.recorded is not None else None
     return report
 
 

@@ -329,7 +329,7 @@ def test_ensure_mounted_heals_an_unmounted_volume(tmp_path, loops) -> None:
     setup.ensure_mounted(config)
     assert_ready(node, "ext4")
     assert (node.mount_point / "data").read_text() == "kept"
-    assert state.read()["device"] == disk
+    assert state.read().device == disk
     # The setup lock is released when ensure_mounted returns (the Prolog's process goes on).
     other = locks.acquire("/run/slurm-scratch/setup.lock")
     assert other is not None

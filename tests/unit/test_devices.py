@@ -8,6 +8,7 @@ from slurm_scratch.config import parse_config
 from slurm_scratch.volume.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
                                    not_selected, recorded_member, select_cloud, signature_from_blkid)
 from slurm_scratch.volume.observe import Lv, parse_btrfs_show, parse_lvs, parse_vgs
+from slurm_scratch.volume.state import VolumeRecord
 
 AWS = "Amazon EC2 NVMe Instance Storage"
 
@@ -138,7 +139,7 @@ def test_our_names_and_label_alone_are_no_proof(signature, carries) -> None:
     assert isinstance(verdict, Skipped), verdict
     assert f"carries {carries}" in verdict.reason and "not ours" in verdict.reason and "wipe = yes" in verdict.reason
     # a state file that records another disk (a stale "building" included) changes nothing
-    other = {"status": "building", "backend": "single", "members": [{"path": "/dev/nvme9n1", "serial": "AWS9999"}]}
+    other = VolumeRecord.from_json({"status": "building", "backend": "single", "members": [{"path": "/dev/nvme9n1", "serial": "AWS9999"}]})
     assert isinstance(assess(volume(), disk(), signature, FACTS, other), Skipped)
 
 
@@ -193,9 +194,9 @@ def test_blank_disk_is_a_plain_candidate() -> None:
 
 
 def test_state_file_membership() -> None:
-    state = {"fs_uuid": "fs-1", "members": [{"path": "/dev/nvme1n1", "serial": "AWS1234"}, {"path": "/dev/loop5", "serial": ""}]}
+    state = VolumeRecord.from_json({"fs_uuid": "fs-1", "members": [{"path": "/dev/nvme1n1", "serial": "AWS1234"}, {"path": "/dev/loop5", "serial": ""}]})
     orphan = Signature(type="LVM2_member", usage="raid", vg_name="")
-    assert recorded_member(disk("nvme7n1"), orphan, state)["serial"] == "AWS1234"  # by serial, whatever the name
+    assert recorded_member(disk("nvme7n1"), orphan, state).serial == "AWS1234"  # by serial, whatever the name
     assert recorded_member(disk(serial="OTHER"), orphan, state) is None
     loop = disk("loop5", model="", serial="")
     assert recorded_member(loop, orphan, state) is not None
@@ -206,7 +207,7 @@ def test_state_file_membership() -> None:
     foreign = Signature(type="ext4", usage="filesystem", label="scratch", uuid="theirs")
     assert recorded_member(disk(), foreign, state) is None
     assert isinstance(assess(volume(on_degraded="rebuild"), disk(), foreign, FACTS, state), Skipped)
-    state = {**state, "vg_name": "vg.01", "md_name": "scratch"}
+    state = state.replace(vg_name="vg.01", md_name="scratch")
     assert recorded_member(disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg.01"), state) is not None
     assert recorded_member(disk(), Signature(type="LVM2_member", usage="raid", vg_name="vg_other"), state) is None
     assert recorded_member(disk(), Signature(type="linux_raid_member", usage="raid", label="h:scratch"), state) is not None

@@ -12,6 +12,7 @@ from slurm_scratch import config
 from slurm_scratch.health import checks, recorded
 from slurm_scratch.health.findings import bad, ok, problems_of
 from slurm_scratch.mounts import Mount
+from slurm_scratch.volume.state import VolumeRecord
 
 
 def _config(text: str = "") -> config.Config:
@@ -30,11 +31,11 @@ def test_not_mounted() -> None:
 def test_filesystem_type_from_config_or_record() -> None:
     assert checks.check_mount(_config(), mount(), None).healthy
     assert checks.check_mount(_config(), mount(fstype="xfs"), None).text == "/scratch is xfs, expected ext4"
-    assert checks.check_mount(_config(), mount(fstype="xfs"), {"filesystem": "xfs"}).healthy
+    assert checks.check_mount(_config(), mount(fstype="xfs"), VolumeRecord(filesystem="xfs")).healthy
 
 
 def test_device_from_record() -> None:
-    record = {"backend": "single", "device": "/dev/loop7", "filesystem": "ext4"}
+    record = VolumeRecord(backend="single", device="/dev/loop7", filesystem="ext4")
     assert checks.check_mount(_config(), mount(), record).healthy
     wrong = checks.check_mount(_config(), mount(source="/dev/loop3", major_minor="7:3"), record)
     assert (wrong.healthy, wrong.text) == (False, "/scratch mounted from /dev/loop3, expected /dev/loop7")

@@ -9,6 +9,7 @@ from slurm_scratch.config import parse_config
 from slurm_scratch.volume.devices import Candidate, Discovery, Disk, Signature, Skipped
 from slurm_scratch.volume.observe import BtrfsFs, Lv, MdArray, Mounted, Observed, Vg
 from slurm_scratch.volume.plan import effective_backend, missing_members, plan
+from slurm_scratch.volume.state import VolumeRecord
 
 AWS = "Amazon EC2 NVMe Instance Storage"
 LV = "/dev/vg.01/lv_ephemeral"
@@ -42,9 +43,9 @@ def discovery(candidates, skipped=()) -> Discovery:
     return Discovery("aws", tuple(candidates), tuple(skipped))
 
 
-def recorded(indexes, backend="lvm", status="ready", **extra) -> dict:
+def recorded(indexes, backend="lvm", status="ready", **extra) -> VolumeRecord:
     members = [{"path": disk(i).path, "serial": disk(i).serial, "model": AWS} for i in indexes]
-    return {"status": status, "backend": backend, "members": members, "mount_point": "/scratch", **extra}
+    return VolumeRecord.from_json({"status": status, "backend": backend, "members": members, "mount_point": "/scratch", **extra})
 
 
 def observed(**fields) -> Observed:
@@ -347,9 +348,9 @@ def test_btrfs_with_a_device_missing_is_degraded() -> None:
     [
         (blank(1), None, "single"),
         (blank(1, 2, 3), None, "lvm"),
-        (blank(1), {"backend": "mdadm", "members": []}, "single"),  # stop/start: the record is of gone disks
-        (ours((1,), md_member(1)), {"backend": "mdadm", "members": []}, "mdadm"),
-        (ours((1,), EXT4_OURS), {"backend": "btrfs", "members": []}, "btrfs"),
+        (blank(1), VolumeRecord(backend="mdadm"), "single"),  # stop/start: the record is of gone disks
+        (ours((1,), md_member(1)), VolumeRecord(backend="mdadm"), "mdadm"),
+        (ours((1,), EXT4_OURS), VolumeRecord(backend="btrfs"), "btrfs"),
         (ours((1,), md_member(1)), None, "mdadm"),
         (ours((1,), PV_OURS), None, "lvm"),
     ],
@@ -363,7 +364,7 @@ def test_missing_members_match_by_serial_even_when_names_change() -> None:
     renamed = [Candidate(Disk("/dev/nvme9n1", "nvme9n1", "259:9", AWS, disk(1).serial, 1), PV_OURS, True, False),
                Candidate(Disk("/dev/nvme8n1", "nvme8n1", "259:8", AWS, disk(2).serial, 1), PV_OURS, True, False)]
     assert missing_members(state, discovery(renamed)) == []
-    assert [m["path"] for m in missing_members(state, discovery(renamed[:1]))] == ["/dev/nvme2n1"]
+    assert [m.path for m in missing_members(state, discovery(renamed[:1]))] == ["/dev/nvme2n1"]
     # A disk still present but skipped (say, now mounted elsewhere) is not "missing".
     skipped = [Skipped(renamed[1].disk, "is mounted at /mnt")]
     assert missing_members(state, discovery(renamed[:1], skipped)) == []
