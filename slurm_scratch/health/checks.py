@@ -166,13 +166,12 @@ def check_md(sysfs_block: str, name: str, members: list[str] | None) -> list[Fin
     return [ok("layers", f"md array {name} {state}, {len(present)} disks")]
 
 
-def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
-    """`lvs --noheadings --separator '|' -o lv_attr,pv_count,vg_missing_pv_count VG/LV` -> findings."""
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    fields = [field.strip() for field in line.split("|")]
-    if len(fields) < 3 or len(fields[0]) < 9:
+def lv_findings(row: dict[str, str] | None, lv: str, members: list[str] | None) -> list[Finding]:
+    """Findings from the LV's `lvs` row (lv_attr, pv_count, vg_missing_pv_count; see volume/lvm.py)."""
+    attr = (row or {}).get("lv_attr", "")
+    if len(attr) < 9:
         return [bad("layers", f"LV {lv} not found")]
-    attr, pv_count, missing = fields[0], fields[1], fields[2]
+    pv_count, missing = row.get("pv_count", ""), row.get("vg_missing_pv_count", "")
     if attr[8] == "p" or (missing.isdigit() and int(missing)):
         return [bad("layers", f"LV {lv} partial (a disk is missing)")]
     # `lvs --readonly` does not ask device-mapper, so bookworm's LVM shows the state as 'X'
@@ -186,7 +185,7 @@ def parse_lvs(text: str, lv: str, members: list[str] | None) -> list[Finding]:
 
 
 def check_lvm(config: Config, mount: mounts.Mount | None, record: VolumeRecord, members: list[str] | None) -> list[Finding]:
-    from slurm_scratch import run
+    from slurm_scratch.volume import lvm
 
     lv = f"{record.vg_name or config.volume.vg_name}/{record.lv_name or config.volume.lv_name}"
     found = []
@@ -196,15 +195,10 @@ def check_lvm(config: Config, mount: mounts.Mount | None, record: VolumeRecord, 
             if _read(f"/sys/block/{name}/dm/suspended") == "1":
                 found.append(bad("layers", f"LV {lv} suspended"))
     try:
-        result = run.run(
-            ["lvs", "--readonly", "--noheadings", "--separator", "|", "-o", "lv_attr,pv_count,vg_missing_pv_count", lv],
-            timeout=config.health.check_timeout, check=False, quiet=True,
-        )
+        rows = lvm.report("lvs", "lv_attr,pv_count,vg_missing_pv_count", lv, timeout=config.health.check_timeout, readonly=True)
     except ScratchError as exc:
         return found + [bad("hung" if "timed out" in str(exc) else "layers", f"lvs: {exc}")]
-    if result.returncode != 0 and not result.stdout.strip():
-        return found + [bad("layers", f"LV {lv} not found")]
-    return found + parse_lvs(result.stdout, lv, members)
+    return found + lv_findings(rows[0] if rows else None, lv, members)
 
 
 def check_btrfs(config: Config, mount: mounts.Mount, fsid: str, members: list[str] | None, sysfs: str = "/sys") -> list[Finding]:

@@ -15,10 +15,9 @@ from slurm_scratch.config import VolumeConfig
 from slurm_scratch.volume.devices import Disk, probe_signature
 from slurm_scratch.layout import DIR_FLAGS, MARKER_NAME, SQUATTED_PREFIX, open_trash
 from slurm_scratch.errors import ScratchError
-from slurm_scratch.volume import state
+from slurm_scratch.volume import lvm, state
 from slurm_scratch.volume.plan import Plan, Step
 
-LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
 def apply(volume: VolumeConfig, plan: Plan) -> None:
@@ -34,7 +33,7 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> str | None:
     """Carry out one step; returns what to log when it differs from the step's text."""
     timeout = volume.command_timeout
     if step.kind == "run":
-        run.run(list(step.args), timeout=timeout, check=step.check, env=LVM_ENV)
+        run.run(list(step.args), timeout=timeout, check=step.check, env=lvm.LVM_ENV)
     elif step.kind == "wipe":
         run.run(["wipefs", "-a", step.args[0]], timeout=timeout)
     elif step.kind == "wait":

@@ -39,6 +39,7 @@ from slurm_scratch.config import VolumeConfig
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.layout import MARKER_NAME
 from slurm_scratch.record import Factory, Record
+from slurm_scratch.volume import lvm
 from slurm_scratch.volume.state import Member, VolumeRecord
 
 AWS_MODELS = ("Amazon EC2 NVMe Instance Storage",)
@@ -662,31 +663,16 @@ def _probe_all(paths: list[str], timeout: float) -> dict[str, Signature | Scratc
     return results
 
 
-def _lvm_report(argv: list[str], kind: str, timeout: float) -> list[dict]:
-    import json
-
-    result = run.run([*argv, "--reportformat", "json", "--config", "log/command_names=0"],
-                     timeout=timeout, check=False, quiet=True, env={"LVM_SUPPRESS_FD_WARNINGS": "1"})
-    if result.returncode != 0:
-        log.warning(f"{argv[0]} failed (exit {result.returncode}): {result.stderr.strip()}")
-        return []
-    rows: list[dict] = []
-    for report in json.loads(result.stdout or "{}").get("report", []):
-        rows.extend(report.get(kind, []))
-    return rows
-
-
 def pv_facts(timeout: float, vg_name: str) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
     """{PV device (realpath): (VG name ("" for an orphan PV), the VG's tags, the VG's LVs)} from
     `pvs` (and `lvs`, only when a PV is in a VG named `vg_name`)."""
     names: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for pv in _lvm_report(["pvs", "-o", "pv_name,vg_name,vg_tags"], "pv", timeout):
+    for pv in lvm.report("pvs", "pv_name,vg_name,vg_tags", timeout=timeout) or []:
         if pv.get("pv_name", "").startswith("/dev/"):
-            tags = tuple(tag for tag in pv.get("vg_tags", "").split(",") if tag)
-            names[os.path.realpath(pv["pv_name"])] = (pv.get("vg_name", ""), tags)
+            names[os.path.realpath(pv["pv_name"])] = (pv.get("vg_name", ""), lvm.tags(pv.get("vg_tags", "")))
     lvs: dict[str, list[str]] = {}
     if any(vg == vg_name for vg, _ in names.values()):
-        for lv in _lvm_report(["lvs", "-o", "vg_name,lv_name"], "lv", timeout):
+        for lv in lvm.report("lvs", "vg_name,lv_name", timeout=timeout) or []:
             lvs.setdefault(lv.get("vg_name", ""), []).append(lv.get("lv_name", ""))
     return {path: (vg, tags, tuple(sorted(lvs.get(vg, ())))) for path, (vg, tags) in names.items()}
 

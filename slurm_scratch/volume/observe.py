@@ -1,6 +1,6 @@
 """Observe what exists: the mount, LVM VG/LV, md arrays, btrfs filesystems, the volume's filesystem.
 
-Read-only: runs `lvs/vgs` (JSON reports), `mdadm --detail --export`, `btrfs filesystem show`,
+Read-only: runs `pvs/vgs/lvs` (through volume/lvm.py), `mdadm --detail --export`, `btrfs filesystem show`,
 `blkid -p`, and reads /proc/self/mountinfo and sysfs. Tools are asked only when the backend or a
 disk's signature makes them relevant. The parsers are plain functions (unit-tested).
 """
@@ -8,7 +8,6 @@ disk's signature makes them relevant. The parsers are plain functions (unit-test
 from __future__ import annotations
 
 import glob
-import json
 import os
 import stat
 
@@ -16,10 +15,10 @@ from slurm_scratch import log, mounts, run
 from slurm_scratch.config import VolumeConfig
 from slurm_scratch.layout import MARKER_NAME, TRASH_NAME
 from slurm_scratch.record import Record
+from slurm_scratch.volume import lvm
 from slurm_scratch.volume.state import VolumeRecord
 from slurm_scratch.volume.devices import Discovery, Signature, devnum_of_path, parse_blkid_export, probe_signature
 
-LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
 class Mounted(Record):
@@ -101,13 +100,6 @@ class Observed(Record):
 # ---- parsers ------------------------------------------------------------------------------------
 
 
-def _lvm_rows(text: str, kind: str) -> list[dict]:
-    rows = []
-    for report in json.loads(text or "{}").get("report", []):
-        rows.extend(report.get(kind, []))
-    return rows
-
-
 def _int(value: object) -> int:
     try:
         return int(str(value).strip() or 0)
@@ -115,19 +107,21 @@ def _int(value: object) -> int:
         return 0
 
 
-def parse_vgs(text: str, vg_name: str, pvs_text: str = "") -> Vg | None:
-    for row in _lvm_rows(text, "vg"):
+def vg_from(vgs: list[dict[str, str]], vg_name: str, pvs: list[dict[str, str]] = ()) -> Vg | None:
+    """The VG `vg_name` from `vgs` rows (vg_name, pv_count, vg_missing_pv_count, vg_tags) and its
+    PVs from `pvs` rows (pv_name, vg_name); see volume/lvm.py."""
+    for row in vgs:
         if row.get("vg_name") == vg_name:
-            pvs = tuple(pv.get("pv_name", "") for pv in _lvm_rows(pvs_text, "pv") if pv.get("vg_name") == vg_name)
-            tags = tuple(tag for tag in str(row.get("vg_tags", "")).split(",") if tag)
-            return Vg(vg_name, _int(row.get("pv_count")), _int(row.get("vg_missing_pv_count")), pvs, tags)
+            names = tuple(pv.get("pv_name", "") for pv in pvs if pv.get("vg_name") == vg_name)
+            return Vg(vg_name, lvm.number(row.get("pv_count")), lvm.number(row.get("vg_missing_pv_count")), names, lvm.tags(row.get("vg_tags", "")))
     return None
 
 
-def parse_lvs(text: str, vg_name: str, lv_name: str) -> Lv | None:
-    for row in _lvm_rows(text, "lv"):
+def lv_from(lvs: list[dict[str, str]], vg_name: str, lv_name: str) -> Lv | None:
+    """The LV `vg_name/lv_name` from `lvs` rows (vg_name, lv_name, lv_attr, stripes)."""
+    for row in lvs:
         if row.get("vg_name") == vg_name and row.get("lv_name") == lv_name:
-            return Lv(vg_name, lv_name, f"/dev/{vg_name}/{lv_name}", row.get("lv_attr", ""), _int(row.get("stripes")) or 1)
+            return Lv(vg_name, lv_name, f"/dev/{vg_name}/{lv_name}", row.get("lv_attr", ""), lvm.number(row.get("stripes")) or 1)
     return None
 
 
@@ -189,22 +183,13 @@ def observe_mount(mount_point: str) -> Mounted | None:
     return Mounted(mount.source, mount.fstype, mount.major_minor, source_devnum, root_mode, bool(trash_ok), marked)
 
 
-def _lvm(argv: list[str], timeout: float) -> str:
-    result = run.run(argv, timeout=timeout, check=False, quiet=True, env=LVM_ENV)
-    if result.returncode != 0:
-        log.warning(f"{' '.join(argv[:1])} failed (exit {result.returncode}): {result.stderr.strip()}")
-        return ""
-    return result.stdout
-
-
 def observe_lvm(volume: VolumeConfig) -> tuple[Vg | None, Lv | None]:
     timeout = volume.command_timeout
-    vgs = _lvm(["vgs", "--reportformat", "json", "-o", "vg_name,pv_count,vg_missing_pv_count,vg_tags"], timeout)
-    vg = parse_vgs(vgs, volume.vg_name, _lvm(["pvs", "--reportformat", "json", "-o", "pv_name,vg_name"], timeout)) if vgs else None
+    vgs = lvm.report("vgs", "vg_name,pv_count,vg_missing_pv_count,vg_tags", timeout=timeout)
+    vg = vg_from(vgs, volume.vg_name, lvm.report("pvs", "pv_name,vg_name", timeout=timeout) or []) if vgs else None
     if vg is None:
         return None, None
-    lvs = _lvm(["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr,stripes"], timeout)
-    return vg, parse_lvs(lvs, volume.vg_name, volume.lv_name)
+    return vg, lv_from(lvm.report("lvs", "vg_name,lv_name,lv_attr,stripes", timeout=timeout) or [], volume.vg_name, volume.lv_name)
 
 
 def _read(path: str) -> str:

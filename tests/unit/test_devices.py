@@ -7,7 +7,8 @@ import pytest
 from slurm_scratch.config import parse_config
 from slurm_scratch.volume.devices import (Candidate, Disk, Facts, Signature, Skipped, assess, disk_from_udev, matches_cloud,
                                    not_selected, recorded_member, select_cloud, signature_from_blkid)
-from slurm_scratch.volume.observe import Lv, parse_btrfs_show, parse_lvs, parse_vgs
+from slurm_scratch.volume import lvm
+from slurm_scratch.volume.observe import Lv, lv_from, parse_btrfs_show, vg_from
 from slurm_scratch.volume.state import VolumeRecord
 
 AWS = "Amazon EC2 NVMe Instance Storage"
@@ -271,19 +272,26 @@ def test_disk_from_udev_properties_and_links(tmp_path) -> None:
     assert isinstance(verdict, Skipped) and "in use by dm-4 (on nvme2n1p1)" in verdict.reason
 
 
-VGS = '{"report": [{"vg": [{"vg_name": "vg.01", "pv_count": "4", "vg_missing_pv_count": "1"}, {"vg_name": "other", "pv_count": "1", "vg_missing_pv_count": "0"}]}]}'
-PVS = '{"report": [{"pv": [{"pv_name": "/dev/nvme1n1", "vg_name": "vg.01"}, {"pv_name": "[unknown]", "vg_name": "vg.01"}, {"pv_name": "/dev/sdb", "vg_name": "other"}]}]}'
-LVS = '{"report": [{"lv": [{"vg_name": "vg.01", "lv_name": "lv_ephemeral", "lv_attr": "-wi-----p-", "stripes": "4"}]}]}'
+VGS = lvm.parse_report("""\
+  LVM2_VG_NAME=vg.01 LVM2_PV_COUNT=4 LVM2_VG_MISSING_PV_COUNT=1 LVM2_VG_TAGS=slurm-scratch
+  LVM2_VG_NAME=other LVM2_PV_COUNT=1 LVM2_VG_MISSING_PV_COUNT=0 LVM2_VG_TAGS=
+""")
+PVS = lvm.parse_report("""\
+  LVM2_PV_NAME=/dev/nvme1n1 LVM2_VG_NAME=vg.01
+  LVM2_PV_NAME=[unknown] LVM2_VG_NAME=vg.01
+  LVM2_PV_NAME=/dev/sdb LVM2_VG_NAME=other
+""")
+LVS = lvm.parse_report("  LVM2_VG_NAME=vg.01 LVM2_LV_NAME=lv_ephemeral LVM2_LV_ATTR=-wi-----p- LVM2_STRIPES=4\n")
 
 
 def test_lvm_report_parsing() -> None:
-    vg = parse_vgs(VGS, "vg.01", PVS)
-    assert (vg.pv_count, vg.missing_pv_count, vg.pvs) == (4, 1, ("/dev/nvme1n1", "[unknown]"))
-    assert parse_vgs(VGS, "vg.02") is None
-    lv = parse_lvs(LVS, "vg.01", "lv_ephemeral")
+    vg = vg_from(VGS, "vg.01", PVS)
+    assert (vg.pv_count, vg.missing_pv_count, vg.pvs, vg.tags) == (4, 1, ("/dev/nvme1n1", "[unknown]"), ("slurm-scratch",))
+    assert vg_from(VGS, "vg.02") is None
+    lv = lv_from(LVS, "vg.01", "lv_ephemeral")
     assert lv.path == "/dev/vg.01/lv_ephemeral" and lv.stripes == 4 and not lv.active and lv.partial
     assert Lv("v", "l", "/dev/v/l", "-wi-a-----").active
-    assert parse_lvs(LVS, "vg.01", "other") is None
+    assert lv_from(LVS, "vg.01", "other") is None
 
 
 def test_btrfs_show_parsing() -> None:

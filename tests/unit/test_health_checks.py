@@ -12,6 +12,7 @@ from slurm_scratch import config
 from slurm_scratch.health import checks, recorded
 from slurm_scratch.health.findings import bad, ok, problems_of
 from slurm_scratch.mounts import Mount
+from slurm_scratch.volume import lvm
 from slurm_scratch.volume.state import VolumeRecord
 
 
@@ -85,18 +86,23 @@ LV = "vg.01/lv_ephemeral"
 @pytest.mark.parametrize(
     "output, members, healthy, text",
     [
-        ("  -wi-ao----|4|0\n", ["a", "b", "c", "d"], True, "LV vg.01/lv_ephemeral active, 4 disks"),
-        ("  -wi-ao---p|4|1\n", None, False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
-        ("  -wi-------|4|0\n", None, False, "LV vg.01/lv_ephemeral not active"),
+        ("-wi-ao---- 4 0", ["a", "b", "c", "d"], True, "LV vg.01/lv_ephemeral active, 4 disks"),
+        ("-wi-ao---p 4 1", None, False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
+        ("-wi------- 4 0", None, False, "LV vg.01/lv_ephemeral not active"),
         # `lvs --readonly` (LVM 2.03.16, bookworm) cannot tell the state: not a finding by itself
-        ("  -wi-XX----|2|0\n", ["a", "b"], True, "LV vg.01/lv_ephemeral active, 2 disks"),
-        ("  -wi-XX---p|2|1\n", ["a", "b"], False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
-        ("  -wi-ao----|3|0\n", ["a", "b", "c", "d"], False, "LV vg.01/lv_ephemeral has 3 disks, 4 recorded"),
+        ("-wi-XX---- 2 0", ["a", "b"], True, "LV vg.01/lv_ephemeral active, 2 disks"),
+        ("-wi-XX---p 2 1", ["a", "b"], False, "LV vg.01/lv_ephemeral partial (a disk is missing)"),
+        ("-wi-ao---- 3 0", ["a", "b", "c", "d"], False, "LV vg.01/lv_ephemeral has 3 disks, 4 recorded"),
         ("", None, False, "LV vg.01/lv_ephemeral not found"),
     ],
 )
 def test_lvs(output, members, healthy, text) -> None:
-    (finding,) = checks.parse_lvs(output, LV, members)
+    """What `lvs --readonly -o lv_attr,pv_count,vg_missing_pv_count VG/LV` prints, through volume/lvm.py's parser."""
+    if output:
+        attr, pv_count, missing = output.split()
+        output = f"  LVM2_LV_ATTR={attr} LVM2_PV_COUNT={pv_count} LVM2_VG_MISSING_PV_COUNT={missing}\n"
+    rows = lvm.parse_report(output)
+    (finding,) = checks.lv_findings(rows[0] if rows else None, LV, members)
     assert (finding.healthy, finding.text) == (healthy, text)
 
 
