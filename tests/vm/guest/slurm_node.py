@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 
 from lab import guest_node as node
 from lab.munge import start_munged
-from lab.process import stop_process, wait_for
+from lab.process import process_alive, stop_process, wait_for
 from lab.scontrol import TERMINAL_JOB_STATES, first_record, parse_sinfo_reason, sinfo_reason_argv
 from lab.slurmconf import make_controller_dir, slurm_conf_text
 from lab.nvme_disks import sh
@@ -174,13 +174,19 @@ class SlurmNode:
 
     def stop_slurmd(self) -> None:
         """Stop slurmd by its PID, after any health check it started has finished (one that
-        still ran would hold /scratch busy)."""
+        still ran would hold /scratch busy). A health check slurmd started while the checks were
+        paused waits for the lock and runs once it is let go, after slurmd is gone: its PID is
+        recorded (slurmd's health-check children, just before slurmd stops) and waited for,
+        bounded."""
         if self.slurmd is None:
             return
         with self.health_checks_paused():
+            checks = _health_checks_of(self.slurmd.pid)
             if not stop_pid(self.slurmd):
                 raise SlurmNodeError(f"slurmd PID {self.slurmd.pid} did not stop")
         self.slurmd = None
+        poll("the health checks slurmd started to end",
+             lambda: not any(process_alive(pid) for pid in checks), 180, 0.2)
 
     def _alive(self, process: subprocess.Popen, name: str) -> bool:
         if process.poll() is not None:
@@ -285,6 +291,25 @@ class SlurmNode:
         if not path.exists():
             return f"({path} does not exist)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _health_checks_of(pid: int) -> list[int]:
+    """The PIDs of the health checks `pid` (slurmd) runs: its children running the tool's hook."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            try:
+                if b"healthcheck" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 class _HealthLock:
