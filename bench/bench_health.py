@@ -128,9 +128,10 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     try:  # the record `setup` leaves on a node, as the health check reads it
         from slurm_scratch.volume import state
 
-        state.write({"status": "ready", "backend": "single", "filesystem": "ext4", "device": device,
-                     "mount_point": mount_point, "mount_source": device,
-                     "members": [{"path": device, "serial": "", "model": "loop", "size_bytes": 512 << 20, "by_id": []}]})
+        state.write(state.VolumeRecord.from_json({
+            "status": "ready", "backend": "single", "filesystem": "ext4", "device": device,
+            "mount_point": mount_point, "mount_source": device,
+            "members": [{"path": device, "serial": "", "model": "loop", "size_bytes": 512 << 20, "by_id": []}]}))
     except ImportError:
         print("bench_health: no volume.state module: running without a volume record")
     hook_env = {"SLURMD_NODENAME": "bench1", "SLURM_SCRATCH_CONF": str(config)}
