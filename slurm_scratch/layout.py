@@ -49,6 +49,7 @@ VOLUME_RECORD_CACHE = f"{RUN_DIR}/volume-record.cache"
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # opens nothing: no FIFO, device or FUSE call
+DIR_PATH_FLAGS = PATH_FLAGS | os.O_DIRECTORY
 
 
 class VolumeNotMounted(ScratchError):

@@ -81,6 +81,22 @@ def open_parent(config: Config, root_fd: int, components: list[str], create: boo
     return fd
 
 
+def _raise_unless_done(result, mount_point: str, hook: str, timeout: float) -> None:
+    """The hook's child reported failure or hit the deadline: raise what it reported, as the type
+    the CLI tells apart (VolumeHung, VolumeNotMounted, OSError: the volume's fault; ScratchError)."""
+    if result.status == "timeout":
+        raise VolumeHung(f"{mount_point} hung: {hook} timed out after {timeout:g} s")
+    if result.status == "ok":
+        return
+    if result.kind == "VolumeNotMounted":
+        raise VolumeNotMounted(result.text)
+    if result.kind == "OSError":
+        raise OSError(result.text)
+    if result.kind in ("ScratchError", "ChildError"):
+        raise ScratchError(result.text)
+    raise ScratchError(f"internal error ({result.kind}): {result.text}")
+
+
 def create(config: Config, job: JobContext) -> str:
     """Make the job's directory, owned by the job's uid/gid with [jobs] mode; reuse the job's own.
 
@@ -92,16 +108,7 @@ def create(config: Config, job: JobContext) -> str:
     timer = log.Timer()
     timeout = config.jobs.fs_timeout
     result = timed.in_child(lambda: _create(config, job), timeout)
-    if result.status == "timeout":
-        raise VolumeHung(f"{config.volume.mount_point} hung: prolog timed out after {timeout:g} s")
-    if result.status != "ok":
-        if result.kind == "VolumeNotMounted":
-            raise VolumeNotMounted(result.text)
-        if result.kind == "OSError":
-            raise OSError(result.text)
-        if result.kind in ("ScratchError", "ChildError"):
-            raise ScratchError(result.text)
-        raise ScratchError(f"internal error ({result.kind}): {result.text}")
+    _raise_unless_done(result, config.volume.mount_point, "prolog", timeout)
     # The child cannot log (its stdio is /dev/null): it says what it did, and we log it.
     squatted = "moved aside" in result.text or "detached" in result.text
     (log.warning if squatted else log.info)(f"prolog {result.text}", job=job.job_id, ms=timer.ms())
@@ -394,14 +401,7 @@ def retire(config: Config, job: JobContext) -> str | None:
     path = job_dir_path(config, job)
     timeout = config.jobs.fs_timeout
     result = timed.in_child(lambda: _retire(config, job, time.monotonic() + timeout * 0.6), timeout)
-    if result.status == "timeout":
-        raise VolumeHung(f"{config.volume.mount_point} hung: epilog timed out after {timeout:g} s")
-    if result.status != "ok":
-        if result.kind == "OSError":
-            raise OSError(result.text)
-        if result.kind in ("ScratchError", "ChildError"):
-            raise ScratchError(result.text)
-        raise ScratchError(f"internal error ({result.kind}): {result.text}")
+    _raise_unless_done(result, config.volume.mount_point, "epilog", timeout)
     outcome, *notes = result.text.split(NOTE_SEPARATOR.strip())
     for note in notes:
         level, _, text = note.strip().partition(" ")

@@ -27,11 +27,12 @@ import os
 import time
 
 from slurm_scratch import mounts as mount_table
+from slurm_scratch import timed
+from slurm_scratch.layout import DIR_PATH_FLAGS, PATH_FLAGS
 
 WAIT_SECONDS = 2.0
 MAX_DEPTH = 8192  # directory levels walked up from one object (a cwd deeper than PATH_MAX is ~20-2000)
-PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
-DIR_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FOLLOWING_PATH_FLAGS = PATH_FLAGS & ~os.O_NOFOLLOW  # for /proc's magic links, which must be followed
 
 
 def _read(path: str, size: int = 65536) -> bytes | None:
@@ -90,16 +91,6 @@ def _has_program(pid: str) -> bool:
         return True  # cannot tell: look closer
 
 
-def _start_time(pid: str) -> bytes | None:
-    data = _read(f"/proc/{pid}/stat", 4096)
-    if not data:
-        return None
-    fields = data.rsplit(b")", 1)[-1].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19]
-
-
 def _comm(pid: int) -> str:
     data = _read(f"/proc/{pid}/comm", 256)
     return data.decode("utf-8", errors="replace").strip() if data else "?"
@@ -130,7 +121,7 @@ class Index:
         self.parents: dict[int, int] = {}  # directory inode -> its parent's (on the volume)
         self.dir_of_path: dict[str, int | None] = {}  # a directory's path in the filesystem -> inode
         self.held: dict[int, dict[int, set[str]]] = {}  # directory inode -> {pid: what holds it}
-        self.procs: dict[int, tuple[tuple[int, int], bytes]] = {}  # pid -> (uids, start time)
+        self.procs: dict[int, tuple[tuple[int, int], str]] = {}  # pid -> (uids, start time)
         self.namespaces: dict[str, tuple[dict, dict]] = {}  # mnt ns -> its _volume_mounts
         self.unresolved = 0
         self._targets: set[int] = set()
@@ -223,7 +214,7 @@ class Index:
         if not mounts:
             return  # the volume is not even mounted in its namespace
         self._anchored = anchored
-        start = _start_time(pid)
+        start = timed.start_time(int(pid))
         if start is None:
             return
         holds: dict[int, set[str]] = {}
@@ -276,7 +267,7 @@ class Index:
     def _object(self, link: str, mnt: int | None, mounts: dict[int, tuple[str, str]], what: str, holds: dict[int, set[str]]) -> None:
         """Record the directory `link` (a /proc magic link) is in, or is, when it lies on the volume."""
         try:
-            fd = os.open(link, PATH_FLAGS)  # O_PATH: no open, no lookup in the filesystem it points to
+            fd = os.open(link, FOLLOWING_PATH_FLAGS)  # O_PATH: no open, no lookup in the filesystem it points to
         except OSError:
             return
         try:
@@ -359,7 +350,7 @@ class Index:
         if dir_fd is None:
             return None
         try:
-            name_fd = os.open(name, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+            name_fd = os.open(name, PATH_FLAGS, dir_fd=dir_fd)
         except OSError:
             return None
         finally:
@@ -556,7 +547,7 @@ def end_holders(index: Index, ino: int, uid: int, path: str, deadline: float | N
         except OSError:
             continue
         try:
-            if _start_time(str(pid)) != index.procs[pid][1]:
+            if timed.start_time(pid) != index.procs[pid][1]:
                 continue  # gone, and the PID is another process's now
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             killed.append(pid)
@@ -568,10 +559,10 @@ def end_holders(index: Index, ino: int, uid: int, path: str, deadline: float | N
     end = time.monotonic() + WAIT_SECONDS
     if deadline is not None:
         end = min(end, deadline)
-    alive = [pid for pid in killed if _start_time(str(pid)) is not None]
+    alive = [pid for pid in killed if timed.start_time(pid) is not None]
     while alive and time.monotonic() < end:
         time.sleep(0.01)
-        alive = [pid for pid in alive if _start_time(str(pid)) is not None]
+        alive = [pid for pid in alive if timed.start_time(pid) is not None]
     lines.extend(f"pid {pid} still alive after SIGKILL" for pid in alive)
     return lines
 

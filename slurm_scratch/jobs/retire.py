@@ -14,7 +14,7 @@ import time
 
 from slurm_scratch import log
 from slurm_scratch.config import Config
-from slurm_scratch.layout import open_trash
+from slurm_scratch.layout import DIR_PATH_FLAGS, PATH_FLAGS, open_trash
 
 
 def _detach_submounts(dir_fd: int, volume_mnt: int | None, path: str, say) -> None:
@@ -27,7 +27,7 @@ def _detach_submounts(dir_fd: int, volume_mnt: int | None, path: str, say) -> No
         try:
             names = mount_point[len(path) + 1 :].split("/")
             for index, name in enumerate(names):
-                next_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                next_fd = os.open(name, DIR_PATH_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
                 here = mounts.mount_id(fd)
@@ -50,7 +50,7 @@ def unmounted(parent_fd: int, name: str, path: str, volume_mnt: int | None, say)
 
     for _ in range(16):  # mounts stacked on it: one at a time
         try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+            fd = os.open(name, PATH_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             return None
         mnt = mounts.mount_id(fd)

@@ -16,7 +16,7 @@ from slurm_scratch import log
 from slurm_scratch.config import Config
 from slurm_scratch.jobs import pattern
 from slurm_scratch.jobs.retire import retire_entry, say_to_log, unmounted
-from slurm_scratch.layout import DIR_FLAGS, NOT_JOB_DIRS, open_root
+from slurm_scratch.layout import DIR_FLAGS, NOT_JOB_DIRS, PATH_FLAGS, open_root
 from slurm_scratch.record import Record
 
 
@@ -77,7 +77,7 @@ def _walk_level(root_fd, dir_fd, path, patterns, unattributed, user):
                     os.close(child_fd)
             continue
         try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, PATH_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             continue
         try:
