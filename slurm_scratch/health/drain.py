@@ -41,14 +41,17 @@ from __future__ import annotations
 import os
 import time
 
-from slurm_scratch.health.slurm import NodeState
 from slurm_scratch.layout import HEALTH_STATE as STATE_FILE
 from slurm_scratch.layout import HOOK_FINDING as HOOK_FILE
 from slurm_scratch.layout import RELEASED_HOOK_FINDING as RELEASED_HOOK_FILE
 from slurm_scratch.record import Record
 from slurm_scratch.statefile import one_line as _one_line
 from slurm_scratch.statefile import read_fields, write_fields
-PROLOG_FILE = HOOK_FILE  # the former name, for callers and tests of the released version
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: a healthy node's check never needs the Slurm backend
+    from slurm_scratch.health.slurm import NodeState
+
 CONFIRM_SECONDS = 300.0
 # A hook finding stays pending this long even when Slurm does not (yet) show "Prolog error" or
 # "Epilog error": slurmctld sets that reason only after slurmd reports the failed hook.
@@ -157,9 +160,6 @@ def record_hook_finding(finding: str, now: float | None = None, hook: str = "") 
     write_fields(HOOK_FILE, fields)
 
 
-record_prolog_finding = record_hook_finding
-
-
 def _load_finding(path: str) -> HookFinding | None:
     try:
         fields = read_fields(path)
@@ -197,9 +197,6 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
     ScratchError when Slurm could not be asked or refused; the memory is then left as it was, so
     that the next health check tries again.
     """
-    from slurm_scratch import log
-    from slurm_scratch.health import slurm
-
     now = time.time() if now is None else now
     prefix = config.slurm.drain_prefix
     desired = reason_for(finding_text, prefix) if finding_text is not None else None
@@ -207,6 +204,9 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
     pending = load_hook_finding()
     if not needs_slurm(desired, memory, pending is not None, now):
         return None
+    from slurm_scratch import log
+    from slurm_scratch.health import slurm
+
     backend = slurm.backend(config)
     state = backend.node_state(node)
     action = decide(desired, state, prefix, pending is not None)

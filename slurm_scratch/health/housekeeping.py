@@ -39,8 +39,6 @@ def sweep_orphans(config: Config, node: str, deadline: float | None = None) -> i
 def housekeeping(config: Config, node: str, seconds: float) -> None:
     """Sweep and empty the trash, all of it (listing, scanning /proc, sweeping, deleting) within
     `seconds` plus the Slurm calls' own timeouts; what is left is the next run's."""
-    from slurm_scratch.jobs import trash
-
     deadline = time.monotonic() + seconds
     mount_point = config.volume.mount_point
     try:
@@ -52,6 +50,8 @@ def housekeeping(config: Config, node: str, seconds: float) -> None:
         trash_dir = f"{mount_point}/{TRASH_NAME}"
         remaining = deadline - time.monotonic()
         if remaining > 0 and os.path.isdir(trash_dir) and any(not name.startswith(PROBE_PREFIX) for name in os.listdir(trash_dir)):
+            from slurm_scratch.jobs import trash  # only when there is something to delete
+
             trash.reap(config, wait=False, max_seconds=remaining)
     except (ScratchError, OSError) as exc:
         log.error(f"healthcheck: housekeeping: {exc}")

@@ -33,8 +33,10 @@ def still_stuck() -> str | None:
         fields = statefile.read_fields(STUCK_FILE)
     except OSError:
         return None
-    pid = stuck_pid()
-    if fields is not None and pid is not None and timed.still_running(pid, fields.get("start", "")):
+    if fields is None:  # the usual case: nothing remembered
+        return None
+    pid = fields.get("pid", "")
+    if pid.isdigit() and timed.still_running(int(pid), fields.get("start", "")):
         return fields.get("finding", "")
     try:
         os.unlink(STUCK_FILE)
