@@ -24,6 +24,15 @@ def _node_name(explicit: str | None = None) -> str:
     return os.uname().nodename.split(".")[0]
 
 
+def _volume_fault(config: Config, message: str) -> str:
+    """Leave a hook's finding on a faulty volume for the next health check, which drains with its
+    own reason (the hook itself never calls Slurm); the message, for the error the hook raises."""
+    from slurm_scratch.health import entry
+
+    entry.record_hook_finding(config, message)
+    return message
+
+
 def cmd_prolog(config_path: str | None) -> int:
     from slurm_scratch.jobs import job, jobdir
 
@@ -33,27 +42,21 @@ def cmd_prolog(config_path: str | None) -> int:
         try:
             jobdir.create(config, context)
         except jobdir.VolumeNotMounted as not_mounted:
-            from slurm_scratch.health import entry
             from slurm_scratch.volume import setup
 
             log.warning(f"prolog: {not_mounted}; running setup", job=context.job_id)
             try:
                 setup.ensure_mounted(config)
             except ScratchError as exc:
-                entry.record_prolog_finding(config, str(exc))
+                _volume_fault(config, str(exc))
                 raise
             jobdir.create(config, context)  # a volume just mounted can hang or fail too: below
-    except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
-        from slurm_scratch.health import entry
-
-        entry.record_prolog_finding(config, str(hung))
+    except jobdir.VolumeHung as hung:  # frozen or dead
+        _volume_fault(config, str(hung))
         raise
-    except OSError as exc:  # mounted but broken (EROFS, EIO, ENOSPC): the health check names it
-        from slurm_scratch.health import entry
-
-        message = f"{config.volume.mount_point}: cannot create the job directory: {exc.strerror or exc}"
-        entry.record_prolog_finding(config, message)
-        raise ScratchError(message) from None
+    except OSError as exc:  # mounted but broken (EROFS, EIO, ENOSPC)
+        raise ScratchError(_volume_fault(
+            config, f"{config.volume.mount_point}: cannot create the job directory: {exc.strerror or exc}")) from None
     return EXIT_OK
 
 
@@ -66,17 +69,13 @@ def cmd_epilog(config_path: str | None) -> int:
     context = job.for_epilog()
     try:
         jobdir.retire(config, context)
-    except jobdir.VolumeHung as hung:  # frozen or dead: the health check drains with its own reason
-        from slurm_scratch.health import entry
-
-        entry.record_prolog_finding(config, str(hung))
+    except jobdir.VolumeHung as hung:  # frozen or dead
+        _volume_fault(config, str(hung))
         raise
     except (OSError, ScratchError) as exc:  # EROFS, EIO, a trash that is not ours: the volume's fault
-        from slurm_scratch.health import entry
-
-        message = f"{config.volume.mount_point}: cannot retire the job directory: {getattr(exc, 'strerror', None) or exc}"
-        entry.record_prolog_finding(config, message)
-        raise ScratchError(message) from None
+        raise ScratchError(_volume_fault(
+            config, f"{config.volume.mount_point}: cannot retire the job directory: "
+                    f"{getattr(exc, 'strerror', None) or exc}")) from None
     return EXIT_OK
 
 

@@ -33,9 +33,6 @@ def record_hook_finding(config: Config | None, finding: str, hook: str | None = 
         log.error(f"{hook or 'hook'}: cannot record the finding in {drain.HOOK_FILE}: {exc.strerror}")
 
 
-record_prolog_finding = record_hook_finding  # the name the Prolog and Epilog call
-
-
 def checks_bound(config: Config) -> float:
     """The longest `run_checks` may take: statvfs then the probe in the child (lvs runs meanwhile,
     under check_timeout)."""

@@ -218,13 +218,13 @@ def test_prolog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     node.umount()
     # What the Prolog does when the volume is broken at job start: a file, no Slurm call; then
     # slurmctld drains the node with "Prolog error".
-    entry.record_prolog_finding(None, f"{node.mount_point} is not mounted and setup failed: no disks")
+    entry.record_hook_finding(None, f"{node.mount_point} is not mounted and setup failed: no disks")
     node.set_state("IDLE+DRAIN", "Prolog error")
     assert node.healthcheck().returncode == 1
     reason = f"scratch: {node.mount_point} not mounted"
     assert node.calls()[-2:] == [SHOW, DRAIN + reason]
     assert node.state() == ("IDLE+DRAIN", reason)
-    assert not os.path.exists(drain.PROLOG_FILE)
+    assert not os.path.exists(drain.HOOK_FILE)
     node.remount()
     assert node.healthcheck().returncode == 0
     assert node.state() == ("IDLE", "")
@@ -247,7 +247,7 @@ def test_epilog_error_of_ours_is_replaced_by_the_specific_reason_then_resumed(no
     # What the Epilog does on a faulty volume: it records its finding under the name the hooks
     # call (no Slurm call) and fails; slurmctld then drains the node with "Epilog error".
     monkeypatch.setenv("SLURM_SCRIPT_CONTEXT", "epilog_slurmd")
-    entry.record_prolog_finding(None, f"{node.mount_point}: cannot retire job_4711: Read-only file system")
+    entry.record_hook_finding(None, f"{node.mount_point}: cannot retire job_4711: Read-only file system")
     assert "hook=epilog" in Path(drain.HOOK_FILE).read_text().splitlines()
     node.set_state("MIXED+DRAIN", "Epilog error")
     assert node.healthcheck().returncode == 1
@@ -504,7 +504,7 @@ def test_prolog_on_a_read_only_volume_records_the_finding_for_the_health_check(n
     env = _job_env(node, 4711)
     prolog = subprocess.run([str(REPO / "hooks" / "prolog")], env=env, capture_output=True, text=True, timeout=60, cwd="/")
     assert prolog.returncode == 1 and "Traceback" not in prolog.stderr
-    assert "Read-only file system" in Path(drain.PROLOG_FILE).read_text()
+    assert "Read-only file system" in Path(drain.HOOK_FILE).read_text()
     assert node.calls() == [SHOW]  # the Prolog asked Slurm nothing
     _slurm_drains_then_the_health_check_takes_over(node, "Prolog error")
 

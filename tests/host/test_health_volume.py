@@ -54,7 +54,7 @@ def fresh_node_state():
     """Each test starts as a node just booted: no volume record, nothing remembered."""
 
     def clear() -> None:
-        for path in (str(RECORD), drain.STATE_FILE, drain.PROLOG_FILE, layout.PROBE_STUCK, layout.VOLUME_RECORD_CACHE):
+        for path in (str(RECORD), drain.STATE_FILE, drain.HOOK_FILE, layout.PROBE_STUCK, layout.VOLUME_RECORD_CACHE):
             Path(path).unlink(missing_ok=True)
 
     clear()

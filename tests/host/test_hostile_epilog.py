@@ -45,10 +45,10 @@ def scratch(request, loops):
 @pytest.fixture(autouse=True)
 def no_finding():
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(drain.PROLOG_FILE)
+        os.unlink(drain.HOOK_FILE)
     yield
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(drain.PROLOG_FILE)
+        os.unlink(drain.HOOK_FILE)
 
 
 def _undo_mounts_below(path: Path) -> None:
@@ -348,7 +348,7 @@ def test_a_frozen_volume_fails_the_epilog_within_fs_timeout_and_records_why(scra
     result = scratch.while_frozen(lambda: scratch.epilog(861, timeout=60))
     assert result.returncode == 1, result.stderr
     assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in result.stderr
-    assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in Path(drain.PROLOG_FILE).read_text()
+    assert f"{scratch.mount_point} hung: epilog timed out after 2 s" in Path(drain.HOOK_FILE).read_text()
     # Thawed: the killed child may still have finished its rename; either way the next Epilog and
     # the reaper leave nothing behind.
     again = scratch.epilog(861, timeout=60)
@@ -365,7 +365,7 @@ def test_a_read_only_volume_fails_the_epilog_and_records_why(scratch) -> None:
     try:
         result = scratch.epilog(871, timeout=60)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-        assert "cannot retire the job directory" in Path(drain.PROLOG_FILE).read_text()
+        assert "cannot retire the job directory" in Path(drain.HOOK_FILE).read_text()
     finally:
         sh("mount", "-o", "remount,rw", scratch.device, str(scratch.mount_point))
     assert scratch.job_dir(871).is_dir()  # nothing lost

@@ -281,16 +281,16 @@ def test_a_frozen_volume_fails_the_prolog_within_fs_timeout_and_records_why(scra
     scratch.configure({"jobs": {"fs_timeout": "2"}})
     assert scratch.prolog(350).returncode == 0
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(drain.PROLOG_FILE)
+        os.unlink(drain.HOOK_FILE)
     # the hang detector: fs_timeout plus generous slack
     result = scratch.while_frozen(lambda: scratch.prolog(351, timeout=60))
     try:
         assert result.returncode == 1, result.stderr
         assert f"{scratch.mount_point} hung: prolog timed out after 2 s" in result.stderr
-        assert f"{scratch.mount_point} hung: prolog timed out after 2 s" in Path(drain.PROLOG_FILE).read_text()
+        assert f"{scratch.mount_point} hung: prolog timed out after 2 s" in Path(drain.HOOK_FILE).read_text()
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(drain.PROLOG_FILE)
+            os.unlink(drain.HOOK_FILE)
     again = scratch.prolog(352)
     assert again.returncode == 0, again.stderr
     assert owner_and_mode(scratch.job_dir(352)) == (UID1, UID1, 0o700)
