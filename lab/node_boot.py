@@ -19,11 +19,12 @@ Standard library only (and lab.process): the containers run it as a file with De
 
 CLI (the node containers' entrypoint runs it before slurmd):
   node_boot.py up --image-dir DIR --disks N --disk-mib MIB --base-conf FILE --conf FILE
-                       --slurm-scratch PATH --ready FILE [--slurm-conf FILE]
-makes the device nodes a container lacks (CONTROL_DEVICES), builds the node's /scratch, writes
-FILE named by --ready (the loop devices, or the error), then holds the disks until SIGTERM/SIGINT, when it unmounts the mount point and detaches its loop
-devices. A failing `setup` is reported and the disks stay held, as on a real node where slurmd
-still starts and the health check drains the node until an admin repairs it.
+                       --slurm-scratch PATH --ready FILE [--slurm-conf FILE] [--make-device-nodes]
+makes the device nodes a container lacks (CONTROL_DEVICES) when asked, builds the node's /scratch,
+writes FILE named by --ready (the loop devices, or the error), then holds the disks until
+SIGTERM/SIGINT, when it unmounts the mount point and detaches its loop devices. A failing `setup`
+is reported and the disks stay held, as on a real node where slurmd still starts and the health
+check drains the node until an admin repairs it.
 """
 from __future__ import annotations
 
@@ -284,7 +285,7 @@ def _up(args: argparse.Namespace) -> int:
     disks = NodeDisks(args.image_dir)
     ready = Path(args.ready)
     status = 0
-    for problem in make_device_nodes():
+    for problem in make_device_nodes() if args.make_device_nodes else ():
         print(f"node_bootstrap: {problem}", file=sys.stderr, flush=True)
     try:
         started = time.monotonic()
@@ -336,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--slurm-conf", default=None, help="[slurm] slurm_conf to set, if any")
     up.add_argument("--slurm-scratch", default="/usr/local/bin/slurm-scratch")
     up.add_argument("--ready", required=True, help="file written once /scratch is set up")
+    up.add_argument("--make-device-nodes", action="store_true",
+                    help="first make the device nodes a container's /dev lacks (CONTROL_DEVICES)")
     args = parser.parse_args(argv)
     if args.disks < 1 or args.disk_mib < 64:
         parser.error("--disks must be at least 1 and --disk-mib at least 64")
