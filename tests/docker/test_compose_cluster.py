@@ -174,6 +174,44 @@ def test_nodes_are_not_privileged_and_get_only_what_they_need(project):
         assert without.returncode != 0 and "not permitted" in without.stderr, without
 
 
+@pytest.mark.xfail(reason="on btrfs the Epilog's process scan compares the root's st_dev (the "
+                   "subvolume's anonymous device) with mountinfo's device and finds no holder; "
+                   "fixed by slurm_scratch/jobs/processes.py's _own_mount on branch i11-quota",
+                   strict=False)
+def test_epilog_ends_the_job_users_process_holding_its_directory(project):
+    """With the nodes' capabilities and Docker's default seccomp profile, the Epilog finds a
+    process of the job's user outside the job (a login on the node) by the cwd it holds in the
+    job's directory, kills it through a pidfd and retires the directory."""
+    wait = ('echo "$SCRATCH" > ~/held.dir; '
+            'for i in $(seq 900); do [ -e ~/held.go ] && exit 0; sleep 0.2; done; exit 1')
+    job = project.exec("slurmctld", "sbatch", "--parsable", "-w", "n1", "-o", "/dev/null",
+                       "--wrap", wait, user="alice").stdout.strip()
+    holding = ("n1", "pgrep", "-u", "alice", "-f", "^sleep 601$")
+    try:
+        directory = wait_for("the job's directory", lambda: project.exec(
+            "slurmctld", "sh", "-c", "cat /home/alice/held.dir 2>/dev/null", check=False)
+            .stdout.strip(), 120, 0.5)
+        assert directory.endswith(f"job_{job}"), directory
+        project.compose("exec", "--detach", "-u", "alice", "n1", "sh", "-c",
+                        f'cd "{directory}" && exec sleep 601')
+        holder = wait_for("the holder", lambda: project.exec(*holding, check=False).stdout.strip(),
+                          30, 0.2)
+        assert project.exec("n1", "readlink", f"/proc/{holder}/cwd").stdout.strip() == directory
+
+        project.exec("slurmctld", "touch", "/home/alice/held.go", user="alice")
+        wait_for("the job to end", lambda: not project.exec(
+            "slurmctld", "squeue", "-h", "-j", job, "-t", "PD,R,CG", "-o", "%A", check=False)
+            .stdout.strip(), 120, 0.5)
+        wait_for("the holder to be killed",
+                 lambda: project.exec(*holding, check=False).returncode == 1, 30, 0.5)
+        assert project.exec("n1", "test", "-e", directory, check=False).returncode == 1
+        assert project.reason("n1") == ""
+    finally:
+        project.exec("slurmctld", "scancel", job, check=False)
+        project.exec("n1", "pkill", "-u", "alice", "-f", "^sleep 601$", check=False)
+        project.exec("slurmctld", "rm", "-f", "/home/alice/held.dir", "/home/alice/held.go")
+
+
 def test_unmounted_scratch_drains_n2_and_setup_resumes_it(project):
     assert project.reason("n2") == ""
     # lazy: a reaper or health probe may still hold /scratch for a moment
