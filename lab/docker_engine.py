@@ -366,5 +366,5 @@ def project_resources(engine: Engine, project: str) -> dict[str, list[str]]:
     return found
 
 
-def inspect(engine: Engine, container: str) -> dict:
+def inspect_container(engine: Engine, container: str) -> dict:
     return json.loads(engine.docker(["inspect", container], timeout=60).stdout)[0]

@@ -1,5 +1,7 @@
-"""Fixtures of the Docker tier: one real Docker Engine for the session (lab/docker_engine.py),
-the base image built on it (nothing can be pulled), and the host left as it was found.
+"""Fixtures of the Docker tier: one real Docker Engine for the tier's module (lab/docker_engine.py),
+the base image built on it (nothing can be pulled), and the host left as it was found. Module
+scope, not session: dockerd is stopped and the host's network restored as soon as the tier ends,
+before the tiers after it run.
 
 Run it by hand under `flock /tmp/ss-cluster.lock`: while dockerd runs, the host's FORWARD
 policy is DROP and the namespace cluster's bridge loses traffic.
@@ -24,7 +26,7 @@ def host_state() -> dict:
             "links": sorted(docker_engine.link_names())}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engine():
     if os.geteuid() != 0:
         pytest.skip("needs root")

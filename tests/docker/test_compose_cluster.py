@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.docker_engine import Engine, inspect, project_resources
+from lab.docker_engine import Engine, inspect_container, project_resources
 from lab.node_boot import file_identity, loop_backing_identity
 from lab.process import LabError, run, wait_for
 
@@ -67,6 +67,9 @@ class Project:
         self.engine = engine
         self.name = f"ss-docker-test-{os.getpid()}"
         self.down = False
+        # the host before `up`: loop devices of compose nodes or of this engine, this namespace's mounts
+        self.loops_before = loop_devices(DISKS_IN_NODE, str(engine.work))
+        self.mounts_before = mount_points(Path("/proc/self/mountinfo").read_text())
 
     def compose(self, *argv: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         return self.engine.compose(COMPOSE_FILE, self.name, argv, check=check, timeout=timeout)
@@ -95,8 +98,6 @@ class Project:
 @pytest.fixture(scope="module")
 def project(engine: Engine):
     project = Project(engine)
-    project.loops_before = loop_devices(DISKS_IN_NODE, str(engine.work))
-    project.mounts_before = mount_points(Path("/proc/self/mountinfo").read_text())
     try:
         up = project.compose("up", "--detach", "--build", check=False, timeout=UP_TIMEOUT)
         assert up.returncode == 0, f"docker compose up failed:\n{up.stderr[-5000:]}"
@@ -153,7 +154,7 @@ def test_tmpdisk_is_the_configured_value_and_fits_the_volume(project):
 
 def test_nodes_are_not_privileged_and_get_only_what_they_need(project):
     for node in NODES:
-        host_config = inspect(project.engine, project.container(node))["HostConfig"]
+        host_config = inspect_container(project.engine, project.container(node))["HostConfig"]
         assert host_config["Privileged"] is False
         assert {cap.removeprefix("CAP_") for cap in host_config["CapAdd"]} == NODE_CAPABILITIES
         assert not host_config["Devices"], host_config["Devices"]  # cgroup rules + mknod instead
