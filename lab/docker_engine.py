@@ -58,6 +58,8 @@ SYSCTL_FILES = ("/proc/sys/net/ipv4/ip_forward",)
 # Host directories dockerd and containerd make whatever their roots (plugin sockets, shim
 # sockets): removed after the engine stops when they did not exist before and hold no file.
 HOST_DIRS = ("/run/docker", "/run/containerd")
+# The host interfaces dockerd makes: its default bridge, a compose network's bridge, a veth end.
+DOCKER_LINK = re.compile(r"docker0|br-[0-9a-f]{12}|veth[0-9a-f]{7}")
 START_TIMEOUT = 120
 
 
@@ -218,7 +220,7 @@ class HostState:
                     Path(path).write_text(value + "\n")
             except OSError as exc:
                 problems.append(f"{path}: {exc}")
-        for link in sorted(link_names() - self.links):  # docker0 and any bridge or veth left
+        for link in sorted(n for n in link_names() - self.links if DOCKER_LINK.fullmatch(n)):
             result = run(["ip", "link", "delete", link], check=False)
             if result.returncode != 0 and link in link_names():
                 problems.append(f"link {link}: {result.stderr.strip()}")
