@@ -2,7 +2,9 @@
 # Entrypoint of the docker-compose cluster's containers (docker-compose.yml), one role each:
 #   keygen      make the cluster's munge key in the shared volume, once, then exit
 #   controller  munged + slurmctld
-#   node        munged, then the node's boot: lab/node_boot.py attaches the emulated NVMe disks
+#   node        munged, then the node's boot: lab/node_boot.py makes the device nodes an
+#               unprivileged container lacks (loop-control, btrfs-control, kmsg: docker-compose.yml
+#               allows them by device-cgroup rule), attaches the emulated NVMe disks
 #               (sparse files on loop devices), writes slurm-scratch.conf and runs
 #               `slurm-scratch setup` (as the systemd unit does before slurmd), then slurmd.
 #               On stop (SIGTERM from `docker compose stop/down`): slurmd ends, /scratch is
@@ -89,7 +91,7 @@ node() {
   /usr/bin/python3 "$BOOTSTRAP" up --image-dir "$DISK_DIR" --disks "$DISKS" \
     --disk-mib "$DISK_MIB" --base-conf "$BASE_CONF" \
     --conf /etc/slurm-scratch/slurm-scratch.conf \
-    --slurm-scratch /usr/local/bin/slurm-scratch --ready "$READY" &
+    --slurm-scratch /usr/local/bin/slurm-scratch --ready "$READY" --make-device-nodes &
   bootstrap_pid=$!
   local waited=0
   until [ -e "$READY" ]; do  # mkfs on sparse files takes seconds; bounded all the same

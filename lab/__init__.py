@@ -16,6 +16,7 @@ nodes import are standard library only.
 - node_init   PID 1 of a simulated node
 - cluster     a real multi-node Slurm cluster in namespaces (cluster tests, demo)
 - rootfs      a Debian trixie root with another Slurm for the cluster
+- docker_engine  a real Docker Engine for the compose tests, the host left as it was found
 - vm_image, vm_boot, vm_init.sh   the QEMU test VM: image, boot, the guest's /init
 - nvme_disks, guest_node          inside the VM: NVMe/TCP disks with any identity; the node
 """

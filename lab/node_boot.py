@@ -19,11 +19,12 @@ Standard library only (and lab.process): the containers run it as a file with De
 
 CLI (the node containers' entrypoint runs it before slurmd):
   node_boot.py up --image-dir DIR --disks N --disk-mib MIB --base-conf FILE --conf FILE
-                       --slurm-scratch PATH --ready FILE [--slurm-conf FILE]
-builds the node's /scratch, writes FILE named by --ready (the loop devices, or the error), then
-holds the disks until SIGTERM/SIGINT, when it unmounts the mount point and detaches its loop
-devices. A failing `setup` is reported and the disks stay held, as on a real node where slurmd
-still starts and the health check drains the node until an admin repairs it.
+                       --slurm-scratch PATH --ready FILE [--slurm-conf FILE] [--make-device-nodes]
+makes the device nodes a container lacks (CONTROL_DEVICES) when asked, builds the node's /scratch,
+writes FILE named by --ready (the loop devices, or the error), then holds the disks until
+SIGTERM/SIGINT, when it unmounts the mount point and detaches its loop devices. A failing `setup`
+is reported and the disks stay held, as on a real node where slurmd still starts and the health
+check drains the node until an admin repairs it.
 """
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ _LO_FLAGS_AUTOCLEAR = 4
 _LOOP_INFO64_SIZE = 232
 _LO_FLAGS_OFFSET = 52  # struct loop_info64: five __u64, then lo_number, encrypt type, key size
 ATTACH_ATTEMPTS = 10   # another container may take the free loop device we were told about
+# Character devices a node needs that a container's /dev lacks (an unprivileged container gets
+# only a few): (name, major, minor, mode), made by `make_device_nodes`; the compose file's
+# device_cgroup_rules allow exactly these.
+CONTROL_DEVICES = (("loop-control", 10, 237, 0o660),   # a free loop device, on demand
+                   ("btrfs-control", 10, 234, 0o660),  # `btrfs device scan`
+                   ("kmsg", 1, 11, 0o600))             # the kernel's log, for the health check
 
 
 
@@ -115,6 +122,21 @@ def free_loop_device() -> str:
     if not os.path.exists(device):
         os.mknod(device, stat.S_IFBLK | 0o660, os.makedev(LOOP_MAJOR, number))
     return device
+
+
+def make_device_nodes(dev: Path = Path("/dev")) -> list[str]:
+    """Make each of CONTROL_DEVICES that `dev` lacks; what could not be made, and why (the step
+    that needs it then fails with its own error, as on a host without that driver)."""
+    problems = []
+    for name, major, minor, mode in CONTROL_DEVICES:
+        path = dev / name
+        if os.path.lexists(path):
+            continue
+        try:
+            os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
+        except OSError as exc:
+            problems.append(f"could not make {path} ({major}:{minor}): {exc.strerror}")
+    return problems
 
 
 def attach_loop(image: Path) -> str:
@@ -263,6 +285,8 @@ def _up(args: argparse.Namespace) -> int:
     disks = NodeDisks(args.image_dir)
     ready = Path(args.ready)
     status = 0
+    for problem in make_device_nodes() if args.make_device_nodes else ():
+        print(f"node_bootstrap: {problem}", file=sys.stderr, flush=True)
     try:
         started = time.monotonic()
         try:
@@ -313,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--slurm-conf", default=None, help="[slurm] slurm_conf to set, if any")
     up.add_argument("--slurm-scratch", default="/usr/local/bin/slurm-scratch")
     up.add_argument("--ready", required=True, help="file written once /scratch is set up")
+    up.add_argument("--make-device-nodes", action="store_true",
+                    help="first make the device nodes a container's /dev lacks (CONTROL_DEVICES)")
     args = parser.parse_args(argv)
     if args.disks < 1 or args.disk_mib < 64:
         parser.error("--disks must be at least 1 and --disk-mib at least 64")

@@ -1,7 +1,7 @@
 """Commands and processes for the lab: run a command, wait for a condition, end a process.
 
-One way each, for every builder in the lab (namespace cluster, node boot, VM guest, compose
-rehearsal), so that a timeout, a failure message or a PID check reads the same everywhere.
+One way each, for every builder in the lab (namespace cluster, node boot, VM guest, Docker
+engine), so that a timeout, a failure message or a PID check reads the same everywhere.
 Standard library only: the VM guest and the compose nodes run it with Debian's bare python3.
 """
 from __future__ import annotations

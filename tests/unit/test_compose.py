@@ -1,7 +1,6 @@
-"""Static checks of the docker-compose cluster (docker-compose.yml, docker/): this machine has no
-Docker engine, so what can be checked without running anything is checked here. The cluster tests
-run it for real with a stand-in for the engine (tests/cluster/test_compose_rehearsal.py) and the
-node bootstrap it shares with the harness (tests/cluster/test_node_bootstrap.py)."""
+"""Static checks of the docker-compose cluster (docker-compose.yml, docker/), the ones that need no
+Docker engine: files, services, volumes, the nodes' privileges, the configs. tests/docker runs it
+on a real engine, tests/cluster/test_node_bootstrap.py the node boot it shares with the harness."""
 from __future__ import annotations
 
 import json
@@ -17,13 +16,15 @@ yaml = pytest.importorskip("yaml", reason="python3-yaml is not installed (apt-ge
 
 from slurm_scratch.config import parse_config  # noqa: E402
 
-from lab.node_boot import node_settings  # noqa: E402
+from lab.node_boot import CONTROL_DEVICES, node_settings  # noqa: E402
 from lab.toolconf import read_ini, render_ini  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKER = REPO / "docker"
 HOOKS = ("prolog", "epilog", "task_prolog", "healthcheck")
+NODE_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "SYSLOG"}  # the why: docker-compose.yml
+LOOP_MAJOR = 7
 
 
 def _compose() -> dict:
@@ -214,7 +215,7 @@ def test_every_command_is_a_role_of_the_entrypoint():
         assert role in roles, f"{name}: {role!r} is not one of the entrypoint's roles {roles}"
 
 
-def test_one_controller_two_privileged_nodes_with_their_own_disks():
+def test_one_controller_two_nodes_with_their_own_disks():
     roles = _roles()
     assert sorted(roles.values()).count("controller") == 1
     nodes = [name for name, role in roles.items() if role == "node"]
@@ -223,11 +224,65 @@ def test_one_controller_two_privileged_nodes_with_their_own_disks():
     disk_volumes = []
     for name in nodes:
         service = _services()[name]
-        assert service.get("privileged") is True, f"{name}: loop devices need a privileged container"
         assert service.get("init") is True, f"{name}: PID 1 must reap Slurm's orphans and pass SIGTERM on"
         [volume] = [source for kind, source, target in _volume_entries(service) if target == disk_dir]
         disk_volumes.append(volume)
     assert len(set(disk_volumes)) == len(nodes), "each node needs its own disk images"
+
+
+def test_no_service_is_privileged_and_nodes_get_only_the_listed_capabilities():
+    for name, role in _roles().items():
+        service = _services()[name]
+        assert "privileged" not in service, f"{name}: privileged (every capability and device)"
+        assert "devices" not in service, f"{name}: a devices: entry the host lacks stops the container"
+        assert "seccomp=unconfined" not in service.get("security_opt", []), name
+        if role == "node":
+            assert set(service["cap_add"]) == NODE_CAPABILITIES, service["cap_add"]
+        else:
+            assert not service.get("cap_add") and not service.get("device_cgroup_rules"), name
+
+
+def test_node_device_rules_allow_exactly_the_nodes_the_boot_makes():
+    allowed = set()
+    for name, role in _roles().items():
+        if role != "node":
+            continue
+        rules = _services()[name]["device_cgroup_rules"]
+        assert f"b {LOOP_MAJOR}:* rmw" in rules, rules  # the loop devices the disks attach to
+        allowed |= {tuple(rule.split()) for rule in rules}
+    made = {("c", f"{major}:{minor}") for _, major, minor, _ in CONTROL_DEVICES}
+    assert {(kind, numbers) for kind, numbers, _ in allowed} == made | {("b", f"{LOOP_MAJOR}:*")}
+    assert all("m" in access for _, _, access in allowed)  # mknod: the node makes them itself
+    assert ("c", "1:11", "rm") in allowed  # /dev/kmsg: read, never written
+    text = _entrypoint().read_text()
+    assert "--make-device-nodes" in text[text.index('"$BOOTSTRAP" up'):]
+
+
+def test_every_capability_rule_and_security_option_says_why():
+    lines = COMPOSE_FILE.read_text().splitlines()
+    for key in ("cap_add:", "device_cgroup_rules:", "security_opt:"):
+        start = next(i for i, line in enumerate(lines) if line.strip() == key)
+        entries = []
+        for line in lines[start + 1:]:
+            if line.strip().startswith("- "):
+                entries.append(line)
+            elif not line.strip().startswith("#"):
+                break
+        assert entries and all("  # " in entry for entry in entries), (key, entries)
+
+
+def test_slurm_tmpdisk_is_the_striped_volume_measured_at_the_mount_point():
+    assert _slurm_conf_value("TmpFS") == read_ini(DOCKER / "slurm-scratch.conf")["volume"]["mount_point"]
+    for name, role in _roles().items():
+        if role != "node":
+            continue
+        environment = _services()[name]["environment"]
+        volume_mib = int(environment["SCRATCH_DISKS"]) * int(environment["SCRATCH_DISK_MIB"])
+        [line] = [value for key, value in _slurm_conf() if key == "NodeName"
+                  and value.split()[0] == _hostname(name)]
+        tmp_disk = int(re.search(r"\bTmpDisk=(\d+)", line).group(1))
+        # at most what slurmd measures (less drains the node "Low TmpDisk"), close to it
+        assert 0.9 * volume_mib <= tmp_disk <= volume_mib, (name, tmp_disk, volume_mib)
 
 
 def test_munge_key_volume_written_by_keygen_read_by_every_daemon():
