@@ -28,7 +28,12 @@ LEVEL_PREFIX = "level."
 NEW_PREFIX = "new."
 TEMPORARY_PREFIXES = (LEVEL_PREFIX, NEW_PREFIX, PROBE_PREFIX)
 SQUATTED_PREFIX = "squatted."  # what stood at a name the Prolog or setup needed, moved aside
-NOT_JOB_DIRS = (TRASH_NAME, "lost+found")  # names in the root that are never a job's
+# Failed jobs' directories, kept for a while ([jobs] keep_failed): KEPT_NAME/<user>/<the job
+# directory's own name>, both levels root's 0755. KEPT_XATTR on a kept directory records, by root
+# only (users can neither set nor remove trusted.* attributes), when and for which job it was kept.
+KEPT_NAME = ".kept"
+KEPT_XATTR = "trusted.slurm-scratch.kept"
+NOT_JOB_DIRS = (TRASH_NAME, "lost+found", KEPT_NAME)  # names in the root that are never a job's
 
 # ---- on the node ----------------------------------------------------------------------------
 
