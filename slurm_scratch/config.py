@@ -208,7 +208,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(value: str) -> float:
     """`0` or a number with a unit: `90s`, `30m`, `24h`, `7d` (at most 366 days)."""
-    unit = _DURATION_UNITS.get(value[-1:].lower())
+    unit = _DURATION_UNITS.get(_no_space(value)[-1:].lower())
     if value == "0":
         return 0.0
     try:
