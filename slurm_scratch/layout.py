@@ -1,8 +1,8 @@
 """The scratch filesystem's layout and the tool's own directories: every name in one place.
 
 On the volume: the trash (where the Epilog renames job directories and the reaper deletes them),
-the marker that proves a filesystem is ours, and the temporaries a Prolog or health check makes in
-the trash. On the node: RUN_DIR (locks and small state files, gone at boot) and STATE_DIR (the
+the kept area (failed jobs' directories, kept for a while), the marker that proves a filesystem is
+ours, and the temporaries a Prolog or health check makes in the trash. On the node: RUN_DIR (locks and small state files, gone at boot) and STATE_DIR (the
 record of the built volume, kept across boots). Also how the volume's root and its trash are
 opened: by descriptor, never following a symlink, since users can write under a 1777 mount point.
 

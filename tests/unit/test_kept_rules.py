@@ -69,3 +69,17 @@ def test_due_and_reclaim_order() -> None:
     assert kept.reclaim_order(entries) == [old, new]
     off = config.parse_config("", "")
     assert kept.due(off, [new], now=4000.0) == [new]  # turned off: what was kept goes
+
+
+def test_the_epilogs_keeping_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; from slurm_scratch import cli; from slurm_scratch.jobs import jobdir, retire, kept; "
+            "retire.job_failed({'SLURM_JOB_EXIT_CODE': 'x'}); kept.report_time(0); print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(repo)!r}); {code}"],
+                                capture_output=True, text=True, check=True, timeout=60).stdout.split())
+    heavy = {"argparse", "re", "dataclasses", "typing", "logging", "subprocess", "json", "signal", "ctypes", "psutil", "prometheus_client"}
+    assert loaded & heavy == set()
