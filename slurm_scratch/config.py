@@ -442,9 +442,17 @@ def _check_volume(records: dict, shown: str, problems: list[str]) -> None:
 
 
 def _check_keep(records: dict, shown: str, given: dict, problems: list[str]) -> None:
-    """With failed jobs' directories kept, they must be reclaimed before the health check drains
-    the node for lack of space or inodes: the reclaim threshold lies above both drain thresholds."""
+    """Job directories never lie in the kept area or the trash; with failed jobs' directories kept,
+    they must be reclaimed before the health check drains the node for lack of space or inodes:
+    the reclaim threshold lies above both drain thresholds."""
+    from slurm_scratch.layout import KEPT_NAME, TRASH_NAME
+
     jobs, health = records["jobs"], records["health"]
+    below = records["volume"]["mount_point"] + "/"
+    first = jobs["dir"][len(below) :].split("/")[0] if jobs["dir"].startswith(below) else ""
+    if first in (KEPT_NAME, TRASH_NAME):  # the housekeeping would take running jobs' directories there for its own
+        lineno = given.get("jobs", {}).get("dir", ("", 0))[1]
+        problems.append(f"{shown}:{lineno}: [jobs] dir = {jobs['dir']!r}: must not lie in {first}, the tool's own directory")
     if not jobs["keep_failed"]:
         return
     drain_at = max(health["min_free_percent"], health["min_free_inodes_percent"])

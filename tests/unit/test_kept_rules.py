@@ -55,6 +55,13 @@ def test_keep_failed_is_read_and_reclaim_must_lie_above_the_drain_thresholds() -
     assert config.parse_config("[health]\nmin_free_percent = 15\n", "/etc/x.conf").jobs.keep_failed == 0
 
 
+@pytest.mark.parametrize("pattern", [".kept/%u/job_%j", "/scratch/.kept/job_%j", ".slurm-scratch-trash/job_%j"])
+def test_job_directories_never_lie_in_the_tools_own_directories(pattern) -> None:
+    with pytest.raises(ConfigError, match=r"\[jobs\] dir = '/scratch/\.[a-z-]+/.*': must not lie in \.(kept|slurm-scratch-trash), the tool's own directory"):
+        config.parse_config(f"[jobs]\ndir = {pattern}\n", "/etc/x.conf")
+    assert config.parse_config("[jobs]\ndir = kept/%u/job_%j\n", "").jobs.dir == "/scratch/kept/%u/job_%j"
+
+
 def entry(name: str, kept_at: float | None, uid: int | None = 4201) -> kept.Kept:
     return kept.Kept(user="alice", name=name, path=f"/scratch/.kept/alice/{name}", uid=uid, kept_at=kept_at, job_id=None)
 
