@@ -214,8 +214,9 @@ def sync(root_fd: int) -> None:
     ctypes.CDLL(None, use_errno=True).syncfs(root_fd)
 
 
-def report(config: Config) -> dict:
-    """What `slurm-scratch status` shows of the kept area: each entry, for whom, until when."""
+def report(config: Config) -> dict | None:
+    """What `slurm-scratch status` shows of the kept area: each entry, for whom, until when; None
+    when keeping is off and nothing is kept (status then shows what it always did)."""
     from slurm_scratch.layout import VolumeNotMounted, open_root
 
     now = time.time()
@@ -224,7 +225,7 @@ def report(config: Config) -> dict:
     try:
         root_fd = open_root(config.volume.mount_point)
     except VolumeNotMounted:
-        return shown
+        return shown if config.jobs.keep_failed else None
     try:
         shown["problem"] = area_problem(config, root_fd)
         for entry in listing(config, root_fd):
@@ -235,6 +236,8 @@ def report(config: Config) -> dict:
             })
     finally:
         os.close(root_fd)
+    if not config.jobs.keep_failed and not shown["dirs"]:
+        return None
     return shown
 
 

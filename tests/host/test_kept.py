@@ -276,6 +276,10 @@ def test_status_lists_what_is_kept_for_whom_until_when(node) -> None:
     text = node.cli("status").stdout
     assert f"kept:       2 in {node.mount_point / KEPT}" in text
     assert f"{node.kept(342, 'sstest2')}  job 342  sstest2 (uid 4202)  kept " in text and f"until {entry['until']}" in text
+    node.configure(jobs={"keep_failed": "0"})  # off: what was kept is shown as due, until the next health check
+    assert all(entry["due"] for entry in json.loads(node.cli("status", "--json").stdout)["kept"]["dirs"])
+    assert node.healthcheck().returncode == 0
+    assert "kept" not in json.loads(node.cli("status", "--json").stdout) and "kept:" not in node.cli("status").stdout
 
 
 @pytest.mark.parametrize("pattern", ["job_%j", "%u/job_%j"])
