@@ -23,29 +23,14 @@ from lab.fake_slurm import FakeSlurm
 from lab.jobs import NODE, poll, scratch_volume
 
 from slurm_scratch import layout
-from slurm_scratch.health import drain
+
+from test_health_drain import no_memory  # noqa: F401 (autouse: each test starts as a node just booted)
 
 pytestmark = pytest.mark.root
 
 UID1 = 4201
 KEPT = ".kept"
 FAILED = {"SLURM_JOB_EXIT_CODE": "256", "SLURM_JOB_EXIT_CODE2": "1:0", "SLURM_JOB_DERIVED_EC": "256"}
-
-
-@pytest.fixture(autouse=True)
-def no_memory():
-    """Each test starts as a node just booted: nothing the health check remembers."""
-
-    def clear() -> None:
-        for path in (drain.STATE_FILE, drain.HOOK_FILE, drain.RELEASED_HOOK_FILE, layout.PROBE_STUCK, layout.VOLUME_RECORD_CACHE, layout.VOLUME_RECORD):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-    clear()
-    yield
-    clear()
 
 
 class Node:
