@@ -66,7 +66,7 @@ def expire_kept(config: Config, deadline: float) -> int:
             log.warning(f"healthcheck: free space under [jobs] keep_reclaim_free_percent ({config.jobs.keep_reclaim_free_percent:g}%): "
                         f"{entry.path} (kept until {kept.report_time(kept.until(config, entry))}) went to the trash early", job=entry.job_id)
             trash.reap(config, wait=True, max_seconds=max(0.0, deadline - time.monotonic()))
-            kept.sync(root_fd)
+            kept.sync(config.volume.mount_point, deadline - time.monotonic())
     finally:
         os.close(root_fd)
     return gone

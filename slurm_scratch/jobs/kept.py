@@ -206,12 +206,24 @@ def short_of_space(config: Config, root_fd: int) -> bool:
     return space or inodes
 
 
-def sync(root_fd: int) -> None:
-    """syncfs(2) on the volume: what was just deleted shows as free space (btrfs frees extents
-    only when its transaction commits). Rare path (space is short): ctypes only here."""
+def sync(mount_point: str, timeout: float) -> None:
+    """syncfs(2) on the volume, in a child killed at `timeout`: what was just deleted then shows as
+    free space (btrfs frees extents only when its transaction commits). Rare path (space is short):
+    ctypes only here."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).syncfs(root_fd)
+    from slurm_scratch import timed
+
+    def work() -> str:  # the child has let go of every inherited descriptor
+        fd = os.open(mount_point, DIR_FLAGS)
+        try:
+            ctypes.CDLL(None, use_errno=True).syncfs(fd)
+        finally:
+            os.close(fd)
+        return "synced"
+
+    if timeout > 0:
+        timed.in_child(work, timeout)
 
 
 def report(config: Config) -> dict | None:
