@@ -469,8 +469,7 @@ def _retire(config: Config, job: JobContext, deadline: float, keep_for: str | No
                 from slurm_scratch.jobs import kept
 
                 def keep(fd_path: int) -> str | None:
-                    make_place = lambda: _Place(root_fd, config.volume.mount_point)  # noqa: E731
-                    return kept.keep(config, make_place, parent_fd, fd_path, components[-1], path, keep_for, job.job_id, say)
+                    return kept.keep(config, _Place, root_fd, parent_fd, fd_path, components[-1], path, keep_for, job.job_id, say)
 
             trashed = retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say, keep=keep)
         finally:

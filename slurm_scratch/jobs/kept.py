@@ -43,22 +43,23 @@ class Kept(Record):
 # ---- the Epilog: moving a directory in ---------------------------------------------------------
 
 
-def keep(config: Config, make_place, parent_fd: int, fd_path: int, name: str, path: str, user: str, job_id: object, say) -> str | None:
+def keep(config: Config, place_type, root_fd: int, parent_fd: int, fd_path: int, name: str, path: str, user: str, job_id: object, say) -> str | None:
     """Move the directory parent/name (pinned by the O_PATH descriptor `fd_path`, nothing mounted
     on it) to .kept/<user>/name; its path below the mount point, or None (said why) when it could
-    not be kept: then the caller puts it into the trash. `make_place()` gives the Prolog's hold on
-    the volume (jobdir), whose way of making a pattern's level makes the area's two levels. An older
-    kept directory at that name (a requeued job that failed again) goes to the trash first."""
+    not be kept: then the caller puts it into the trash. `place_type(root_fd, mount_point)` is the
+    Prolog's hold on the volume (jobdir's), whose way of making a pattern's level makes the area's
+    two levels. An older kept directory at that name (a requeued job that failed again) goes to the
+    trash first."""
     try:
         dir_fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
         try:
             os.setxattr(dir_fd, KEPT_XATTR, f"{time.time_ns()} {job_id}".encode())
         finally:
             os.close(dir_fd)
-        place = make_place()
+        place = place_type(root_fd, config.volume.mount_point)
         try:
             area = f"{config.volume.mount_point}/{KEPT_NAME}"
-            area_fd = place.level(place.root_fd, KEPT_NAME, area)
+            area_fd = place.level(root_fd, KEPT_NAME, area)
             try:
                 user_fd = place.level(area_fd, user, f"{area}/{user}")
             finally:
