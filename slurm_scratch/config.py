@@ -455,6 +455,10 @@ def _check_keep(records: dict, shown: str, given: dict, problems: list[str]) -> 
         problems.append(f"{shown}:{lineno}: [jobs] dir = {jobs['dir']!r}: must not lie in {first}, the tool's own directory")
     if not jobs["keep_failed"]:
         return
+    if not health["housekeeping_seconds"]:
+        lineno = given.get("jobs", {}).get("keep_failed", ("", 0))[1]
+        problems.append(f"{shown}:{lineno}: [jobs] keep_failed = {jobs['keep_failed']:g} s needs [health] housekeeping_seconds "
+                        "above 0: the health check's housekeeping is what deletes kept directories")
     drain_at = max(health["min_free_percent"], health["min_free_inodes_percent"])
     if jobs["keep_reclaim_free_percent"] <= drain_at:
         lineno = given.get("jobs", {}).get("keep_reclaim_free_percent", ("", 0))[1]

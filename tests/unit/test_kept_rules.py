@@ -51,6 +51,8 @@ def test_keep_failed_is_read_and_reclaim_must_lie_above_the_drain_thresholds() -
     assert problem.startswith("/etc/x.conf:3: [jobs] keep_reclaim_free_percent = 5: must be above [health] min_free_percent and min_free_inodes_percent (5)")
     with pytest.raises(ConfigError, match=r"\[jobs\] keep_failed = '24': must be 0 or a duration"):
         config.parse_config("[jobs]\nkeep_failed = 24\n", "/etc/x.conf")
+    with pytest.raises(ConfigError, match=r"/etc/x.conf:2: \[jobs\] keep_failed = 3600 s needs \[health\] housekeeping_seconds above 0"):
+        config.parse_config("[jobs]\nkeep_failed = 1h\n[health]\nhousekeeping_seconds = 0\n", "/etc/x.conf")
     # Off, the threshold is not checked: a site that drains at 15% free need not touch it.
     assert config.parse_config("[health]\nmin_free_percent = 15\n", "/etc/x.conf").jobs.keep_failed == 0
 
