@@ -9,6 +9,7 @@ detector); nothing outside the volume changes (a canary tree).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -159,3 +160,15 @@ def test_an_entry_without_a_record_is_due_at_once_and_roots_own_is_left_alone(no
     result = node.healthcheck()
     assert result.returncode == 0, result.stdout + result.stderr
     assert not os.path.lexists(swapped) and admins.exists() and node.kept(415).exists()
+
+
+def test_status_names_a_users_entry_at_the_area_and_the_housekeeping_leaves_it_alone(node) -> None:
+    as_user(node, "sstest2", 'mkdir -m 0777 "$1/.kept" && mkdir "$1/.kept/sstest1" && echo mine > "$1/.kept/sstest1/job_9"',
+            str(node.mount_point)).check_returncode()
+    report = json.loads(node.cli("status", "--json").stdout)["kept"]
+    assert report["dirs"] == [] and f"{node.mount_point}/{KEPT} is not root's directory (uid 4202)" in report["problem"]
+    assert node.healthcheck().returncode == 0
+    assert (node.mount_point / KEPT / "sstest1" / "job_9").read_text() == "mine\n"  # not ours: never deleted
+    node.job(421, **FAILED)  # the first keep moves it aside
+    kept_properly(node, 421)
+    assert json.loads(node.cli("status", "--json").stdout)["kept"]["problem"] is None
