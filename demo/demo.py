@@ -33,7 +33,7 @@ from lab.sandbox import Sandbox  # noqa: E402
 HEALTH_INTERVAL = 5
 SETTINGS = {
     "volume": {"mount_point": "/scratch", "backend": "btrfs", "filesystem": "btrfs"},
-    "jobs": {"export": "SCRATCH,TMPDIR"},
+    "jobs": {"export": "SCRATCH,TMPDIR", "keep_failed": "1h"},
     "health": {"probe_timeout": "3", "check_timeout": "10"},
 }
 JOB_SCRIPT = """#!/bin/sh
@@ -185,6 +185,21 @@ def story(narrator: Narrator, cluster: Cluster, syslog: SyslogCollector) -> None
         wait_for("n2 to be resumed", lambda: not cluster.node_drained("n2"), 4 * HEALTH_INTERVAL + 30)
         narrator.say(cluster.client(["sinfo", "-N", "-o", "%N %t %E"], timeout=30).stdout)
         for line in syslog.lines("n2", "resumed"):
+            narrator.say(f"log: {line}")
+
+    with narrator.step("A job that fails (exit 3) keeps its directory ([jobs] keep_failed = 1h): its user reads it "
+                       "from the next job, another user cannot"):
+        failing = cluster.submit('#!/bin/sh\necho "step 7 diverged" > "$SCRATCH/debug.log"\nexit 3\n', "sstest1", "--nodelist=n1")
+        narrator.say(f"job {failing}: {cluster.wait_job(failing, timeout=120)}")
+        kept = f"/scratch/.kept/sstest1/job_{failing}"
+        wait_for(f"{kept} on n1", lambda: cluster.node_path("n1", kept).is_dir(), 30)
+        for user in ("sstest1", "sstest2"):
+            reader = cluster.submit(f"#!/bin/sh\ncat {kept}/debug.log 2>&1\nexit 0\n", user, "--nodelist=n1")
+            cluster.wait_job(reader, timeout=120)
+            narrator.say(f"{user}: cat {kept}/debug.log -> {cluster.job_output(reader, user).strip()}")
+        status = tool(cluster, "n1", "status")
+        narrator.say("kept:" + status.split("kept:", 1)[1] if "kept:" in status else status)
+        for line in syslog.lines("n1", f"job={failing} epilog"):
             narrator.say(f"log: {line}")
 
 

@@ -109,9 +109,11 @@ def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:
+    from slurm_scratch.jobs import kept
     from slurm_scratch.volume import status
 
-    return status.main(load_config(config_path), as_json)
+    config = load_config(config_path)
+    return status.main(config, as_json, kept=kept.report(config))
 
 
 def cmd_reap(config_path: str | None) -> int:

@@ -44,6 +44,8 @@ class JobsConfig(Record):
     sweep_guard: float
     reaper_max_seconds: float
     fs_timeout: float  # seconds the Prolog's work on the volume may take (a frozen disk)
+    keep_failed: float  # seconds a failed job's directory is kept (0: not kept, the trash as for any job)
+    keep_reclaim_free_percent: float  # kept directories go early while free space/inodes are under this
 
 
 class HealthConfig(Record):
@@ -201,6 +203,25 @@ def parse_text(value: str) -> str:
     return _no_space(value)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> float:
+    """`0` or a number with a unit: `90s`, `30m`, `24h`, `7d` (at most 366 days)."""
+    unit = _DURATION_UNITS.get(_no_space(value)[-1:].lower())
+    if value == "0":
+        return 0.0
+    try:
+        if unit is None:
+            raise ValueError
+        seconds = float(value[:-1]) * unit
+    except ValueError:
+        raise ValueError("must be 0 or a duration with a unit, such as 90s, 30m, 24h or 7d") from None
+    if not 0 <= seconds <= 366 * 86400:
+        raise ValueError("must be between 0 and 366d")
+    return seconds
+
+
 # ---- the schema: every key, its parser and its default (as it would be written in the file) ----
 
 SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
@@ -228,6 +249,8 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "sweep_guard": (number(0, 86400 * 30), "60"),
         "reaper_max_seconds": (number(1, 86400 * 7), "3600"),
         "fs_timeout": (number(1, 3600), "30"),
+        "keep_failed": (parse_duration, "0"),
+        "keep_reclaim_free_percent": (number(0, 100), "10"),
     },
     "health": {
         "probe_timeout": (number(0.1, 3600), "10"),
@@ -381,6 +404,7 @@ def parse_config(text: str, path: str) -> Config:
     if not problems:
         _check_jobs_dir(records, shown, given, problems)
         _check_volume(records, shown, problems)
+        _check_keep(records, shown, given, problems)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -415,6 +439,32 @@ def _check_volume(records: dict, shown: str, problems: list[str]) -> None:
     if (volume["backend"] == "btrfs") != (volume["filesystem"] == "btrfs") and volume["backend"] != "single":
         problems.append(f"{shown}: [volume] backend = {volume['backend']} and filesystem = {volume['filesystem']}: "
                         "the btrfs backend stripes with btrfs itself, so it needs filesystem = btrfs (and only it does)")
+
+
+def _check_keep(records: dict, shown: str, given: dict, problems: list[str]) -> None:
+    """Job directories never lie in the kept area or the trash; with failed jobs' directories kept,
+    they must be reclaimed before the health check drains the node for lack of space or inodes:
+    the reclaim threshold lies above both drain thresholds."""
+    from slurm_scratch.layout import KEPT_NAME, TRASH_NAME
+
+    jobs, health = records["jobs"], records["health"]
+    below = records["volume"]["mount_point"] + "/"
+    first = jobs["dir"][len(below) :].split("/")[0] if jobs["dir"].startswith(below) else ""
+    if first in (KEPT_NAME, TRASH_NAME):  # the housekeeping would take running jobs' directories there for its own
+        lineno = given.get("jobs", {}).get("dir", ("", 0))[1]
+        problems.append(f"{shown}:{lineno}: [jobs] dir = {jobs['dir']!r}: must not lie in {first}, the tool's own directory")
+    if not jobs["keep_failed"]:
+        return
+    if not health["housekeeping_seconds"]:
+        lineno = given.get("jobs", {}).get("keep_failed", ("", 0))[1]
+        problems.append(f"{shown}:{lineno}: [jobs] keep_failed = {jobs['keep_failed']:g} s needs [health] housekeeping_seconds "
+                        "above 0: the health check's housekeeping is what deletes kept directories")
+    drain_at = max(health["min_free_percent"], health["min_free_inodes_percent"])
+    if jobs["keep_reclaim_free_percent"] <= drain_at:
+        lineno = given.get("jobs", {}).get("keep_reclaim_free_percent", ("", 0))[1]
+        problems.append(f"{shown}:{lineno}: [jobs] keep_reclaim_free_percent = {jobs['keep_reclaim_free_percent']:g}: must be above "
+                        f"[health] min_free_percent and min_free_inodes_percent ({drain_at:g}) when keep_failed is set, "
+                        "so that kept directories are deleted before the node would drain for lack of space")
 
 
 def render(config: Config) -> str:

@@ -1,8 +1,8 @@
 """The scratch filesystem's layout and the tool's own directories: every name in one place.
 
 On the volume: the trash (where the Epilog renames job directories and the reaper deletes them),
-the marker that proves a filesystem is ours, and the temporaries a Prolog or health check makes in
-the trash. On the node: RUN_DIR (locks and small state files, gone at boot) and STATE_DIR (the
+the kept area (failed jobs' directories, kept for a while), the marker that proves a filesystem is
+ours, and the temporaries a Prolog or health check makes in the trash. On the node: RUN_DIR (locks and small state files, gone at boot) and STATE_DIR (the
 record of the built volume, kept across boots). Also how the volume's root and its trash are
 opened: by descriptor, never following a symlink, since users can write under a 1777 mount point.
 
@@ -28,7 +28,12 @@ LEVEL_PREFIX = "level."
 NEW_PREFIX = "new."
 TEMPORARY_PREFIXES = (LEVEL_PREFIX, NEW_PREFIX, PROBE_PREFIX)
 SQUATTED_PREFIX = "squatted."  # what stood at a name the Prolog or setup needed, moved aside
-NOT_JOB_DIRS = (TRASH_NAME, "lost+found")  # names in the root that are never a job's
+# Failed jobs' directories, kept for a while ([jobs] keep_failed): KEPT_NAME/<user>/<the job
+# directory's own name>, both levels root's 0755. KEPT_XATTR on a kept directory records, by root
+# only (users can neither set nor remove trusted.* attributes), when and for which job it was kept.
+KEPT_NAME = ".kept"
+KEPT_XATTR = "trusted.slurm-scratch.kept"
+NOT_JOB_DIRS = (TRASH_NAME, "lost+found", KEPT_NAME)  # names in the root that are never a job's
 
 # ---- on the node ----------------------------------------------------------------------------
 

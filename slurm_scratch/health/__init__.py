@@ -1,5 +1,5 @@
 """The health wing: the health check (HealthCheckProgram, NHC, cron): check the scratch volume for real, drain or
-resume the node, and do the housekeeping (sweep orphans, empty the trash).
+resume the node, and do the housekeeping (sweep orphans, expire kept directories, empty the trash).
 
 Checks; each returns a Finding (check name, healthy?, one line of text):
   mount     mounted at [volume] mount_point, from the device and with the filesystem recorded when
@@ -67,7 +67,10 @@ slurmctld; the next full run replaces their "Prolog error"/"Epilog error" with i
 After the checks, a healthy node sweeps orphaned job directories and empties the trash, within
 [health] housekeeping_seconds. The sweep asks slurmctld (squeue) only when a candidate exists: a
 job directory older than [jobs] sweep_guard whose job has no processes on this node (`scontrol
-listpids`, answered by this node's slurmstepd daemons).
+listpids`, answered by this node's slurmstepd daemons). With [jobs] keep_failed set, it also moves
+kept directories past their time into the trash, and earlier, oldest first, while free space or
+inodes are under [jobs] keep_reclaim_free_percent (above the drain thresholds); then a node whose
+only problem is space runs the housekeeping too, so that it gets the space back and is resumed.
 """
 # The modules: findings (a check's result and the drain reason's order), checks (what is checked,
 # and the timed child for statvfs and the probe), stuck (the memory of a stuck child), recorded

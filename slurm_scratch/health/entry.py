@@ -69,6 +69,13 @@ def _check_and_print(config: Config, repair: bool) -> list[Finding]:
     return problems
 
 
+def _short_of_space_only(problems: list[Finding]) -> bool:
+    """A volume whose only fault is too little free space or inodes is otherwise healthy: with
+    failed jobs' directories kept, its housekeeping is what gives the space back (kept directories
+    go early), so it runs there too and the next check resumes the node."""
+    return all(problem.check == "statvfs" or (problem.check == "probe" and "No space left" in problem.text) for problem in problems)
+
+
 def main(config: Config, node: str, report_only: bool = False) -> int:
     """`report_only`: check and print, never wait for another health check, never drain, resume,
     repair or clean up (for NHC or cron)."""
@@ -91,7 +98,7 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
             log.error(f"healthcheck: could not update the node's state in Slurm: {exc}")
     finally:
         os.close(lock_fd)
-    if not problems and config.health.housekeeping_seconds > 0:
+    if (not problems or (config.jobs.keep_failed and _short_of_space_only(problems))) and config.health.housekeeping_seconds > 0:
         housekeeping_fd = locks.acquire(HOUSEKEEPING_LOCK)
         if housekeeping_fd is None:
             log.info("healthcheck: another health check is doing the housekeeping; skipped")

@@ -392,21 +392,37 @@ def retire(config: Config, job: JobContext) -> str | None:
     under `[jobs] fs_timeout`: VolumeHung at the deadline, OSError (EROFS, EIO: the volume's fault)
     or ScratchError as the child reported them. What the user made impossible (someone else's
     directory, a squatted %u level, a mount the kernel keeps) is logged and left for the sweep.
-    Starting the reaper points this process's stdio at /dev/null (see trash.spawn_reaper): this
-    is the Epilog's last act."""
+    With [jobs] keep_failed set, a failed job's directory goes to the kept area instead (jobs/kept;
+    into the trash when that fails), and its path there is returned. Starting the reaper points
+    this process's stdio at /dev/null (see trash.spawn_reaper): this is the Epilog's last act."""
     from slurm_scratch import timed
     from slurm_scratch.jobs import trash
 
     timer = log.Timer()
     path = job_dir_path(config, job)
     timeout = config.jobs.fs_timeout
-    result = timed.in_child(lambda: _retire(config, job, time.monotonic() + timeout * 0.6), timeout)
+    keep_for, failed_by = None, ""
+    if config.jobs.keep_failed:
+        from slurm_scratch.jobs.retire import job_failed
+
+        failed, failing, malformed = job_failed(os.environ)
+        for value in malformed:
+            log.warning(f"epilog: {value} is not an exit code: the job counts as failed", job=job.job_id)
+        keep_for, failed_by = (job.user, ", ".join(failing + malformed)) if failed else (None, "")
+    result = timed.in_child(lambda: _retire(config, job, time.monotonic() + timeout * 0.6, keep_for), timeout)
     _raise_unless_done(result, config.volume.mount_point, "epilog", timeout)
     outcome, *notes = result.text.split(NOTE_SEPARATOR.strip())
     for note in notes:
         level, _, text = note.strip().partition(" ")
         (log.warning if level == "warning" else log.info)(f"epilog: {text}", job=job.job_id)
     verb, _, trashed = outcome.strip().partition(" ")
+    if verb == "retired" and "/" in trashed:  # kept (see retire.retire_entry)
+        from slurm_scratch.jobs.kept import report_time
+
+        until = report_time(time.time() + config.jobs.keep_failed)
+        log.info(f"epilog kept {path} as {config.volume.mount_point}/{trashed} until {until} (failed: {failed_by})", job=job.job_id, ms=timer.ms())
+        trash.spawn_reaper(config)  # for what keeping put into the trash (an older kept directory, a squatter's entry)
+        return trashed
     if verb == "retired":
         log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
         trash.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
@@ -420,9 +436,10 @@ def retire(config: Config, job: JobContext) -> str | None:
     return None
 
 
-def _retire(config: Config, job: JobContext, deadline: float) -> str:
+def _retire(config: Config, job: JobContext, deadline: float, keep_for: str | None = None) -> str:
     """The Epilog's work on the volume (in the child): `retired NAME`, `absent`, `unmounted` or
-    `left`, then what the log should say, joined by NOTE_SEPARATOR."""
+    `left`, then what the log should say, joined by NOTE_SEPARATOR. `keep_for`: the failed job's
+    user, whose directory goes to the kept area (jobs/kept)."""
     from slurm_scratch.jobs.retire import retire_entry
 
     notes: list[str] = []
@@ -447,7 +464,14 @@ def _retire(config: Config, job: JobContext, deadline: float) -> str:
         try:
             if not _exists(parent_fd, components[-1]):
                 return "absent"
-            trashed = retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say)
+            keep = None
+            if keep_for is not None:
+                from slurm_scratch.jobs import kept
+
+                def keep(fd_path: int) -> str | None:
+                    return kept.keep(config, _Place, root_fd, parent_fd, fd_path, components[-1], path, keep_for, job.job_id, say)
+
+            trashed = retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say, keep=keep)
         finally:
             os.close(parent_fd)
     finally:

@@ -68,6 +68,31 @@ def unmounted(parent_fd: int, name: str, path: str, volume_mnt: int | None, say)
     return None
 
 
+EXIT_VARIABLES = ("SLURM_JOB_EXIT_CODE", "SLURM_JOB_EXIT_CODE2", "SLURM_JOB_DERIVED_EC")
+
+
+def job_failed(environ) -> tuple[bool, list[str], list[str]]:
+    """Whether the job failed, by the Epilog's exit-code variables: a non-zero exit code or signal
+    in SLURM_JOB_EXIT_CODE (a raw wait status), SLURM_JOB_EXIT_CODE2 ("exit:signal") or
+    SLURM_JOB_DERIVED_EC (a raw wait status); none set = succeeded. Returns (failed, the variables
+    that say so, the malformed ones). A malformed value counts as failed: keeping a directory
+    costs only space the housekeeping reclaims, deleting it loses what its user needed."""
+    from slurm_scratch.jobs.job import shown
+
+    failing: list[str] = []
+    malformed: list[str] = []
+    for env_name in EXIT_VARIABLES:
+        value = environ.get(env_name)
+        if value is None:
+            continue
+        parts = value.split(":") if env_name == "SLURM_JOB_EXIT_CODE2" else [value]
+        if len(parts) != (2 if env_name == "SLURM_JOB_EXIT_CODE2" else 1) or not all(part.isascii() and part.isdigit() and len(part) <= 10 for part in parts):
+            malformed.append(f"{env_name}={shown(value)}")
+        elif any(int(part) for part in parts):
+            failing.append(f"{env_name}={value}")
+    return bool(failing or malformed), failing, malformed
+
+
 def say_to_log(job: object):
     def say(level: str, text: str) -> None:
         getattr(log, level)(text, job=job)
@@ -75,8 +100,14 @@ def say_to_log(job: object):
     return say
 
 
-def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: str, owner: int | None, job: object, index=None, deadline: float | None = None, say=None) -> str | None:
+def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: str, owner: int | None, job: object, index=None, deadline: float | None = None, say=None,
+                 keep=None, end_holders: bool = True) -> str | None:
     """Rename parent/name into the trash; returns its name there, or None when nothing was moved.
+
+    `keep(fd_path)` (a failed job's Epilog, with [jobs] keep_failed): a directory goes to the kept
+    area instead (jobs/kept.keep), and its path below the mount point is returned (it has a '/', a
+    name in the trash has none); into the trash when that fails. `end_holders=False`: processes
+    holding it are left alone (a kept directory's reader).
 
     `owner` set: the entry must belong to that uid (an Epilog retiring its own job's directory).
     A mount on the entry or inside it is detached lazily first (by descriptor), the processes
@@ -98,7 +129,7 @@ def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: 
             return None
         if stat.S_ISDIR(st.st_mode):
             _detach_submounts(fd, volume_mnt, path, say)
-            if config.jobs.kill_processes:
+            if config.jobs.kill_processes and end_holders:
                 from slurm_scratch.jobs import processes
 
                 if index is None:
@@ -108,6 +139,10 @@ def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: 
                     say("warning", f"{path}: the process scan ran out of time; holders not found may survive")
                 for line in processes.end_holders(index, st.st_ino, st.st_uid, path, deadline):
                     say("warning" if "still alive" in line else "info", line)
+            if keep is not None:
+                where = keep(fd)
+                if where is not None:
+                    return where
     finally:
         os.close(fd)
     trash_fd = open_trash(root_fd, config.volume.mount_point, create=True)

@@ -93,13 +93,25 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(config: Config, as_json: bool) -> int:
-    """`slurm-scratch status`: exit 0 when the volume is mounted."""
+def render_kept(kept: dict) -> list[str]:
+    """The kept area's lines (the jobs wing's kept.report, handed in by the CLI)."""
+    lines = [f"kept:       {len(kept['dirs'])} in {kept['area']}" + (f" ({kept['problem']})" if kept.get("problem") else "")]
+    for entry in kept["dirs"]:
+        owner = entry["user"] if entry["uid"] is None else f"{entry['user']} (uid {entry['uid']})"
+        until = "due now" if entry["due"] else f"until {entry['until']}"
+        lines.append(f"  {entry['path']}  job {entry['job_id'] or '?'}  {owner}  kept {entry['kept_at'] or '?'}  {until}")
+    return lines
+
+
+def main(config: Config, as_json: bool, kept: dict | None = None) -> int:
+    """`slurm-scratch status`: exit 0 when the volume is mounted. `kept`: the kept area's report."""
     report = collect(config.volume)
+    if kept is not None:
+        report["kept"] = kept
     if as_json:
         import json
 
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(render(report))
+        print("\n".join([render(report), *(render_kept(kept) if kept is not None else [])]))
     return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE

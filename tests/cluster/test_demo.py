@@ -40,6 +40,10 @@ def test_demo_tells_the_story_and_leaves_nothing_behind() -> None:
     assert "n2 drain scratch: /scratch not mounted" in out
     assert "ran on n1 in /scratch/job_2" in out
     assert "n2 idle" in out.split("resumes the node it drained", 1)[1]
+    kept = out.split("A job that fails (exit 3) keeps its directory", 1)[1]  # issue 11: kept for its user only
+    assert "sstest1: cat /scratch/.kept/sstest1/job_3/debug.log -> step 7 diverged" in kept
+    assert "sstest2: cat /scratch/.kept/sstest1/job_3/debug.log -> cat: /scratch/.kept/sstest1/job_3/debug.log: Permission denied" in kept
+    assert "kept:       1 in /scratch/.kept" in kept
     if not had_dev_log:  # the demo collected the tool's syslog lines and narrated them
         assert "mkfs.btrfs" in out and "-d raid0" in out
         assert "epilog retired /scratch/job_1" in out
