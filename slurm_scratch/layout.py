@@ -28,7 +28,8 @@ LEVEL_PREFIX = "level."
 NEW_PREFIX = "new."
 TEMPORARY_PREFIXES = (LEVEL_PREFIX, NEW_PREFIX, PROBE_PREFIX)
 SQUATTED_PREFIX = "squatted."  # what stood at a name the Prolog or setup needed, moved aside
-NOT_JOB_DIRS = (TRASH_NAME, "lost+found")  # names in the root that are never a job's
+PROJECT_IDS_NAME = ".slurm-scratch-project-ids"  # ext4/xfs project ids in use: one file per id (root, 0700)
+NOT_JOB_DIRS = (TRASH_NAME, PROJECT_IDS_NAME, "lost+found")  # names in the root that are never a job's
 
 # ---- on the node ----------------------------------------------------------------------------
 
