@@ -16,7 +16,7 @@ import struct
 
 from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
-from slurm_scratch.layout import DIR_FLAGS, PROJECT_IDS_NAME
+from slurm_scratch.layout import PROJECT_IDS_NAME, open_private_dir
 
 FSXATTR = "IIIII8x"  # fsx_xflags, fsx_extsize, fsx_nextents, fsx_projid, fsx_cowextsize, padding
 FS_IOC_FSGETXATTR = 2 << 30 | 28 << 16 | ord("X") << 8 | 31
@@ -52,24 +52,12 @@ def set_limit(root_fd: int, project: int, limit_bytes: int) -> None:
                            "mounted with prjquota (and ext4 made with -O quota,project)? `slurm-scratch setup` does both when [jobs] quota is on")
 
 
-def _ids_dir(root_fd: int) -> int:
-    try:
-        os.mkdir(PROJECT_IDS_NAME, 0o700, dir_fd=root_fd)
-    except FileExistsError:
-        pass
-    fd = os.open(PROJECT_IDS_NAME, DIR_FLAGS, dir_fd=root_fd)
-    st = os.fstat(fd)
-    if st.st_uid != 0 or st.st_mode & 0o077:
-        os.close(fd)
-        raise ScratchError(f"{PROJECT_IDS_NAME} on the volume is not root's private directory: remove it by hand")
-    return fd
-
-
 def allocate(config: Config, root_fd: int, job_id: int) -> int:
     """A project id of `[jobs] quota_project_ids` no other directory holds, taken with O_EXCL."""
     first, last = config.jobs.quota_project_ids
     span = last - first + 1
-    ids_fd = _ids_dir(root_fd)
+    ids_fd = open_private_dir(root_fd, config.volume.mount_point, PROJECT_IDS_NAME, create=True)
+    assert ids_fd is not None
     try:
         for step in range(span):
             project = first + (job_id + step) % span
@@ -104,9 +92,8 @@ def release(config: Config, root_fd: int, project: int) -> bool:
     first, last = config.jobs.quota_project_ids
     if not first <= project <= last:
         return False
-    try:
-        ids_fd = os.open(PROJECT_IDS_NAME, DIR_FLAGS, dir_fd=root_fd)
-    except FileNotFoundError:
+    ids_fd = open_private_dir(root_fd, config.volume.mount_point, PROJECT_IDS_NAME, create=False)
+    if ids_fd is None:
         return False
     try:
         os.unlink(str(project), dir_fd=ids_fd)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab.jobs import scratch_volume
+from lab.jobs import poll, scratch_volume
 from lab.kernel import sh
 from slurm_scratch.volume import apply
 
@@ -222,3 +222,19 @@ def test_quota_request_follows_tmp_and_falls_back_to_the_default(volume, hooks, 
     assert groups[f"1/{subvolume_id(nothing)}"][1] == str(48 * MIB)
     assert groups[f"1/{subvolume_id(volume.job_dir(393))}"][1] == str(48 * MIB)
     assert (tmp_path / "calls").read_text().splitlines()[0] == "--oneliner show job 391"
+
+
+def test_the_epilog_ends_processes_holding_the_job_subvolume(volume, hooks) -> None:
+    """A subvolume has a device of its own: the holder search must still find what is inside it."""
+    volume.configure({"jobs": {"quota": "64M"}})
+    job = start_job(volume, hooks, 401)
+    (job / "deep").mkdir()
+    os.chown(job / "deep", 4201, 4201)
+    in_dir = volume.start_as("sstest1", ["/bin/sleep", "300"], cwd=job / "deep")
+    open_file = volume.start_as("sstest1", ["/bin/sh", "-c", f"exec 3>{job}/held; exec /bin/sleep 300"])
+    poll(lambda: (job / "held").exists(), 10, what="the holder to open its file")
+    result = volume.hook("epilog", volume.job_env(401, context="epilog_slurmd"), hooks_dir=hooks)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("killed pid") == 2, result.stderr
+    assert in_dir.wait(timeout=10) != 0 and open_file.wait(timeout=10) != 0
+    volume.wait_trash_empty()
