@@ -238,3 +238,29 @@ def test_the_epilog_ends_processes_holding_the_job_subvolume(volume, hooks) -> N
     assert result.stderr.count("killed pid") == 2, result.stderr
     assert in_dir.wait(timeout=10) != 0 and open_file.wait(timeout=10) != 0
     volume.wait_trash_empty()
+
+
+def prolog_modules(volume, job_id: int) -> set[str]:
+    """The modules a Prolog (the hook's code, as slurmd starts it) has loaded when it is done."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from slurm_scratch import cli\n"
+        "status = cli.hook('prolog')\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)))\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], env=volume.job_env(job_id), capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.splitlines()[-1].split()[1:])
+
+
+def test_the_prolog_imports_nothing_new_with_quota_off_and_little_with_it_on(volume) -> None:
+    quota_modules = {"slurm_scratch.jobs.quota", "slurm_scratch.jobs.quota_btrfs", "slurm_scratch.jobs.quota_project"}
+    heavy = {"subprocess", "json", "re", "signal", "logging", "dataclasses", "typing", "ctypes"}
+    off = prolog_modules(volume, 411)
+    assert not off & (quota_modules | heavy | {"fcntl", "struct"}), off & (quota_modules | heavy | {"fcntl", "struct"})
+    volume.configure({"jobs": {"quota": "64M"}})
+    on = prolog_modules(volume, 412)
+    assert on - off <= quota_modules | {"fcntl", "struct", "_struct", "slurm_scratch.mounts"}, on - off
+    assert not on & heavy  # (the quota's own work runs in the Prolog's forked child, under fs_timeout)
