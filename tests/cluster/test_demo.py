@@ -40,6 +40,9 @@ def test_demo_tells_the_story_and_leaves_nothing_behind() -> None:
     assert "n2 drain scratch: /scratch not mounted" in out
     assert "ran on n1 in /scratch/job_2" in out
     assert "n2 idle" in out.split("resumes the node it drained", 1)[1]
+    quota = out.split("Per-job quotas", 1)[1]  # the job past its --tmp stops there, its neighbour does not
+    assert "Disk quota exceeded" in quota and "n1: wrote 150 MiB into /scratch/job_" in quota
+    assert "n1 is IDLE" in quota
     if not had_dev_log:  # the demo collected the tool's syslog lines and narrated them
         assert "mkfs.btrfs" in out and "-d raid0" in out
         assert "epilog retired /scratch/job_1" in out
