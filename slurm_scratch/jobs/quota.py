@@ -78,9 +78,14 @@ def read_mark(fd: int) -> str:
         return ""
 
 
+def fields_of(mark: str) -> dict[str, str]:
+    """A mark's fields: job, and subvolume (btrfs) or project (ext4/xfs)."""
+    return dict(part.partition("=")[::2] for part in mark.split())
+
+
 def marked_for(mark: str, job_id: int) -> dict[str, str] | None:
     """The mark's fields when it names `job_id`, else None."""
-    fields = dict(part.partition("=")[::2] for part in mark.split())
+    fields = fields_of(mark)
     return fields if fields.get("job") == str(job_id) else None
 
 

@@ -149,15 +149,16 @@ def _kind(target: str) -> tuple[str, int]:
             return ("subvolume" if same_mount and quota_btrfs.is_subvolume_root(st, trash_st) else "btrfs"), 0
         if fstype not in ("ext4", "xfs") or not same_mount:
             return "", 0
-        from slurm_scratch.jobs import quota_project
+        from slurm_scratch.jobs import quota
 
+        # The id the Prolog gave it, from its mark: the directory's owner can change the id it
+        # carries (to another job's), but not the mark.
         dir_fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)
         try:
-            return "", quota_project.project_of(dir_fd)
-        except OSError:
-            return "", 0
+            project = quota.fields_of(quota.read_mark(dir_fd)).get("project", "")
         finally:
             os.close(dir_fd)
+        return "", int(project) if project.isdigit() else 0
     finally:
         os.close(fd)
 

@@ -59,7 +59,8 @@ def test_project_quota_per_job(disks, conf, tool_available, filesystem):
                   sections={"jobs": {"quota": "64M", "quota_project_ids": "7000-7002"}})
     built = node.setup_ok(config)
     assert "project quotas enforced" in built.stderr, node.describe(built)
-    assert "prjquota" in node.mount_options(str(MOUNT_POINT))
+    options = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", str(MOUNT_POINT)], capture_output=True, text=True).stdout
+    assert {"prjquota", "pquota"} & set(options.strip().split(",")), options  # the filesystem's own options
     assert stat.S_IMODE(os.stat(MOUNT_POINT).st_mode) == 0o755
 
     for job_id, user in ((101, "nobody"), (102, "daemon")):
