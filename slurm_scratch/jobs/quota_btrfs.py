@@ -113,9 +113,9 @@ def reap(mount_point: str, target: str, deadline: float) -> str:
         return ""
     # Wait for the cleaner to drop them (then the kernel removes their 0/N qgroups), within budget.
     run.run(["btrfs", "subvolume", "sync", mount_point, *map(str, ids)], timeout=min(left(), 60.0), check=False, quiet=True)
+    # A qgroup the cleaner has not let go of yet stays, empty and harmless: a later subvolume of the
+    # same id reuses it (limit_new). Nothing else is removed: only what this reaper deleted is ours.
     problems = destroy_qgroups(mount_point, ids, top, left())
-    if problems:  # the cleaner is not done yet: an earlier reaper's leftovers may be by now
-        prune_stale(mount_point, min(left(), 10.0))
     return f"deleted subvolume(s) {', '.join(map(str, ids))}" + (f"; qgroups left: {'; '.join(problems)}" if problems else "; qgroups removed")
 
 
@@ -169,7 +169,7 @@ def _subvolumes_below(top: str) -> list[str]:
 
 def destroy_qgroups(mount_point: str, subvolume_ids: list[int], top: int | None, timeout: float) -> list[str]:
     """Remove the deleted subvolumes' 0/N qgroups (when the kernel has not) and the job's 1/S;
-    returns what could not be removed yet (the next reaper prunes it: prune_stale)."""
+    returns what could not be removed yet."""
     from slurm_scratch import run
 
     problems = []
@@ -179,19 +179,3 @@ def destroy_qgroups(mount_point: str, subvolume_ids: list[int], top: int | None,
         if result.returncode != 0 and "No such file" not in result.stderr:
             problems.append(f"{group}: {(result.stderr or result.stdout).strip()}")
     return problems
-
-
-def prune_stale(mount_point: str, timeout: float) -> list[str]:
-    """Remove level-1 qgroups 1/S whose subvolume S is gone (a reaper that ran out of time before
-    the cleaner dropped S left them); the qgroups removed. A Prolog makes S before 1/S, so a
-    qgroup of a job being set up is never taken for a stale one."""
-    from slurm_scratch import run
-
-    shown = run.run(["btrfs", "qgroup", "show", "--raw", mount_point], timeout=timeout, check=False, quiet=True)
-    groups = {line.split()[0] for line in shown.stdout.splitlines() if line[:2] in ("0/", "1/")}
-    removed = []
-    for group in sorted(groups):
-        if group.startswith("1/") and f"0/{group[2:]}" not in groups:
-            if run.run(["btrfs", "qgroup", "destroy", group, mount_point], timeout=timeout, check=False, quiet=True).returncode == 0:
-                removed.append(group)
-    return removed
