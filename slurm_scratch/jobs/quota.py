@@ -22,10 +22,6 @@ MARK = "trusted.slurm-scratch"
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
-def enabled(config: Config) -> bool:
-    return config.jobs.quota[0] != "off"
-
-
 def size_bytes(spec: tuple, root_fd: int) -> int:
     """A ("bytes", n) or ("percent", p) setting as bytes on the volume open on root_fd."""
     kind, amount = spec
@@ -90,10 +86,9 @@ def marked_for(mark: str, job_id: int) -> dict[str, str] | None:
 
 
 def shown_size(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size >= _UNITS[unit] and size % (_UNITS[unit] // 1024 or 1) == 0:
-            return f"{size / _UNITS[unit]:.4g}{unit}"
-    return f"{size}B"
+    """A size for the log, e.g. 64M or 1.5G."""
+    unit = next((unit for unit in ("T", "G", "M", "K") if size >= _UNITS[unit]), "")
+    return f"{size / _UNITS[unit]:.4g}{unit}" if unit else f"{size}B"
 
 
 class JobQuota:

@@ -114,3 +114,26 @@ def test_the_prolog_asks_slurmctld_once_per_job_start(cluster: Cluster, capsys):
         print(f"\nquota = request: {(request - off) / jobs:g} extra job-info RPC per job start "
               f"({request} with, {off} without, {jobs} jobs)")
     assert request - off == jobs
+
+
+def test_a_requeued_job_gets_its_limit_again(cluster: Cluster):
+    """Slurm runs the Epilog before it requeues a job, so the first run's directory is retired
+    (the Prolog keeps a directory only when it still exists: tests/host/test_quota_btrfs.py); the
+    job's next run gets a new directory with the same limit."""
+    flag = cluster.home(USER) / "release-requeue"
+    script = ("#!/bin/bash\n"
+              "echo \"RUN=$SLURM_RESTART_COUNT\"\n"
+              "dd if=/dev/zero of=$SCRATCH/data bs=1M count=150 conv=fsync 2>&1 | grep -v records\n"
+              "echo \"WROTE=$(stat -c %s $SCRATCH/data)\"\necho READY\n"
+              f"for i in $(seq 600); do [ -e {flag} ] && break; sleep 0.1; done\n")
+    job = cluster.submit(script, USER, "-w", "n1", "--tmp=80M", "--requeue", "--open-mode=append")
+    first = output(cluster, job, USER)
+    assert "Disk quota exceeded" in first
+    cluster.scontrol("requeue", str(job))
+    path = cluster.home(USER) / f"slurm-{job}.out"
+    second = wait_for("the requeued run's output", lambda: path.read_text().count("READY") == 2 and path.read_text(), 120, 0.5)
+    flag.touch()
+    assert "RUN=1" in second
+    runs = [int(part.split()[0]) for part in second.split("WROTE=")[1:]]
+    assert len(runs) == 2 and all(70 << 20 < wrote <= 80 << 20 for wrote in runs), second
+    assert cluster.wait_job(job) == "COMPLETED"
