@@ -130,6 +130,7 @@ def test_a_requeued_job_gets_its_limit_again(cluster: Cluster):
     first = output(cluster, job, USER)
     assert "Disk quota exceeded" in first
     cluster.scontrol("requeue", str(job))
+    wait_for("the job to be requeued", lambda: cluster.job_info(job).get("Restarts") == "1" and cluster.job_state(job) == "PENDING", 60, 0.3)
     cluster.scontrol("update", f"jobid={job}", "starttime=now")  # a requeued job waits (BeginTime) otherwise
     path = cluster.home(USER) / f"slurm-{job}.out"
     second = wait_for("the requeued run's output", lambda: path.read_text().count("READY") == 2 and path.read_text(), 120, 0.5)
