@@ -49,6 +49,7 @@ class JobsConfig(Record):
     quota_default: tuple  # ("bytes", n) or ("percent", p): for jobs that asked for nothing
     quota_project_ids: tuple  # (first, last): the ext4/xfs project ids the tool may use
     quota_query_timeout: float  # seconds `quota = request` waits for Slurm before using quota_default
+    quota_gres: tuple  # ("", 0) off, or (GRES name, bytes per count): quota = request follows that GRES
 
 
 class HealthConfig(Record):
@@ -240,6 +241,19 @@ def parse_quota(value: str) -> tuple:
         raise ValueError(f"must be off, request, or {str(exc).removeprefix('must be ')}") from None
 
 
+def parse_quota_gres(value: str) -> tuple[str, int]:
+    """Empty (off), or `<gres name>:<size per count>` such as `tmpdisk:1G`."""
+    if not value:
+        return ("", 0)
+    gres, colon, size = value.partition(":")
+    if not colon or not gres or not set(gres) <= _NAME_CHARS:
+        raise ValueError("must be empty or a GRES name and the size one count stands for, such as tmpdisk:1G")
+    kind, amount = parse_size_or_percent(size)
+    if kind != "bytes":
+        raise ValueError("the size one count stands for must be a size such as 1G, not a percentage")
+    return (gres, amount)
+
+
 def parse_id_range(value: str) -> tuple[int, int]:
     first, dash, last = value.partition("-")
     if not dash or not first.isdigit() or not last.isdigit() or len(first) > 10 or len(last) > 10:
@@ -280,6 +294,7 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "quota_default": (parse_size_or_percent, "10%"),
         "quota_project_ids": (parse_id_range, "2000000-2999999"),
         "quota_query_timeout": (number(0.1, 60), "2"),
+        "quota_gres": (parse_quota_gres, ""),
     },
     "health": {
         "probe_timeout": (number(0.1, 3600), "10"),

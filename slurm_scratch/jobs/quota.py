@@ -42,10 +42,26 @@ def requested_tmp(config: Config, job_id: int) -> tuple[int, str]:
         result = run.run(argv, timeout=config.jobs.quota_query_timeout, env={"SLURM_CONF": conf} if conf else None, quiet=True)
     except ScratchError as exc:
         return 0, f"Slurm did not tell the job's --tmp: {exc}"
+    gres, per_count = config.jobs.quota_gres
+    count = parse_gres_count(result.stdout, gres) if gres else None
+    if count:
+        return count * per_count, f"--gres={gres}:{count}"
     value = parse_min_tmp_disk(result.stdout)
     if value is None:
         return 0, "no MinTmpDiskNode in scontrol's answer"
     return value, "no --tmp" if value == 0 else "--tmp"
+
+
+def parse_gres_count(text: str, gres: str) -> int | None:
+    """The job's per-node count of GRES `gres` from `scontrol show job` (TresPerNode=gres:NAME:N in
+    Slurm 22.05, gres/NAME:N later; a type between name and count is allowed), or None."""
+    for field in text.split():
+        if field.startswith("TresPerNode="):
+            for item in field.partition("=")[2].split(","):
+                parts = item.replace("gres/", "gres:", 1).split(":")
+                if len(parts) >= 3 and parts[0] == "gres" and parts[1] == gres and parts[-1].isdigit():
+                    return int(parts[-1])
+    return None
 
 
 def parse_min_tmp_disk(text: str) -> int | None:
@@ -103,7 +119,7 @@ class JobQuota:
         self.config, self.job, self.root_fd = config, job, root_fd
         if config.jobs.quota[0] == "request":
             requested, note = asked or (0, "not asked")
-            self.bytes, self.source = (requested, "--tmp") if requested else (size_bytes(config.jobs.quota_default, root_fd), f"quota_default: {note}")
+            self.bytes, self.source = (requested, note) if requested else (size_bytes(config.jobs.quota_default, root_fd), f"quota_default: {note}")
         else:
             self.bytes, self.source = size_bytes(config.jobs.quota, root_fd), "[jobs] quota"
         mount = mounts.find_mount(config.volume.mount_point)

@@ -224,6 +224,25 @@ def test_quota_request_follows_tmp_and_falls_back_to_the_default(volume, hooks, 
     assert (tmp_path / "calls").read_text().splitlines()[0] == "--oneliner show job 391"
 
 
+def test_quota_request_follows_a_count_only_gres_when_configured(volume, hooks, tmp_path) -> None:
+    """`quota_gres = tmpdisk:32M`: a job with --gres=tmpdisk:3 gets 96M, whatever its --tmp says;
+    one without that GRES gets its --tmp."""
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/bin/sh\n"
+                        "case \"$4\" in\n"
+                        "421) echo 'JobId=421 TresPerNode=gres:tmpdisk:3 MinTmpDiskNode=10M Features=(null)' ;;\n"
+                        "*) echo 'JobId=422 TresPerNode=gres:gpu:1 MinTmpDiskNode=40M Features=(null)' ;;\n"
+                        "esac\n")
+    scontrol.chmod(0o755)
+    volume.configure({"jobs": {"quota": "request", "quota_gres": "tmpdisk:32M"}, "slurm": {"scontrol": str(scontrol)}})
+    result = volume.hook("prolog", volume.job_env(421), hooks_dir=hooks)
+    assert result.returncode == 0 and "--gres=tmpdisk:3" in result.stderr, result.stderr
+    other = start_job(volume, hooks, 422)
+    groups = qgroups(volume.mount_point)
+    assert groups[f"1/{subvolume_id(volume.job_dir(421))}"][1] == str(96 * MIB)
+    assert groups[f"1/{subvolume_id(other)}"][1] == str(40 * MIB)
+
+
 def test_the_epilog_ends_processes_holding_the_job_subvolume(volume, hooks) -> None:
     """A subvolume has a device of its own: the holder search must still find what is inside it."""
     volume.configure({"jobs": {"quota": "64M"}})

@@ -91,3 +91,23 @@ def test_setup_plans_quota_support_only_when_a_quota_is_on(fstype) -> None:
     mkfs = next(line for line in on_lines if line.startswith("mkfs"))
     assert ("prjquota" in mount) == (fstype != "btrfs")
     assert ("quota,project" in mkfs) == (fstype == "ext4")
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("JobId=5 TresPerNode=gres:tmpdisk:100 MinTmpDiskNode=0", 100),  # Slurm 22.05
+    ("JobId=5 TresPerNode=gres/tmpdisk:100 MinTmpDiskNode=0", 100),  # later releases
+    ("JobId=5 TresPerNode=gres:gpu:2,gres:tmpdisk:nvme:40 MinTmpDiskNode=0", 40),  # with a type
+    ("JobId=5 TresPerNode=gres:gpu:2 MinTmpDiskNode=0", None),
+    ("JobId=5 MinTmpDiskNode=10G", None),
+])
+def test_gres_count_from_scontrol(answer, expected) -> None:
+    assert quota.parse_gres_count(answer, "tmpdisk") == expected
+
+
+def test_quota_gres_key() -> None:
+    assert jobs("").jobs.quota_gres == ("", 0)
+    assert jobs("quota_gres = tmpdisk:1G\n").jobs.quota_gres == ("tmpdisk", G)
+    for bad in ("tmpdisk", "tmpdisk:5%", ":1G", "tmp disk:1G"):
+        with pytest.raises(ConfigError) as caught:
+            jobs(f"quota_gres = {bad}\n")
+        assert "[jobs] quota_gres" in str(caught.value)
