@@ -31,9 +31,10 @@ def cluster(request):
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
     prefix = request.getfixturevalue("cluster_prefix")
-    # TmpFS: slurmd measures /scratch; TmpDisk: what --tmp is scheduled against (static nodes)
+    # TmpFS: slurmd measures /scratch; TmpDisk: what --tmp is scheduled against (static nodes);
+    # tmpdisk: a count-only GRES of MiB (README: quotas cap, they do not reserve)
     cluster = Cluster(prefix, SETTINGS, nodes=("n1",), health_interval=HEALTH_INTERVAL, flavour="slurm-22.05",
-                      slurm_lines=("TmpFS=/scratch",), node_options="TmpDisk=800")
+                      slurm_lines=("TmpFS=/scratch", "GresTypes=tmpdisk"), node_options="TmpDisk=800 Gres=tmpdisk:800")
     cluster.start()
     try:
         yield cluster
@@ -49,6 +50,7 @@ def settled(cluster):
     if jobs:
         cluster.client(["scancel", *jobs], check=False)
     cluster.scratch_settings["jobs"]["quota"] = "request"
+    cluster.scratch_settings["jobs"].pop("quota_gres", None)
     cluster.write_scratch_conf("n1")
     wait_for("n1 idle", lambda: cluster.node_state("n1") == "IDLE", 60, 0.5)
 
@@ -139,3 +141,15 @@ def test_a_requeued_job_gets_its_limit_again(cluster: Cluster):
     runs = [int(part.split()[0]) for part in second.split("WROTE=")[1:]]
     assert len(runs) == 2 and all(70 << 20 < wrote <= 80 << 20 for wrote in runs), second
     assert cluster.wait_job(job) == "COMPLETED"
+
+
+def test_the_limit_follows_a_count_only_gres_when_configured(cluster: Cluster):
+    """`quota_gres = tmpdisk:1M`: a job's --gres=tmpdisk:72 (Slurm 22.05 shows TresPerNode=gres:tmpdisk:72)
+    is its limit, whatever its --tmp."""
+    cluster.scratch_settings["jobs"]["quota_gres"] = "tmpdisk:1M"
+    cluster.write_scratch_conf("n1")
+    job = cluster.submit(writer(150), USER, "-w", "n1", "--gres=tmpdisk:72", "--tmp=200M")
+    text = output(cluster, job, USER)
+    assert "Disk quota exceeded" in text, text
+    wrote = int(text.split("WROTE=")[1].split()[0])
+    assert 62 << 20 < wrote <= 72 << 20, text
