@@ -12,6 +12,11 @@
 3. Trash emptied: from the Epilog's start until the background reaper has emptied the trash, versus
    the same `rm -rf`. Target: at least 0.8x its speed (the reaper runs at nice 19, idle I/O class,
    so on a busy machine it yields, as it should).
+4. Prolog with a per-job quota ([jobs] quota = 1G) on btrfs with simple quotas (a subvolume and a
+   qgroup per job), versus bash `mkdir && chown` on the same filesystem. Target: at most 4x. And
+   with quota = request, whose Prolog asks Slurm for the job's --tmp: here a stand-in `scontrol`
+   (a shell script that answers at once), so the figure is the query's cost on the node (a
+   process start); slurmctld's side is counted in tests/cluster/test_quota.py with sdiag.
 
 The filesystem is a 256 GiB sparse file on a loop device (a few MB on disk), mounted as setup
 mounts the volume (noatime,nodiratime): at that size ext4 gets the 1 GiB journal it has on a real
@@ -136,7 +141,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def bench_prolog(hooks: Path, mount_point: Path, config: Path, runs: int) -> tuple[float, float, float]:
+def bench_prolog(hooks: Path, mount_point: Path, config: Path, runs: int, first_job: int = 100000) -> tuple[float, float, float]:
     """Medians (ms) of the Prolog, the bash baseline and, for scale, a bare `python3 -I -S -c pass`."""
     script = mount_point.parent / "mkdir_chown.sh"
     script.write_text(MKDIR_CHOWN)
@@ -147,7 +152,7 @@ def bench_prolog(hooks: Path, mount_point: Path, config: Path, runs: int) -> tup
     samples: dict[str, list[float]] = {"prolog": [], "bash": [], "python": []}
     warmup = 10
     for i in range(runs + warmup):
-        job_id = 100000 + i
+        job_id = first_job + i
         calls = [
             ("prolog", lambda: spawn_ms([str(hooks / "prolog")], slurm_env(job_id, config, "prolog_slurmd"))),
             ("bash", lambda: spawn_ms(["/bin/bash", str(script), str(mount_point / f"bash_{job_id}"), owner], bash_env)),
@@ -158,7 +163,7 @@ def bench_prolog(hooks: Path, mount_point: Path, config: Path, runs: int) -> tup
             elapsed = call()
             if i >= warmup:
                 samples[name].append(elapsed)
-    made = mount_point / "job_100000"
+    made = mount_point / f"job_{first_job}"
     st = os.stat(made)
     if (st.st_uid, st.st_mode & 0o7777) != (65534, 0o700):
         raise SystemExit(f"bench: the Prolog made {made} with uid {st.st_uid} mode {st.st_mode & 0o7777:o}")
@@ -199,6 +204,33 @@ def bench_epilog(hooks: Path, mount_point: Path, config: Path, files: int, reps:
         for step in ((baseline, epilog) if rep % 2 == 0 else (epilog, baseline)):
             step()
     return {name: statistics.median(values or [0.0]) for name, values in samples.items()}
+
+
+STAND_IN_SCONTROL = """#!/bin/sh
+echo "JobId=$4 JobName=bench UserId=nobody(65534) MinCPUsNode=1 MinMemoryNode=0 MinTmpDiskNode=2G Features=(null)"
+"""
+
+
+def bench_quota(hooks: Path, work: Path, loops: LoopFactory, runs: int) -> None:
+    """Figure 4: the Prolog with quota = off (for scale), 1G and request, on btrfs with simple quotas."""
+    from slurm_scratch.volume import apply
+
+    mount_point = work / "scratch-quota"
+    loops.filesystem("btrfs", size_mb=64 * 1024, mount_point=str(mount_point), options="noatime,nodiratime")
+    mount_point.chmod(0o755)
+    apply.quotas(str(mount_point))
+    scontrol = work / "scontrol"
+    scontrol.write_text(STAND_IN_SCONTROL)
+    scontrol.chmod(0o755)
+    config = work / "slurm-scratch-quota.conf"
+    for quota, first_job, what in (("off", 200000, "quota = off"), ("1G", 300000, "quota = 1G"), ("request", 400000, "quota = request")):
+        mode = "mount_mode = 0755\n" if quota == "off" else ""  # as with a quota, for the same baseline
+        config.write_text(f"[volume]\nmount_point = {mount_point}\n{mode}[jobs]\nquota = {quota}\n[slurm]\nscontrol = {scontrol}\n")
+        config.chmod(0o644)
+        prolog, bash, _ = bench_prolog(hooks, mount_point, config, runs, first_job)
+        ratio = prolog / bash
+        print(f"  prolog, {what:16s} {prolog:8.2f} ms   bash mkdir+chown {bash:8.2f} ms   ratio {ratio:5.2f}x   "
+              + {"off": "(btrfs, for scale)", "1G": f"target <= 4x     {verdict(ratio <= 4)}"}.get(quota, "(stand-in scontrol)"))
 
 
 def main() -> int:
@@ -250,15 +282,16 @@ def main() -> int:
         print(f"    CPU time: Epilog {figures['epilog_cpu']:.1f} ms, rm -rf {figures['rm_cpu']:.1f} ms; the Epilog's own work "
               f"(process scan, rename, starting the reaper) {figures['work']:.2f} ms; the rest is interpreter start and imports")
         print(f"  trash emptied            {emptied:8.2f} ms   rm -rf           {rm:8.2f} ms   speed {speed:6.2f}x   target >= 0.8x   {verdict(speed >= 0.8)}")
+        bench_quota(hooks, work, loops, args.runs)
         print(f"  (medians: {args.runs} Prolog/bash runs interleaved; {args.reps} Epilog/rm -rf repetitions, alternating order)")
         return 0
     finally:
         try:
             # Let a reaper still at work finish before unmounting (it holds the filesystem busy).
-            trash = work / "scratch" / TRASH
             deadline = time.monotonic() + 300
-            while trash.is_dir() and os.listdir(trash) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            for trash in (work / "scratch" / TRASH, work / "scratch-quota" / TRASH):
+                while trash.is_dir() and os.listdir(trash) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             time.sleep(0.2)
         finally:
             loops.cleanup()  # unmount and detach whatever happened above

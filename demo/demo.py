@@ -33,7 +33,7 @@ from lab.sandbox import Sandbox  # noqa: E402
 HEALTH_INTERVAL = 5
 SETTINGS = {
     "volume": {"mount_point": "/scratch", "backend": "btrfs", "filesystem": "btrfs"},
-    "jobs": {"export": "SCRATCH,TMPDIR", "keep_failed": "1h"},
+    "jobs": {"export": "SCRATCH,TMPDIR", "keep_failed": "1h", "quota": "request", "quota_default": "50%"},
     "health": {"probe_timeout": "3", "check_timeout": "10"},
 }
 JOB_SCRIPT = """#!/bin/sh
@@ -203,6 +203,25 @@ def story(narrator: Narrator, cluster: Cluster, syslog: SyslogCollector) -> None
             narrator.say(f"log: {line}")
 
 
+QUOTA_JOB = """#!/bin/sh
+dd if=/dev/zero of="$SCRATCH/data" bs=1M count=150 conv=fsync 2>&1 | grep -v records
+echo "$(hostname): wrote $(($(stat -c %s "$SCRATCH/data") / 1048576)) MiB into $SCRATCH"
+"""
+
+
+def quota_scene(narrator: Narrator, cluster: Cluster, syslog: SyslogCollector) -> None:
+    with narrator.step("Per-job quotas ([jobs] quota = request): on n1 a job asks --tmp=100M and writes 150 MiB, "
+                       "while a neighbour asks --tmp=300M and writes the same"):
+        greedy = cluster.submit(QUOTA_JOB, "sstest1", "--nodelist=n1", "--tmp=100M")
+        neighbour = cluster.submit(QUOTA_JOB, "sstest2", "--nodelist=n1", "--tmp=300M")
+        for job, user in ((greedy, "sstest1"), (neighbour, "sstest2")):
+            narrator.say(f"job {job} ({user}): {cluster.wait_job(job, timeout=120)}")
+            narrator.say(cluster.job_output(job, user))
+        narrator.say(f"n1 is {cluster.node_state('n1')}: a job past its quota fails its own writes, not the node")
+        for line in syslog.lines("n1", f"job={greedy} prolog") + syslog.lines("n1", f"job={neighbour} prolog"):
+            narrator.say(f"log: {line}")
+
+
 def keep_logs(cluster: Cluster, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     if cluster.workdir is None:
@@ -221,7 +240,8 @@ def main() -> int:
     print("slurm-scratch demo: striped local scratch, per-job directories and health-driven drain on a real Slurm cluster")
     sandbox = Sandbox().open()
     prefix = Path(tempfile.mkdtemp(prefix="slurm-scratch-demo-prefix-", dir="/var/tmp"))
-    cluster = Cluster(prefix, SETTINGS, nodes=("n1", "n2"), health_interval=HEALTH_INTERVAL, disks_per_node=2)
+    cluster = Cluster(prefix, SETTINGS, nodes=("n1", "n2"), health_interval=HEALTH_INTERVAL, disks_per_node=2,
+                      slurm_lines=("TmpFS=/scratch",), node_options="TmpDisk=1000")  # what --tmp is scheduled against
     syslog = SyslogCollector(logs / "slurm-scratch.log",
                              lambda ns: next((name for name, node in cluster.nodes.items() if node.mnt_ns == ns), None))
     print(f"      {syslog.start()}")
@@ -229,6 +249,7 @@ def main() -> int:
     try:
         install(narrator, prefix)
         story(narrator, cluster, syslog)
+        quota_scene(narrator, cluster, syslog)
     except Exception as exc:  # the teardown below must run; the message says what failed
         failed = True
         print(f"\nthe demo failed: {exc}", file=sys.stderr)

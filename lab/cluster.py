@@ -237,9 +237,11 @@ class Cluster:
                  nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
                  disks_per_node: int = 1,
                  use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
-                 base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = ""):
+                 base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = "",
+                 slurm_lines: Sequence[str] = (), node_options: str = ""):
         self.prefix = Path(prefix)
         self.flavour = flavour  # e.g. "slurm-24.11": the Slurm release the cluster should run
+        self.slurm_lines, self.node_options = tuple(slurm_lines), node_options  # more slurm.conf
         self.root = str(rootfs) if rootfs else ""
         self._root_dirs: list[Path] = []  # mount points made inside the rootfs, removed at stop
         self.scratch_settings = {section: dict(keys) for section, keys in scratch_settings.items()}
@@ -406,7 +408,8 @@ class Cluster:
             nodes=[(node.name, node.addr) for node in self.nodes.values()],
             controller_dir=self.controller.dir, node_dir=f"{self.workdir / 'hosts'}/%n",
             hooks=self.prefix / "libexec" / "slurm-scratch",
-            health_interval=self.health_interval, munge_socket=MUNGE_SOCKET))
+            health_interval=self.health_interval, munge_socket=MUNGE_SOCKET,
+            extra_lines=self.slurm_lines, node_options=self.node_options))
 
     def _prepare_node(self, node: Host) -> None:
         (node.dir / "spool").mkdir(exist_ok=True)

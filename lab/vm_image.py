@@ -49,7 +49,8 @@ BOOT_MODULES = (
 )
 # Also in the image; the kernel loads them when a filesystem of theirs is mounted (loading
 # them at boot would cost 1.5 s under TCG).
-ON_DEMAND_MODULES = ("xfs", "btrfs", "xxhash_generic", "blake2b_generic")
+ON_DEMAND_MODULES = ("xfs", "btrfs", "xxhash_generic", "blake2b_generic",
+                     "quota_v2")  # ext4's quota files (-O quota,project): per-job project quotas
 
 # Files the guest never needs; dropping them makes the initrd smaller and the boot faster.
 PRUNED_GLOBS = (

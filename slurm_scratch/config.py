@@ -34,6 +34,7 @@ class VolumeConfig(Record):
     wipe: bool
     on_degraded: str
     command_timeout: float
+    quotas: bool = False  # [jobs] quota is on: setup makes and mounts the filesystem with quota support
 
 
 class JobsConfig(Record):
@@ -46,6 +47,11 @@ class JobsConfig(Record):
     fs_timeout: float  # seconds the Prolog's work on the volume may take (a frozen disk)
     keep_failed: float  # seconds a failed job's directory is kept (0: not kept, the trash as for any job)
     keep_reclaim_free_percent: float  # kept directories go early while free space/inodes are under this
+    quota: tuple  # ("off", 0), ("bytes", n), ("percent", p) or ("request", 0)
+    quota_default: tuple  # ("bytes", n) or ("percent", p): for jobs that asked for nothing
+    quota_project_ids: tuple  # (first, last): the ext4/xfs project ids the tool may use
+    quota_query_timeout: float  # seconds `quota = request` waits for Slurm before using quota_default
+    quota_gres: tuple  # ("", 0) off, or (GRES name, bytes per count): quota = request follows that GRES
 
 
 class HealthConfig(Record):
@@ -220,6 +226,60 @@ def parse_duration(value: str) -> float:
     if not 0 <= seconds <= 366 * 86400:
         raise ValueError("must be between 0 and 366d")
     return seconds
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size_or_percent(value: str) -> tuple:
+    """`512M`, `50G`, `2T` (binary units; a bare number is bytes) or `N%` of the volume."""
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ValueError("must be a size such as 512M or 50G, or a percentage such as 10%") from None
+        if not 0 < percent <= 100:
+            raise ValueError("a percentage must be above 0 and at most 100")
+        return ("percent", percent)
+    number, unit = (value[:-1], value[-1].upper()) if value[-1:].isalpha() else (value, "")
+    if unit not in _SIZE_UNITS or not number.isdigit() or len(number) > 19:
+        raise ValueError("must be a size such as 512M or 50G (units K, M, G, T), or a percentage such as 10%")
+    size = int(number) * _SIZE_UNITS[unit]
+    if not 1 << 20 <= size < 1 << 60:
+        raise ValueError("must be at least 1M")
+    return ("bytes", size)
+
+
+def parse_quota(value: str) -> tuple:
+    lowered = value.lower()
+    if lowered in ("off", "no", "0"):
+        return ("off", 0)
+    if lowered == "request":
+        return ("request", 0)
+    try:
+        return parse_size_or_percent(value)
+    except ValueError as exc:
+        raise ValueError(f"must be off, request, or {str(exc).removeprefix('must be ')}") from None
+
+
+def parse_quota_gres(value: str) -> tuple[str, int]:
+    """Empty (off), or `<gres name>:<size per count>` such as `tmpdisk:1G`."""
+    if not value:
+        return ("", 0)
+    gres, colon, size = value.partition(":")
+    if not colon or not gres or not set(gres) <= _NAME_CHARS:
+        raise ValueError("must be empty or a GRES name and the size one count stands for, such as tmpdisk:1G")
+    kind, amount = parse_size_or_percent(size)
+    if kind != "bytes":
+        raise ValueError("the size one count stands for must be a size such as 1G, not a percentage")
+    return (gres, amount)
+
+
+def parse_id_range(value: str) -> tuple[int, int]:
+    first, dash, last = value.partition("-")
+    if not dash or not first.isdigit() or not last.isdigit() or len(first) > 10 or len(last) > 10:
+        raise ValueError("must be a range of ids such as 2000000-2999999")
+    if not 1 <= int(first) <= int(last) < (1 << 32) - 1:
+        raise ValueError("must be ascending ids between 1 and 4294967294")
+    return (int(first), int(last))
 
 
 # ---- the schema: every key, its parser and its default (as it would be written in the file) ----
@@ -251,6 +311,11 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "fs_timeout": (number(1, 3600), "30"),
         "keep_failed": (parse_duration, "0"),
         "keep_reclaim_free_percent": (number(0, 100), "10"),
+        "quota": (parse_quota, "off"),
+        "quota_default": (parse_size_or_percent, "10%"),
+        "quota_project_ids": (parse_id_range, "2000000-2999999"),
+        "quota_query_timeout": (number(0.1, 60), "2"),
+        "quota_gres": (parse_quota_gres, ""),
     },
     "health": {
         "probe_timeout": (number(0.1, 3600), "10"),
@@ -405,11 +470,12 @@ def parse_config(text: str, path: str) -> Config:
         _check_jobs_dir(records, shown, given, problems)
         _check_volume(records, shown, problems)
         _check_keep(records, shown, given, problems)
+        _check_quota(records, shown, given, problems)
     if problems:
         raise ConfigError(problems)
     return Config(
         path=path,
-        volume=VolumeConfig(**records["volume"]),
+        volume=VolumeConfig(**records["volume"], quotas=records["jobs"]["quota"][0] != "off"),
         jobs=JobsConfig(**records["jobs"]),
         health=HealthConfig(**records["health"]),
         slurm=SlurmConfig(**records["slurm"]),
@@ -465,6 +531,16 @@ def _check_keep(records: dict, shown: str, given: dict, problems: list[str]) -> 
         problems.append(f"{shown}:{lineno}: [jobs] keep_reclaim_free_percent = {jobs['keep_reclaim_free_percent']:g}: must be above "
                         f"[health] min_free_percent and min_free_inodes_percent ({drain_at:g}) when keep_failed is set, "
                         "so that kept directories are deleted before the node would drain for lack of space")
+def _check_quota(records: dict, shown: str, given: dict, problems: list[str]) -> None:
+    """With [jobs] quota on, users may write only in their job directories (elsewhere on the volume
+    no quota applies): the mount point defaults to 0755, and one others can write to is an error."""
+    if records["jobs"]["quota"][0] == "off":
+        return
+    if "mount_mode" not in given.get("volume", {}):
+        records["volume"]["mount_mode"] = 0o755
+    elif records["volume"]["mount_mode"] & 0o022:
+        problems.append(f"{shown}: [volume] mount_mode = {records['volume']['mount_mode']:04o} with [jobs] quota: users could "
+                        "write outside their job directories, where no quota applies; use 0755 (the default with a quota)")
 
 
 def render(config: Config) -> str:

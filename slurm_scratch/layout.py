@@ -33,7 +33,8 @@ SQUATTED_PREFIX = "squatted."  # what stood at a name the Prolog or setup needed
 # only (users can neither set nor remove trusted.* attributes), when and for which job it was kept.
 KEPT_NAME = ".kept"
 KEPT_XATTR = "trusted.slurm-scratch.kept"
-NOT_JOB_DIRS = (TRASH_NAME, "lost+found", KEPT_NAME)  # names in the root that are never a job's
+PROJECT_IDS_NAME = ".slurm-scratch-project-ids"  # ext4/xfs project ids in use: one file per id (root, 0700)
+NOT_JOB_DIRS = (TRASH_NAME, PROJECT_IDS_NAME, "lost+found", KEPT_NAME)  # names in the root that are never a job's
 
 # ---- on the node ----------------------------------------------------------------------------
 
@@ -91,19 +92,25 @@ def open_trash(root_fd: int, mount_point: str, create: bool) -> int | None:
     """The trash directory's descriptor; refuses one that is not root's own 0700 directory.
 
     (The Prolog makes the trash its own way, replacing whatever took the name: jobdir.)"""
+    return open_private_dir(root_fd, mount_point, TRASH_NAME, create)
+
+
+def open_private_dir(root_fd: int, mount_point: str, name: str, create: bool) -> int | None:
+    """The descriptor of root's own 0700 directory `name` in the volume's root (made if `create`;
+    None when missing); anything else at the name is refused."""
     if create:
         try:
-            os.mkdir(TRASH_NAME, 0o700, dir_fd=root_fd)
+            os.mkdir(name, 0o700, dir_fd=root_fd)
         except FileExistsError:
             pass
     try:
-        fd = os.open(TRASH_NAME, DIR_FLAGS, dir_fd=root_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not a directory ({exc.strerror}): remove it by hand") from None
+        raise ScratchError(f"{mount_point}/{name} is not a directory ({exc.strerror}): remove it by hand") from None
     st = os.fstat(fd)
     if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
         os.close(fd)
-        raise ScratchError(f"{mount_point}/{TRASH_NAME} is not root's private directory (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): remove it by hand")
+        raise ScratchError(f"{mount_point}/{name} is not root's private directory (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): remove it by hand")
     return fd

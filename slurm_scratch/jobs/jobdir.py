@@ -107,7 +107,12 @@ def create(config: Config, job: JobContext) -> str:
 
     timer = log.Timer()
     timeout = config.jobs.fs_timeout
-    result = timed.in_child(lambda: _create(config, job), timeout)
+    asked = None
+    if config.jobs.quota[0] == "request":  # asked here, not in the child: Slurm is not the volume
+        from slurm_scratch.jobs import quota
+
+        asked = quota.requested_tmp(config, job.job_id)
+    result = timed.in_child(lambda: _create(config, job, asked), timeout)
     _raise_unless_done(result, config.volume.mount_point, "prolog", timeout)
     # The child cannot log (its stdio is /dev/null): it says what it did, and we log it.
     squatted = "moved aside" in result.text or "detached" in result.text
@@ -115,13 +120,18 @@ def create(config: Config, job: JobContext) -> str:
     return job_dir_path(config, job)
 
 
-def _create(config: Config, job: JobContext) -> str:
-    """The Prolog's work on the volume (in the child): what it did, as one line for the log."""
+def _create(config: Config, job: JobContext, asked: tuple[int, str] | None = None) -> str:
+    """The Prolog's work on the volume (in the child): what it did, as one line for the log.
+    `asked`: the job's --tmp and how it was learnt, with [jobs] quota = request."""
     components = relative_components(config, job)
     path = job_dir_path(config, job)
     root_fd = open_mount_point(config)
     try:
         place = _Place(root_fd, config.volume.mount_point)
+        if config.jobs.quota[0] != "off":
+            from slurm_scratch.jobs import quota
+
+            place.quota = quota.JobQuota(config, job, root_fd, asked)
         try:
             parent_fd = open_parent(config, root_fd, components, create=True, place=place)
             assert parent_fd is not None
@@ -150,6 +160,7 @@ class _Place:
         self.mount_point = mount_point
         self.mount = mounts.mount_id(root_fd)
         self.notes: list[str] = []
+        self.quota = None  # a quota.JobQuota when [jobs] quota is on: it makes and limits the job's directory
         self.trash_fd = _make_trash(self)
 
     def look(self, parent_fd: int, name: str, path: str) -> tuple[int, os.stat_result, bool] | None:
@@ -172,16 +183,21 @@ class _Place:
             self.notes.append(f"detached a filesystem mounted on {path}")
         raise ScratchError(f"{path}: more than {MAX_MOUNTS} filesystems mounted on it: giving up")
 
-    def new_dir(self, prefix: str, uid: int, gid: int, mode: int) -> tuple[str, int]:
+    def new_dir(self, prefix: str, uid: int, gid: int, mode: int, quota=None) -> tuple[str, int]:
         """A new directory in the trash (root 0700: no user can see or race it), owned and moded as
-        asked: its name there and a descriptor."""
+        asked: its name there and a descriptor. `quota` (a quota.JobQuota) makes it and limits it."""
         name = f"{prefix}{os.getpid()}.{time.time_ns()}"
-        os.mkdir(name, 0o700, dir_fd=self.trash_fd)
+        if quota is None:
+            os.mkdir(name, 0o700, dir_fd=self.trash_fd)
+        else:
+            quota.make(self.trash_fd, name)
         fd = os.open(name, DIR_FLAGS, dir_fd=self.trash_fd)
         try:
             if (uid, gid) != (0, 0):
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
+            if quota is not None:
+                self.notes.append(quota.limit(fd))
         except BaseException:
             os.close(fd)
             raise
@@ -209,7 +225,7 @@ class _Place:
         self.notes.append(f"moved aside {path}: {_describe(moved)} of uid {moved.st_uid} (not followed), now {TRASH_NAME}/{target}")
         return True
 
-    def put(self, parent_fd: int, name: str, path: str, keep, prefix: str, uid: int, gid: int, mode: int, in_place: bool = False):
+    def put(self, parent_fd: int, name: str, path: str, keep, prefix: str, uid: int, gid: int, mode: int, in_place: bool = False, quota=None):
         """What `keep(fd_path, st, mounted)` makes of the entry at parent/name when it accepts it
         (not None); else a new directory made in the trash (prefix, uid, gid, mode) is swapped in
         for whatever is there, and its descriptor returned. `in_place`: a missing entry is made
@@ -233,7 +249,7 @@ class _Place:
                     finally:
                         os.close(found[0])
                 if new is None:
-                    new = self.new_dir(prefix, uid, gid, mode)
+                    new = self.new_dir(prefix, uid, gid, mode, quota)
                 if self.swap_in(new[0], parent_fd, name, path, st):
                     fd, new = new[1], None
                     return fd
@@ -356,6 +372,11 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
             return None
         fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd_path)
         try:
+            if place.quota is not None:
+                limited = place.quota.reuse(fd, st, os.fstat(parent_fd))
+                if limited is None:  # not a directory the Prolog made for this job: moved aside
+                    return None
+                place.notes.append(limited)
             os.fchown(fd, job.uid, job.gid)
             os.fchmod(fd, mode)
         finally:
@@ -363,7 +384,7 @@ def _make_owned_dir(parent_fd: int, name: str, path: str, job: JobContext, mode:
         was = (st.st_gid, stat.S_IMODE(st.st_mode))
         return "reused" if was == (job.gid, mode) else f"reused (had gid={was[0]} mode={was[1]:04o})"
 
-    outcome = place.put(parent_fd, name, path, keep, f"{NEW_PREFIX}{name[:160]}.", job.uid, job.gid, mode)
+    outcome = place.put(parent_fd, name, path, keep, f"{NEW_PREFIX}{name[:160]}.", job.uid, job.gid, mode, quota=place.quota)
     if isinstance(outcome, str):
         return outcome
     os.close(outcome)

@@ -112,11 +112,12 @@ class Index:
         self.root_fd = root_fd
         self.dev = st.st_dev
         self.root_ino = st.st_ino
-        self.major_minor = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
         self.deadline = deadline
         self.uids = uids
         self.complete = True
-        self.fs_root = self._own_fs_root(root_fd)
+        # The device as mountinfo and maps name it: the filesystem's, which on btrfs is not the
+        # st_dev of the root (each subvolume, the top one too, has an anonymous device of its own).
+        self.fs_root, self.major_minor = self._own_mount(root_fd, f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
         self.mnt_id = mount_table.mount_id(root_fd)
         self.parents: dict[int, int] = {}  # directory inode -> its parent's (on the volume)
         self.dir_of_path: dict[str, int | None] = {}  # a directory's path in the filesystem -> inode
@@ -133,13 +134,14 @@ class Index:
 
     # ---- the scan ------------------------------------------------------------------------------
 
-    def _own_fs_root(self, root_fd: int) -> str:
+    def _own_mount(self, root_fd: int, major_minor: str) -> tuple[str, str]:
+        """The root's mount: its root in the filesystem and the filesystem's major:minor."""
         mine = mount_table.mount_id(root_fd)
         for line in (_read("/proc/self/mountinfo") or b"").decode("utf-8", "surrogateescape").splitlines():
             fields = line.split(" ", 5)
             if len(fields) > 4 and fields[0] == str(mine):
-                return _unescape(fields[3])
-        return "/"
+                return _unescape(fields[3]), fields[2]
+        return "/", major_minor
 
     def _volume_mounts(self, pid: str) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
         """The mounts of the volume in `pid`'s mount namespace, {mount id: (root in fs, mount point)},
@@ -249,7 +251,7 @@ class Index:
         data = _read(f"{base}/maps")
         if not data:
             return
-        major, minor = os.major(self.dev), os.minor(self.dev)
+        major, minor = (int(part) for part in self.major_minor.split(":"))
         seen: set[bytes] = set()
         for line in data.splitlines():
             fields = line.split(None, 5)
@@ -281,23 +283,27 @@ class Index:
             if mnt is None or mnt not in mounts:
                 return  # on another filesystem: never stat'ed
             st = os.fstat(fd)
-            if st.st_dev != self.dev:
-                return
             if (st.st_mode & 0o170000) == 0o040000:
-                self._walk_up(fd, st.st_ino, mnt)
-                holds.setdefault(st.st_ino, set()).add(what)
+                self._walk_up(fd, self.key(st), mnt)
+                holds.setdefault(self.key(st), set()).add(what)
                 return
-            parent = self.file_parents.get(st.st_ino)  # the same file open many times: placed once
+            parent = self.file_parents.get(self.key(st))  # the same file open many times: placed once
             if parent is None:
                 parent = self._parent_by_path(link, mounts[mnt], st)
                 if parent is not None and st.st_nlink == 1:
-                    self.file_parents[st.st_ino] = parent
+                    self.file_parents[self.key(st)] = parent
             if parent is None:
                 self.unresolved += 1
             else:
                 holds.setdefault(parent, set()).add(what)
         finally:
             os.close(fd)
+
+    def key(self, st: os.stat_result) -> int:
+        """An inode's key in the index: its number on the volume's device; on a btrfs subvolume of
+        the volume (a job directory with a quota), which has a device of its own and repeats other
+        subvolumes' inode numbers, the number tagged with that device."""
+        return st.st_ino if st.st_dev == self.dev else st.st_dev << 64 | st.st_ino
 
     def _walk_up(self, fd: int, ino: int, mnt: int | None) -> None:
         """Learn the parents of the directory `fd` up to the volume's root, by `..` with descriptors,
@@ -312,7 +318,7 @@ class Index:
                 current = parent
                 if mount_table.mount_id(parent) != mnt:
                     return  # the root of a (bind) mount: what lies above it is another filesystem's
-                parent_ino = os.fstat(parent).st_ino
+                parent_ino = self.key(os.fstat(parent))
                 if parent_ino == ino:
                     return
                 self.parents[ino] = parent_ino
@@ -433,7 +439,7 @@ class Index:
                         ino = self._covered_ino(above, names[level])
                     elif next_fd is not None:
                         st = os.fstat(next_fd)
-                        ino = st.st_ino if st.st_dev == self.dev else None
+                        ino = self.key(st)
                     os.close(fd)
                 fd = next_fd
                 if ino is not None and ino != parent:

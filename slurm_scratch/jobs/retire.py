@@ -137,7 +137,7 @@ def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: 
                     index = processes.Index(root_fd, scan_end, {st.st_uid})
                 if not index.complete:
                     say("warning", f"{path}: the process scan ran out of time; holders not found may survive")
-                for line in processes.end_holders(index, st.st_ino, st.st_uid, path, deadline):
+                for line in processes.end_holders(index, index.key(st), st.st_uid, path, deadline):
                     say("warning" if "still alive" in line else "info", line)
             if keep is not None:
                 where = keep(fd)

@@ -154,7 +154,7 @@ def sweep(config: Config, node: str, running_jobs: set[int], deadline: float | N
                 now_monotonic = time.monotonic()  # the scan gets half of what is left: the sweep needs the rest
                 index = processes.Index(root_fd, now_monotonic + (60 if deadline is None else max(0.0, deadline - now_monotonic) / 2))
                 index.want(  # every candidate at once: one pass over the index answers them all
-                    other.st.st_ino
+                    index.key(other.st)
                     for other in _walk_job_dirs(config, node, root_fd, [])
                     if other.st is not None and other.job_id not in running_jobs and now - other.st.st_mtime >= config.jobs.sweep_guard
                 )

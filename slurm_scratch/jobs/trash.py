@@ -88,6 +88,81 @@ def _rm_argv(target: str) -> list[str]:
         return rm
 
 
+def _delete(config: Config, target: str, remaining: float) -> str:
+    """Delete one trash entry and release what its quota held (a btrfs subvolume and its qgroups,
+    an ext4/xfs project id): only now, once its data is gone. A note for the log."""
+    from slurm_scratch import run
+
+    deadline = time.monotonic() + remaining
+    kind, project = _kind(target)
+    if kind == "subvolume":
+        from slurm_scratch.jobs import quota_btrfs
+
+        return f": {quota_btrfs.reap(config.volume.mount_point, target, deadline)}"
+    try:
+        run.run(_rm_argv(target), timeout=remaining, quiet=True)
+    except ScratchError as exc:
+        if getattr(exc, "timed_out", False) or kind != "btrfs" or not os.path.lexists(target):
+            raise
+        from slurm_scratch.jobs import quota_btrfs  # rm stopped at subvolumes a user nested inside
+
+        return f": {quota_btrfs.reap(config.volume.mount_point, target, deadline)}"
+    if project:
+        from slurm_scratch.jobs import quota_project
+        from slurm_scratch.layout import open_root
+
+        root_fd = open_root(config.volume.mount_point)
+        try:
+            if quota_project.release(config, root_fd, project):
+                return f"; released project id {project}"
+        finally:
+            os.close(root_fd)
+    return ""
+
+
+def _kind(target: str) -> tuple[str, int]:
+    """("subvolume", 0) for a btrfs subvolume of the volume (a job directory with a quota);
+    ("btrfs", 0) for another entry on btrfs; ("", project id) elsewhere (0: none or not a directory)."""
+    import stat
+
+    from slurm_scratch import mounts
+    from slurm_scratch.layout import DIR_FLAGS, PATH_FLAGS
+
+    try:
+        fd = os.open(target, PATH_FLAGS)
+    except FileNotFoundError:
+        return "", 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            return "", 0
+        trash_fd = os.open(os.path.dirname(target), PATH_FLAGS)
+        try:
+            trash_st, same_mount = os.fstat(trash_fd), mounts.mount_id(trash_fd) == mounts.mount_id(fd)
+            mount = mounts.find_mount(os.path.dirname(os.path.dirname(target)))
+            fstype = mount.fstype if mount else ""
+        finally:
+            os.close(trash_fd)
+        if fstype == "btrfs":
+            from slurm_scratch.jobs import quota_btrfs
+
+            return ("subvolume" if same_mount and quota_btrfs.is_subvolume_root(st, trash_st) else "btrfs"), 0
+        if fstype not in ("ext4", "xfs") or not same_mount:
+            return "", 0
+        from slurm_scratch.jobs import quota
+
+        # The id the Prolog gave it, from its mark: the directory's owner can change the id it
+        # carries (to another job's), but not the mark.
+        dir_fd = os.open(".", DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)
+        try:
+            project = quota.fields_of(quota.read_mark(dir_fd)).get("project", "")
+        finally:
+            os.close(dir_fd)
+        return "", int(project) if project.isdigit() else 0
+    finally:
+        os.close(fd)
+
+
 def _in_use(entry: str) -> bool:
     """A temporary whose process is still at work on it (a crashed one's is deleted like the rest)."""
     if not entry.startswith(TEMPORARY_PREFIXES):
@@ -151,13 +226,13 @@ def reap(config: Config, wait: bool, max_seconds: float | None = None) -> int:
                     timer = log.Timer()
                     target = f"{config.volume.mount_point}/{TRASH_NAME}/{entry}"
                     try:
-                        run.run(_rm_argv(target), timeout=remaining, quiet=True)
-                    except ScratchError as exc:
+                        note = _delete(config, target, remaining)
+                    except (ScratchError, OSError) as exc:
                         log.error(f"reaper: could not delete {target}: {exc}")
                         failed.add(entry)
                         continue
                     deleted += 1
-                    log.info(f"reaper deleted {target}", ms=timer.ms())
+                    log.info(f"reaper deleted {target}{note}", ms=timer.ms())
         finally:
             os.close(lock_fd)  # releases the flock
         # An Epilog may have trashed something after our last look but before we let go of the lock,

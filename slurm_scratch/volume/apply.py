@@ -48,7 +48,14 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> str | None:
     elif step.kind == "mkdir":
         _make_mount_point(step.args[0])
     elif step.kind == "mount":
-        run.run(list(step.args), timeout=timeout)
+        try:
+            run.run(list(step.args), timeout=timeout)
+        except run.CommandError as exc:
+            if volume.quotas and "prjquota" in step.args[step.args.index("-o") + 1]:
+                raise ScratchError(f"{exc}: [jobs] quota needs project quotas, and this volume or kernel cannot do them "
+                                   "(an adopted ext4 made without -O quota,project: `tune2fs -O quota,project` it while "
+                                   "unmounted; or a kernel without ext4/xfs quota support), or set [jobs] quota = off") from None
+            raise
     elif step.kind == "trash":
         root_fd = _open_root(step.args[0])
         try:
@@ -65,6 +72,8 @@ def _do(volume: VolumeConfig, plan: Plan, step: Step) -> str | None:
             os.fchmod(root_fd, step.args[1])
         finally:
             os.close(root_fd)
+    elif step.kind == "quota":
+        return quotas(step.args[0])
     elif step.kind == "record":
         record(volume, plan, step.args[0])
     else:
@@ -195,3 +204,61 @@ def record(volume: VolumeConfig, plan: Plan, status: str) -> None:
         if not built.members and previous is not None and previous.members:
             built = built.replace(members=previous.members)
     state.write(built)
+
+
+BTRFS_FS_INFO = 2 << 30 | 1024 << 16 | 0x94 << 8 | 31
+BTRFS_QUOTA_CTL = 3 << 30 | 16 << 16 | 0x94 << 8 | 40
+BTRFS_QUOTA_CTL_ENABLE_SIMPLE = 4
+
+
+def quotas(mount_point: str) -> str:
+    """Make the mounted volume enforce per-job quotas ([jobs] quota), or say clearly why it cannot.
+
+    btrfs: simple quotas (Linux 6.7+), enabled here: with them a subvolume a job nests inside its own
+    is charged to the job; full qgroups (an adopted volume's) would let it escape, so they are refused.
+    ext4/xfs: mounted with prjquota (the mount step asks for it; an adopted volume may lack it)."""
+    import fcntl
+    import struct
+
+    from slurm_scratch import mounts
+
+    mount = mounts.find_mount(mount_point)
+    if mount is None:
+        raise ScratchError(f"{mount_point} is not mounted: cannot set up per-job quotas")
+    if mount.fstype in ("ext4", "xfs"):
+        if not {"prjquota", "pquota"} & set(mount.options):
+            raise ScratchError(f"{mount_point} ({mount.fstype}) is mounted without prjquota: [jobs] quota needs it "
+                               f"(unmount it and run setup again, which mounts it so; xfs cannot add it on a remount)")
+        return f"{mount_point}: {mount.fstype} project quotas enforced (prjquota)"
+    if mount.fstype != "btrfs":
+        raise ScratchError(f"{mount_point} is {mount.fstype}: [jobs] quota needs btrfs, ext4 or xfs")
+    root_fd = _open_root(mount_point)
+    try:
+        info = bytearray(1024)
+        fcntl.ioctl(root_fd, BTRFS_FS_INFO, info)
+        fsid = info[16:32].hex()
+        uuid = f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
+        mode = _btrfs_quota_mode(uuid)
+        if mode == "squota":
+            return f"{mount_point}: btrfs simple quotas already enabled"
+        if mode:
+            raise ScratchError(f"{mount_point}: btrfs full qgroups are enabled; with them a subvolume a job nests in its "
+                               "directory escapes its quota. `btrfs quota disable` it and run setup again (it enables "
+                               "simple quotas), or set [jobs] quota = off")
+        if not os.path.exists("/sys/fs/btrfs/features/simple_quota"):
+            raise ScratchError(f"{mount_point}: this kernel has no btrfs simple quotas (Linux 6.7 or later): [jobs] quota "
+                               "cannot be enforced on btrfs here; set [jobs] quota = off, or use ext4/xfs")
+        fcntl.ioctl(root_fd, BTRFS_QUOTA_CTL, struct.pack("QQ", BTRFS_QUOTA_CTL_ENABLE_SIMPLE, 0))
+    finally:
+        os.close(root_fd)
+    return f"{mount_point}: enabled btrfs simple quotas"
+
+
+def _btrfs_quota_mode(fs_uuid: str) -> str:
+    """"squota", "qgroup" (full qgroups) or "" (quotas off), from sysfs."""
+    base = f"/sys/fs/btrfs/{fs_uuid}/qgroups"
+    try:
+        with open(f"{base}/mode", encoding="ascii") as stream:
+            return stream.read().strip()
+    except FileNotFoundError:
+        return "qgroup" if os.path.isdir(base) else ""

@@ -106,7 +106,8 @@ def mkfs_argv(volume: VolumeConfig, fstype: str, devices: list[str], force: bool
         # online growth (a scratch volume never grows): on 4 x 1.9 TB that is 3x less mkfs time.
         # -G 4096 packs the metadata of 4096 block groups together (flex_bg): about half the mkfs
         # time again on multi-TB volumes (measured in the VM: 4.0 -> 2.1 s at 7.6 TB).
-        return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-O", "sparse_super2,^resize_inode", "-G", "4096",
+        features = "sparse_super2,^resize_inode" + (",quota,project" if volume.quotas else "")  # project quotas: [jobs] quota
+        return ("mkfs.ext4", "-q", *(("-F",) if force else ()), "-O", features, "-G", "4096",
                 "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-m", "0", "-L", volume.label,
                 *(("-U", uuid) if uuid else ()), *devices)
     if fstype == "xfs":
@@ -140,21 +141,30 @@ def _tail(volume: VolumeConfig, device: str, fstype: str, mkfs: str, members: li
     elif mkfs == "if_blank":
         argv = mkfs_argv(volume, fstype, [device], uuid=uuid)
         steps.append(Step("mkfs_if_blank", (device, argv), f"{' '.join(argv)}   # only if {device} carries no signature once active"))
-    steps += _mount_steps(volume, device, fstype if mkfs == "always" else "")
+    steps += _mount_steps(volume, device, fstype if mkfs == "always" else "", fstype)
     return steps
 
 
-def _mount_steps(volume: VolumeConfig, device: str, fstype: str) -> list[Step]:
+def _mount_steps(volume: VolumeConfig, device: str, fstype: str, planned: str = "") -> list[Step]:
+    """`fstype`: for mount -t ("" lets mount tell); `planned`: the type the volume should have."""
     mp = volume.mount_point
-    mount = ("mount",) + (("-t", fstype) if fstype else ()) + ("-o", volume.mount_options, device, mp)
+    options = volume.mount_options
+    if volume.quotas and (fstype or planned) in ("ext4", "xfs") and "prjquota" not in options.split(","):
+        options += ",prjquota"  # project quotas are enforced only so (xfs cannot add it on a remount)
+    mount = ("mount",) + (("-t", fstype) if fstype else ()) + ("-o", options, device, mp)
     return [
         Step("mkdir", (mp,), f"mkdir -p {mp}"),
         Step("mount", mount, " ".join(mount)),
         Step("trash", (mp,), f"mkdir -m 0700 {mp}/{TRASH_NAME}"),
         _mark_step(mp),
+        *([_quota_step(mp)] if volume.quotas else []),
         Step("chmod", (mp, volume.mount_mode), f"chmod {volume.mount_mode:04o} {mp}"),
         Step("record", ("ready",), f"record the volume in {VOLUME_RECORD}"),
     ]
+
+
+def _quota_step(mount_point: str) -> Step:
+    return Step("quota", (mount_point,), f"check that {mount_point} enforces per-job quotas (btrfs: enable simple quotas)")
 
 
 def _mark_step(mount_point: str) -> Step:
@@ -223,6 +233,8 @@ def _plan_mounted(volume: VolumeConfig, discovery: Discovery, observed: Observed
         steps.append(_mark_step(volume.mount_point))
     if observed.vg is not None and TAG not in observed.vg.tags and mount.devnum in {devnum for _, devnum in observed.device_devnums}:
         steps.append(run_step("vgchange", "--addtag", TAG, volume.vg_name))  # adopted while mounted (the seed's script)
+    if volume.quotas:
+        steps.append(_quota_step(volume.mount_point))
     if mount.root_mode != volume.mount_mode:
         steps.append(Step("chmod", (volume.mount_point, volume.mount_mode), f"chmod {volume.mount_mode:04o} {volume.mount_point}"))
     recorded = observed.recorded or VolumeRecord()

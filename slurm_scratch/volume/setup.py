@@ -27,6 +27,8 @@ def _mounted_as_recorded(volume: VolumeConfig) -> bool:
     data = state.read()
     if data is None or data.status != "ready" or data.mount_point != volume.mount_point:
         return False
+    if volume.quotas:  # the full path checks (and on btrfs enables) quota support: setup is not a hot path
+        return False
     mount = mounts.find_mount(volume.mount_point)
     if mount is None or mount.source != data.mount_source:
         return False

@@ -44,6 +44,9 @@ def test_demo_tells_the_story_and_leaves_nothing_behind() -> None:
     assert "sstest1: cat /scratch/.kept/sstest1/job_3/debug.log -> step 7 diverged" in kept
     assert "sstest2: cat /scratch/.kept/sstest1/job_3/debug.log -> cat: /scratch/.kept/sstest1/job_3/debug.log: Permission denied" in kept
     assert "kept:       1 in /scratch/.kept" in kept
+    quota = out.split("Per-job quotas", 1)[1]  # the job past its --tmp stops there, its neighbour does not
+    assert "Disk quota exceeded" in quota and "n1: wrote 150 MiB into /scratch/job_" in quota
+    assert "n1 is IDLE" in quota
     if not had_dev_log:  # the demo collected the tool's syslog lines and narrated them
         assert "mkfs.btrfs" in out and "-d raid0" in out
         assert "epilog retired /scratch/job_1" in out
