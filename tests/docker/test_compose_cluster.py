@@ -175,10 +175,6 @@ def test_nodes_are_not_privileged_and_get_only_what_they_need(project):
         assert without.returncode != 0 and "not permitted" in without.stderr, without
 
 
-@pytest.mark.xfail(reason="on btrfs the Epilog's process scan compares the root's st_dev (the "
-                   "subvolume's anonymous device) with mountinfo's device and finds no holder; "
-                   "fixed by slurm_scratch/jobs/processes.py's _own_mount on branch i11-quota",
-                   strict=False)
 def test_epilog_ends_the_job_users_process_holding_its_directory(project):
     """With the nodes' capabilities and Docker's default seccomp profile, the Epilog finds a
     process of the job's user outside the job (a login on the node) by the cwd it holds in the
