@@ -53,6 +53,9 @@ class HealthConfig(Record):
     min_free_inodes_percent: float
     repair: bool
     housekeeping_seconds: float
+    metrics_dir: str  # "" = no metrics file
+    io_errors_max: int
+    io_errors_window: float  # seconds; 0 = the kernel log is not read
 
 
 class SlurmConfig(Record):
@@ -201,6 +204,25 @@ def parse_text(value: str) -> str:
     return _no_space(value)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(maximum: float):
+    """A parser of durations like 90s, 30m, 24h, 7d (a bare number is seconds), at most `maximum` seconds."""
+    def parse(value: str) -> float:
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:], 0)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1)
+        except ValueError:
+            raise ValueError("must be a duration such as 90s, 30m, 24h or 7d") from None
+        if not 0 <= seconds <= maximum:
+            raise ValueError(f"must be between 0 and {maximum:g} seconds")
+        return seconds
+
+    return parse
+
+
 # ---- the schema: every key, its parser and its default (as it would be written in the file) ----
 
 SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
@@ -236,6 +258,9 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "min_free_inodes_percent": (number(0, 100), "3"),
         "repair": (parse_bool, "no"),
         "housekeeping_seconds": (number(0, 3600), "20"),
+        "metrics_dir": (parse_optional_path, ""),
+        "io_errors_max": (integer(0, 1000000), "10"),
+        "io_errors_window": (duration(86400 * 30), "1h"),
     },
     "slurm": {
         "drain_prefix": (parse_prefix, "scratch:"),
