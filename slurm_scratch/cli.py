@@ -117,7 +117,7 @@ def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:
-    from slurm_scratch.volume import status
+    from slurm_scratch.health import status
 
     return status.main(load_config(config_path), as_json)
 
@@ -219,7 +219,7 @@ def _parser():
     health.add_argument("--node", help="Slurm node name (default: $SLURMD_NODENAME or the short host name)")
     health.add_argument("--report-only", action="store_true", help="check and report only: no drain, resume or clean-up (for NHC, cron)")
     health.add_argument("--clear-io-errors", action="store_true", help="forget the kernel I/O errors counted so far (and a sticky 'I/O errors on <disk>' finding), then check")
-    status = commands.add_parser("status", help="show disks, volume, mount and space")
+    status = commands.add_parser("status", help="show disks, volume, space, Slurm state, health, I/O errors, trash, metrics")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("reap", help="empty the trash now")
     sweep = commands.add_parser("sweep", help="retire directories of jobs that no longer run here")

@@ -1,5 +1,6 @@
 """The kernel I/O error check: I/O errors, NVMe timeouts and resets, and filesystem errors that the
-kernel logged about a member disk or the volume since the last health check.
+kernel logged about a member disk or the volume since the last health check (a node's first
+check ever starts at the log's end; after a reboot, the new boot's log is read from its start).
 
 Each full run reads /dev/kmsg after its cursor (kmsg.py), counts the messages that name a watched
 disk, and keeps those of the last `[health] io_errors_window`. More than `[health] io_errors_max`
@@ -16,7 +17,10 @@ Counted: messages of warning level or worse with the words of a failed request (
 medium/target errors, timeouts), an NVMe controller reset or timeout, or a filesystem error
 (`EXT4-fs error`, `BTRFS error`, btrfs's per-device error counts, XFS I/O errors). Not counted:
 `Buffer I/O error` (one line per page of a request already counted) and `operation not supported`
-(a discard or write-zeroes the device does not do).
+(a discard or write-zeroes the device does not do). A device attached anew ("detected capacity
+change from 0", as a loop device whose name is reused) starts with no recent errors. The block
+layer rate-limits its error lines (10 per 5 s for all devices): a dying disk still passes any
+sensible threshold, but a count is a lower bound.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from slurm_scratch.volume.state import VolumeRecord
 
 CHECK = "io"
 MAX_EVENTS = 1000  # recent errors kept (the newest)
+FROM_NOW = -2  # the cursor of a node with no state at all: count from the log's end
+REATTACHED = "detected capacity change from 0 to"  # a device (re)attached: a loop device's name is reused
 ERROR_WORDS = (
     "i/o error", "medium error", "target error", "nexus error", "timeout error", "protection error",
     "timeout, aborting", "timeout, reset", "resetting controller", "controller is down", "disk failure",
@@ -45,7 +51,7 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 class IoState(Record):
     boot: str = ""
-    seq: int = -1  # the last kernel log record read in this boot (-1: none yet)
+    seq: int = FROM_NOW  # the last kernel log record read in this boot (-1: from the boot's start)
     events: tuple[tuple[str, float], ...] = ()  # (kernel name, seconds since boot) of recent errors
     totals: dict = Factory(dict)  # kernel name -> errors counted since boot
     sticky: str = ""  # the disk of a sticky finding ("" = none)
@@ -147,7 +153,7 @@ def load() -> IoState:
             pass
     totals = {key[6:]: int(value) for key, value in fields.items() if key.startswith("total.") and value.isdigit()}
     seq = fields.get("seq", "")
-    return IoState(boot=fields.get("boot", ""), seq=int(seq) if seq.lstrip("-").isdigit() else -1, events=tuple(events),
+    return IoState(boot=fields.get("boot", ""), seq=int(seq) if seq.lstrip("-").isdigit() else FROM_NOW, events=tuple(events),
                    totals=totals, sticky=fields.get("sticky", ""), last=fields.get("last", ""))
 
 
@@ -159,9 +165,12 @@ def save(state: IoState) -> None:
 
 
 def current() -> IoState:
-    """The state of this boot (an older boot's counts nothing: that log is gone)."""
+    """The state of this boot. An older boot's counts nothing (its log is gone): this boot's log is
+    read from its start. With no state at all (a node's first check), from the log's end."""
+    if not os.path.exists(IO_ERRORS_STATE):
+        return IoState(boot=kmsg.boot_id(), seq=FROM_NOW)
     state, boot = load(), kmsg.boot_id()
-    return state if state.boot == boot else IoState(boot=boot)
+    return state if state.boot == boot else IoState(boot=boot, seq=-1)
 
 
 # ---- the check -----------------------------------------------------------------------------
@@ -175,13 +184,17 @@ def check(config: Config, record: VolumeRecord | None, save_state: bool = True) 
     state = current()
     names = watched(record, mounts.find_mount(config.volume.mount_point))
     try:
-        log = kmsg.read_after(state.seq)
+        log = kmsg.read_after(max(state.seq, -1))
     except OSError as exc:
         if state.sticky:
             return bad(CHECK, f"I/O errors on {_disk(state.sticky, names)}")
         return ok(CHECK, f"kernel log not readable ({exc.strerror}): I/O errors not watched")
     events, totals, last = list(state.events), dict(state.totals), state.last
-    for message in log.messages:
+    for message in log.messages if state.seq != FROM_NOW else ():
+        if REATTACHED in message.text:
+            name = disk_named(message, names)
+            events = [event for event in events if event[0] != name]
+            continue
         name = disk_named(message, names) if counts(message) else None
         if name is not None:
             events.append((name, message.seconds))

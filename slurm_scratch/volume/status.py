@@ -1,12 +1,12 @@
-"""`slurm-scratch status [--json]`: disks found and skipped (with why), backend, volume state,
-filesystem, mount, size and free space. Read-only."""
+"""The volume's part of `slurm-scratch status` (health/status.py): disks found and skipped (with
+why), backend, volume state, filesystem, mount, size and free space. Read-only."""
 
 from __future__ import annotations
 
 import os
 
-from slurm_scratch.config import Config, VolumeConfig
-from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
+from slurm_scratch.config import VolumeConfig
+from slurm_scratch.errors import ScratchError
 
 
 def _disk(disk) -> dict:
@@ -92,14 +92,3 @@ def render(report: dict) -> str:
         lines.extend(f"  {line}" for line in report["setup_would"])
     return "\n".join(lines)
 
-
-def main(config: Config, as_json: bool) -> int:
-    """`slurm-scratch status`: exit 0 when the volume is mounted."""
-    report = collect(config.volume)
-    if as_json:
-        import json
-
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(render(report))
-    return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE

@@ -31,10 +31,14 @@ NODE = "n1"
 def fresh_node():
     """A node just booted as far as the tool knows (private tmpfs state dirs, lab/sandbox.py)."""
     names = ("health.state", "hook-finding", "probe-stuck", "volume-record.cache", "health.findings")
-    for path in [f"{layout.RUN_DIR}/{name}" for name in names] + [layout.IO_ERRORS_STATE, layout.VOLUME_RECORD]:
+    paths = [f"{layout.RUN_DIR}/{name}" for name in names] + [layout.IO_ERRORS_STATE, layout.VOLUME_RECORD]
+    for path in paths:
         if os.path.exists(path):
             os.unlink(path)
     yield
+    for path in paths:  # the next test's first check starts at the log's end, after these errors
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 class Node(FakeSlurm):
@@ -48,13 +52,6 @@ class Node(FakeSlurm):
         env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(self.config)}
         argv = [*CLI, "healthcheck", *args] if args else [str(HOOK)]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=str(REPO) if args else "/")
-
-
-def skip_old_messages() -> None:
-    """Start the cursor at the log's end: loop device names are reused, and earlier tests' I/O
-    errors on this name (this test file injects them) are in the kernel's log."""
-    state = io_errors.current()
-    io_errors.save(state.replace(seq=kmsg.read_after(state.seq).last_seq))
 
 
 @pytest.fixture
@@ -106,7 +103,6 @@ def test_a_healthy_disk_and_a_single_transient_error_do_not_drain(tmp_path, faul
     mount(faulty.device, mount_point, "ext4")
     try:
         node = Node(tmp_path, mount_point)
-        skip_old_messages()
         data = Path(mount_point) / "data"
         write_and_sync(data)
         for _ in range(2):
@@ -134,9 +130,8 @@ def test_errors_on_one_member_disk_drain_naming_it_and_stay_until_cleared(tmp_pa
     mount(healthy, mount_point, "btrfs")
     try:
         node = Node(tmp_path, mount_point, "io_errors_max = 3\n", fstype="btrfs")
-        skip_old_messages()
-        first = node.healthcheck()
-        assert first.returncode == 0, first.stdout + first.stderr
+        first = node.healthcheck()  # a node's first check starts at the log's end: earlier errors on
+        assert first.returncode == 0, first.stdout + first.stderr  # this (reused) loop name are not counted
         assert "no kernel I/O errors" in first.stdout
         faulty.fail("all")
         for index in range(4):
@@ -165,7 +160,7 @@ def test_a_new_boot_resets_the_cursor_and_the_sticky_finding(tmp_path) -> None:
     statefile.write_fields(layout.IO_ERRORS_STATE, {"boot": "an-earlier-boot", "seq": 10**12, "sticky": "nvme9n1",
                                                     "events": "nvme9n1@1.0", "total.nvme9n1": 50})
     state = io_errors.current()
-    assert (state.boot, state.seq, state.sticky, state.totals) == (kmsg.boot_id(), -1, "", {})
+    assert (state.boot, state.seq, state.sticky, state.totals) == (kmsg.boot_id(), -1, "", {})  # this boot's log from its start
     node = Node(tmp_path, str(tmp_path / "nothing-mounted"))
     result = node.healthcheck("--report-only")
     assert "I/O errors on" not in result.stdout
