@@ -1,6 +1,6 @@
 """The kernel I/O error check's logic without a kernel: parsing /dev/kmsg records, which messages
 count and which disk they name, the window, the threshold, stickiness and the per-boot cursor
-(the state file lives in a temporary directory). Real kernel messages: tests/host/test_io_errors.py."""
+(the state file lives in a temporary directory). Real kernel messages: tests/host/test_io_errors_kernel.py."""
 
 from __future__ import annotations
 
