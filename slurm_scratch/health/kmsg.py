@@ -78,14 +78,17 @@ def read_after(cursor: int, path: str = KMSG, max_records: int = MAX_RECORDS, ma
             if not data:
                 complete = True
                 break
-            message = parse(data)
-            if message is None:
+            try:  # the sequence number first: the records up to the cursor are only counted past
+                seq = int(data.split(b",", 2)[1])
+            except (IndexError, ValueError):
                 continue
             if first_seen is None:
-                first_seen = message.seq
-            last = max(last, message.seq)
-            if message.seq > cursor:
-                messages.append(message)
+                first_seen = seq
+            last = max(last, seq)
+            if seq > cursor:
+                message = parse(data)
+                if message is not None:
+                    messages.append(message)
     finally:
         os.close(fd)
     lost = max(0, first_seen - cursor - 1) if first_seen is not None and cursor >= 0 else 0

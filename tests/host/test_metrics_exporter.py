@@ -221,3 +221,30 @@ def test_status_shows_the_node_at_a_glance(node) -> None:
     assert report["health"]["healthy"] is True and {f["check"] for f in report["health"]["findings"]} >= {"mount", "probe", "io"}
     assert report["metrics"]["age_seconds"] < 120 and report["io_errors"]["watched"] is True
     assert report["slurm"]["drained_by_tool"] == "" and report["trash"]["complete"] is True
+
+
+def imported_by(scratch, hook: str, job_id: int) -> set[str]:
+    """The modules a hook imports, as `python3 -X importtime` reports them (the hook's own -I -S)."""
+    context = "prolog_slurmd" if hook == "prolog" else "epilog_slurmd"
+    env = scratch.job_env(job_id, context=context)
+    result = subprocess.run(["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), "/usr/bin/python3", "-I", "-S", "-X", "importtime",
+                             str(REPO / "hooks" / hook)], cwd="/", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")} - {"imported package"}
+
+
+def test_the_per_job_hooks_pay_nothing_for_metrics(node) -> None:
+    """With metrics on, the Prolog and Epilog import exactly what they import with metrics off (no
+    prometheus_client, re, json, logging...) and only append one line to a file in /run."""
+    scratch, slurm, textfiles, exporter = node
+    assert healthcheck(scratch).returncode == 0  # metrics on: the health check made the figures file
+    on = {hook: imported_by(scratch, hook, 91) for hook in ("prolog", "epilog")}
+    lines = Path(layout.HOOK_FIGURES).read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["prolog", "epilog"] and all(line.split()[2] == "0" for line in lines)
+    scratch.configure({"volume": {"backend": "single"}, "slurm": {"scontrol": str(slurm.dir / "scontrol")}})
+    assert healthcheck(scratch).returncode == 0  # metrics off: the figures file is gone
+    assert not os.path.exists(layout.HOOK_FIGURES)
+    off = {hook: imported_by(scratch, hook, 92) for hook in ("prolog", "epilog")}
+    for hook in ("prolog", "epilog"):
+        assert on[hook] - {"slurm_scratch.figures"} == off[hook] - {"slurm_scratch.figures"}, hook
+        assert not {"prometheus_client", "re", "json", "logging", "dataclasses", "typing", "subprocess"} & on[hook], hook
