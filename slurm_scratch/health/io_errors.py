@@ -140,10 +140,7 @@ def recent(events: tuple[tuple[str, float], ...], now: float, window: float) -> 
 
 
 def load() -> IoState:
-    try:
-        fields = statefile.read_fields(IO_ERRORS_STATE) or {}
-    except OSError:
-        fields = {}
+    fields = statefile.fields_or_empty(IO_ERRORS_STATE)
     events = []
     for item in fields.get("events", "").split():
         name, _, seconds = item.rpartition("@")

@@ -16,26 +16,16 @@ class Latest(Record):
     findings: tuple[Finding, ...]
 
 
-def _float(value: str | None) -> float:
-    try:
-        return float(value or 0)
-    except ValueError:
-        return 0.0
-
-
 def load() -> Latest:
-    try:
-        fields = statefile.read_fields(HEALTH_FINDINGS) or {}
-    except OSError:
-        fields = {}
+    fields = statefile.fields_or_empty(HEALTH_FINDINGS)
     findings = []
     for index in range(int(fields.get("findings", "0") or 0) if fields.get("findings", "0").isdigit() else 0):
         check, _, rest = fields.get(f"finding.{index}", "").partition(" ")
         state, _, text = rest.partition(" ")
         if check:
             findings.append(Finding(check=check, healthy=state == "ok", text=text))
-    return Latest(time=_float(fields.get("time")), healthy=fields.get("healthy") == "yes",
-                  last_healthy=_float(fields.get("last_healthy")), findings=tuple(findings))
+    return Latest(time=statefile.number(fields.get("time")), healthy=fields.get("healthy") == "yes",
+                  last_healthy=statefile.number(fields.get("last_healthy")), findings=tuple(findings))
 
 
 def save(findings: list[Finding], now: float) -> Latest:
