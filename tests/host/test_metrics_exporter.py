@@ -248,3 +248,19 @@ def test_the_per_job_hooks_pay_nothing_for_metrics(node) -> None:
     for hook in ("prolog", "epilog"):
         assert on[hook] - {"slurm_scratch.figures"} == off[hook] - {"slurm_scratch.figures"}, hook
         assert not {"prometheus_client", "re", "json", "logging", "dataclasses", "typing", "subprocess"} & on[hook], hook
+
+
+def test_the_installed_hooks_write_the_metrics(installed, node) -> None:
+    """`make install` brings prometheus_client into the virtualenv: the installed healthcheck writes
+    the file, the installed Prolog and Epilog leave their figures, as slurmd runs them (env -i)."""
+    scratch, slurm, textfiles, exporter = node
+    hooks = installed / "libexec" / "slurm-scratch"
+    env = {"SLURMD_NODENAME": NODE, "SLURM_SCRATCH_CONF": str(scratch.config)}
+    assert scratch.hook("healthcheck", env, hooks_dir=hooks).returncode == 0
+    assert scratch.hook("prolog", scratch.job_env(95), hooks_dir=hooks).returncode == 0
+    assert scratch.hook("epilog", scratch.job_env(95, context="epilog_slurmd"), hooks_dir=hooks).returncode == 0
+    result = scratch.hook("healthcheck", env, hooks_dir=hooks)
+    assert result.returncode == 0, result.stderr
+    found = exporter.scrape()
+    counts = {s.labels["hook"]: s.value for s in found["slurm_scratch_hook_duration_seconds"].samples if s.name.endswith("_count")}
+    assert counts == {"prolog": 1, "epilog": 1} and value(found, "slurm_scratch_healthy") == 1
