@@ -181,7 +181,12 @@ def write(directory: str, text: bytes) -> str:
     """Replace directory/slurm_scratch.prom with `text`: temporary file, 0644, fsync, rename."""
     path = f"{directory}/{METRICS_FILE}"
     temporary = f"{directory}/.{METRICS_FILE}.{os.getpid()}.tmp"  # not *.prom: the collector ignores it
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # a new file of ours, never one planted there
+    try:
+        fd = os.open(temporary, flags, 0o644)
+    except FileExistsError:  # left by a run killed mid-write that had this PID
+        os.unlink(temporary)
+        fd = os.open(temporary, flags, 0o644)
     try:
         os.fchmod(fd, 0o644)  # whatever the umask
         view = memoryview(text)
