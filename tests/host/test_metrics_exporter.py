@@ -195,6 +195,7 @@ def test_the_file_is_world_readable_replaced_by_rename_and_never_half_written(no
     finally:
         stop.set()
         thread.join()
+    assert slurm.calls() == [f"show node -o {NODE}"], "metrics on: still no RPC on a healthy node after the first check"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_uid == 0
     assert sorted(os.listdir(textfiles)) == ["slurm_scratch.prom"], "no temporary left"
     assert len(reads) > 5
