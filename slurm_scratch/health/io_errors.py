@@ -6,7 +6,8 @@ Each full run reads /dev/kmsg after its cursor (kmsg.py), counts the messages th
 disk, and keeps those of the last `[health] io_errors_window`. More than `[health] io_errors_max`
 of them about one disk make the finding `I/O errors on <disk>`, and that finding is sticky: it
 stays (and keeps the node drained) on quiet runs afterwards, until `slurm-scratch healthcheck
---clear-io-errors` or a new boot. All of it lives in layout.IO_ERRORS_STATE (STATE_DIR): the
+--clear-io-errors`, a new boot, or the disk is no longer part of the volume (setup rebuilt it
+without the disk: neither the volume record nor the mounted volume names it). All of it lives in layout.IO_ERRORS_STATE (STATE_DIR): the
 cursor with the boot id it belongs to (kernel sequence numbers restart at boot; a container
 restart keeps the boot and the kernel's log), the recent errors, the totals since boot (for the
 metrics) and the sticky finding. `--report-only` reads and reports, and saves nothing.
@@ -198,8 +199,8 @@ def check(config: Config, record: VolumeRecord | None, save_state: bool = True) 
             totals[name] = totals.get(name, 0) + 1
             last = message.text[:300]
     now = time.monotonic()
-    per_disk = recent(tuple(events), now, window)
-    sticky = state.sticky
+    per_disk = {name: count for name, count in recent(tuple(events), now, window).items() if name in names}
+    sticky = state.sticky if state.sticky in names else ""  # a disk no longer in the volume (rebuilt without it) lapses
     over = sorted((count, name) for name, count in per_disk.items() if count > config.health.io_errors_max)
     if not sticky and over:
         sticky = over[-1][1]

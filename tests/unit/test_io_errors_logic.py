@@ -97,6 +97,9 @@ def test_threshold_window_stickiness_and_clearing(monkeypatch, tmp_path) -> None
     kernel.log("I/O error, dev loop3, sector 3")
     assert io_errors.check(conf, None) == io_errors.bad("io", "I/O errors on /dev/loop3")
     assert io_errors.check(conf, None) == io_errors.bad("io", "I/O errors on /dev/loop3"), "sticky on a quiet run"
+    monkeypatch.setattr(io_errors, "watched", lambda record, mount: {"loop4": "/dev/loop4"})  # rebuilt without loop3
+    assert io_errors.check(conf, None, save_state=False).text == "no kernel I/O errors", "a disk no longer in the volume lapses"
+    monkeypatch.setattr(io_errors, "watched", lambda record, mount: NAMES)
     assert io_errors.clear() == "I/O errors on /dev/loop3"
     assert io_errors.check(conf, None).healthy
     assert io_errors.current().totals == {"loop3": 3, "loop4": 1}, "the cursor stayed: nothing counted twice"
