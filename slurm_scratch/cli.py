@@ -198,10 +198,11 @@ def hook(name: str, started: float | None = None) -> int:
 
 def _record_figure(name: str, timer: log.Timer, started: float | None, status: int) -> None:
     """The Prolog's and Epilog's figures for the metrics (figures.py: nothing when metrics are off)."""
+    if name not in ("prolog", "epilog"):  # figures.HOOKS: the TaskProlog and the health check do not import it
+        return
     from slurm_scratch import figures
 
-    if name in figures.HOOKS:
-        figures.record(name, timer.ms() + ((timer.start - started) * 1000.0 if started is not None else 0.0), status)
+    figures.record(name, timer.ms() + ((timer.start - started) * 1000.0 if started is not None else 0.0), status)
 
 
 def _parser():
