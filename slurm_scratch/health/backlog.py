@@ -21,6 +21,7 @@ class Backlog(Record):
     entries: int  # names in the trash (a retired job directory, a squatter's entry, ...)
     bytes: int  # on disk (allocated blocks) below them
     complete: bool  # False: the walk hit its time bound, or the trash could not be read
+    error: str = ""  # why the trash could not be read ("" when it could)
 
 
 def _walk(dir_fd: int, device: int, deadline: float) -> tuple[int, bool]:
@@ -76,8 +77,7 @@ def _measure(mount_point: str, seconds: float):
 def measure(config: Config, seconds: float) -> Backlog:
     """The trash's backlog, within `seconds` (the child is killed after twice that: a hung volume)."""
     result = timed.in_child(_measure(config.volume.mount_point, seconds), 2 * seconds + 1)
-    try:
-        entries, total, done = (int(value) for value in result.text.split()) if result.status == "ok" else (0, 0, 0)
-    except ValueError:
-        entries, total, done = 0, 0, 0
+    if result.status != "ok":
+        return Backlog(entries=0, bytes=0, complete=False, error=result.text or f"timed out after {2 * seconds + 1:g} s")
+    entries, total, done = (int(value) for value in result.text.split())
     return Backlog(entries=entries, bytes=total, complete=bool(done))

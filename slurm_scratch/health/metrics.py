@@ -220,6 +220,7 @@ def gather(config: Config, findings: list[Finding], run_seconds: float, kernel_l
     hooks = hook_figures.load()[0]
     hung = any(problem.check == "hung" for problem in problems)
     backlog = measure(config, min(2.0, config.health.check_timeout)) if mounted and not hung else None
+    backlog = backlog if backlog is None or not backlog.error else None  # not measured: left out
     io_state = io_errors.current() if config.health.io_errors_window > 0 else None
     names = io_errors.watched(record, None) if io_state is not None else {}
     return Figures(

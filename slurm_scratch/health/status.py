@@ -101,12 +101,14 @@ def trash_section(config: Config) -> dict:
     if mounts.find_mount(config.volume.mount_point) is None:
         return {"entries": None}
     backlog = measure(config, 2.0)
+    if backlog.error:
+        return {"entries": None, "error": backlog.error}
     return {"entries": backlog.entries, "bytes": backlog.bytes, "complete": backlog.complete}
 
 
 def trash_lines(section: dict, now: float) -> list[str]:
     if section["entries"] is None:
-        return ["trash:      (volume not mounted)"]
+        return [f"trash:      ({section.get('error') or 'volume not mounted'})"]
     more = "" if section["complete"] else " (at least: counting stopped at its time bound)"
     return [f"trash:      {section['entries']} entr{'y' if section['entries'] == 1 else 'ies'}, {size_text(section['bytes'])} waiting for the reaper{more}"]
 
