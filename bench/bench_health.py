@@ -12,7 +12,8 @@ healthy node after its first check), no job directories. It checks more: device 
 against the record, a write + fsync + read-back probe and statvfs in timed child processes, ext4's
 error count.
 
-Both run on the same real ext4 on a loop device, interleaved, as child processes of this one;
+Also timed: the same hook with `[health] metrics_dir` set (it imports prometheus_client and writes the
+textfile), printed as the added cost per check. All run on the same real ext4 on a loop device, interleaved, as child processes of this one;
 the medians and their ratio are printed (target: ratio <= 1.0). Needs root: it works in a private
 mount namespace (tmpfs over the tool's state dirs, the loop filesystem mounted there) and removes
 the loop device it made. Usage: bench/bench_health.py [--rounds N]
@@ -118,6 +119,11 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     config = work / "slurm-scratch.conf"
     config.write_text(f"[volume]\nmount_point = {mount_point}\nbackend = single\n[slurm]\nscontrol = {scontrol}\n")
     config.chmod(0o644)
+    textfiles = work / "textfile"  # metrics on: the same check, writing node_exporter's textfile too
+    textfiles.mkdir()
+    config_metrics = work / "slurm-scratch-metrics.conf"
+    config_metrics.write_text(config.read_text() + f"[health]\nmetrics_dir = {textfiles}\n")
+    config_metrics.chmod(0o644)
     baseline = work / "nhc-like.sh"
     baseline.write_text(NHC_LIKE)
     baseline.chmod(0o755)
@@ -135,6 +141,7 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     except ImportError:
         print("bench_health: no volume.state module: running without a volume record")
     hook_env = {"SLURMD_NODENAME": "bench1", "SLURM_SCRATCH_CONF": str(config)}
+    metrics_env = {**hook_env, "SLURM_SCRATCH_CONF": str(config_metrics)}
     timed([str(HOOK)], hook_env)  # the first check after boot asks Slurm (here: the fake) once
     calls_after_first = (work / "calls.log").read_text().splitlines()
     nhc_argv = [str(baseline), mount_point, "3", "3"]
@@ -142,12 +149,14 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
     python_argv = ["/usr/bin/python3", "-I", "-S", "-c", "pass"]
     for _ in range(5):  # warm up all
         timed([str(HOOK)], hook_env)
+        timed([str(HOOK)], metrics_env)
         timed(nhc_argv, TOOLS_ENV)
         timed(probing_argv, TOOLS_ENV)
         timed(python_argv, {})
-    ours, theirs, theirs_probing, python = [], [], [], []
+    ours, ours_metrics, theirs, theirs_probing, python = [], [], [], [], []
     for _ in range(rounds):
         ours.append(timed([str(HOOK)], hook_env))
+        ours_metrics.append(timed([str(HOOK)], metrics_env))
         theirs.append(timed(nhc_argv, TOOLS_ENV))
         theirs_probing.append(timed(probing_argv, TOOLS_ENV))
         python.append(timed(python_argv, {}))
@@ -159,14 +168,18 @@ def run(work: Path, device: str, mount_point: str, rounds: int) -> int:
 
     print(f"{rounds} interleaved runs each, on ext4 on {device}:")
     print(line("healthcheck (hook, healthy, steady state, no Slurm RPC)", ours))
+    print(line("healthcheck with [health] metrics_dir (writes the .prom file)", ours_metrics))
     print(line("NHC-like bash (mounts + df -Pk + df -Pi)", theirs))
     print(line("NHC-like bash + write/fsync/read/unlink probe (dd, cat)", theirs_probing))
     print(line("for scale: /usr/bin/python3 -I -S -c pass", python))
     ratio = ours_median / theirs_median
     print(f"ratio healthcheck / NHC-like: {ratio:.2f} (target <= 1.00) {'PASS' if ratio <= 1.0 else 'MISS'}")
     print(f"ratio healthcheck / NHC-like with the same probe: {ours_median / statistics.median(theirs_probing):.2f}")
+    metrics_median = statistics.median(ours_metrics)
+    print(f"metrics on: +{metrics_median - ours_median:.1f} ms per check, ratio {metrics_median / ours_median:.2f} to metrics off "
+          f"(prometheus_client's import; once a minute, off the job path); ratio to NHC-like {metrics_median / theirs_median:.2f}")
     print(f"Slurm calls: {len(calls_after_first)} on the first check after boot, "
-          f"{len(calls) - len(calls_after_first)} in the {rounds + 5} checks after it")
+          f"{len(calls) - len(calls_after_first)} in the {2 * (rounds + 5)} checks after it (half of them with metrics on)")
     return 0
 
 

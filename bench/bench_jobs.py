@@ -243,6 +243,7 @@ def main() -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--prefix", type=Path, help="use this `make install` prefix instead of installing")
     where.add_argument("--checkout", action="store_true", help="time the checkout's hooks/ instead of an install")
+    parser.add_argument("--metrics", action="store_true", help="hooks leave their figures for the metrics, as with [health] metrics_dir set")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_jobs: needs root (loop devices, mounts); skipped")
@@ -267,6 +268,12 @@ def main() -> int:
         config = work / "slurm-scratch.conf"
         config.write_text(f"[volume]\nmount_point = {mount_point}\n")
         config.chmod(0o644)
+        if args.metrics:  # what a health check with [health] metrics_dir makes: the hooks append to it
+            from slurm_scratch.layout import HOOK_FIGURES
+
+            Path(HOOK_FIGURES).parent.mkdir(parents=True, exist_ok=True)
+            Path(HOOK_FIGURES).touch(mode=0o600)
+            what += ", metrics on (figures left in /run)"
 
         load = os.getloadavg()[0]
         print(f"bench_jobs: {args.fs} on a {args.size_gb} GiB sparse loop device, {what}, {os.cpu_count()} CPUs, load average {load:.2f}")
@@ -284,6 +291,10 @@ def main() -> int:
         print(f"  trash emptied            {emptied:8.2f} ms   rm -rf           {rm:8.2f} ms   speed {speed:6.2f}x   target >= 0.8x   {verdict(speed >= 0.8)}")
         bench_quota(hooks, work, loops, args.runs)
         print(f"  (medians: {args.runs} Prolog/bash runs interleaved; {args.reps} Epilog/rm -rf repetitions, alternating order)")
+        if args.metrics:
+            from slurm_scratch.layout import HOOK_FIGURES
+
+            print(f"  figures left for the metrics: {len(Path(HOOK_FIGURES).read_text().splitlines())} lines")
         return 0
     finally:
         try:

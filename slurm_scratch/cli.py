@@ -96,10 +96,17 @@ def cmd_task_prolog(config_path: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_healthcheck(config_path: str | None, node: str | None = None, report_only: bool = False) -> int:
+def cmd_healthcheck(config_path: str | None, node: str | None = None, report_only: bool = False, clear_io_errors: bool = False) -> int:
     from slurm_scratch.health import entry
 
-    return entry.main(load_config(config_path), _node_name(node), report_only)
+    config = load_config(config_path)
+    if clear_io_errors:
+        from slurm_scratch.health import io_errors
+
+        cleared = io_errors.clear()
+        log.info(f"healthcheck: cleared {cleared} (--clear-io-errors)")
+        print(f"cleared: {cleared}")
+    return entry.main(config, _node_name(node), report_only)
 
 
 def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
@@ -109,11 +116,9 @@ def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:
-    from slurm_scratch.jobs import kept
-    from slurm_scratch.volume import status
+    from slurm_scratch.health import status
 
-    config = load_config(config_path)
-    return status.main(config, as_json, kept=kept.report(config))
+    return status.main(load_config(config_path), as_json)
 
 
 def cmd_reap(config_path: str | None) -> int:
@@ -177,13 +182,26 @@ def _guarded(name: str, call) -> int:
         return EXIT_FAILURE
 
 
-def hook(name: str) -> int:
-    """Entry point of hooks/<name>, as slurm.conf runs it (empty environment, no arguments)."""
+def hook(name: str, started: float | None = None) -> int:
+    """Entry point of hooks/<name>, as slurm.conf runs it (empty environment, no arguments).
+    `started`: time.monotonic() when the hook's interpreter began (for the Prolog's and Epilog's figures)."""
     if name not in HOOK_COMMANDS:
         sys.stderr.write(f"slurm-scratch: unknown hook {name!r} (expected one of {', '.join(HOOK_COMMANDS)})\n")
         return EXIT_USAGE
     log.configure(f"slurm-scratch-{name.replace('_', '-')}", stderr=name != "task_prolog")
-    return _guarded(name, lambda: HOOK_COMMANDS[name](None))
+    timer = log.Timer()
+    status = _guarded(name, lambda: HOOK_COMMANDS[name](None))
+    _record_figure(name, timer, started, status)
+    return status
+
+
+def _record_figure(name: str, timer: log.Timer, started: float | None, status: int) -> None:
+    """The Prolog's and Epilog's figures for the metrics (figures.py: nothing when metrics are off)."""
+    if name not in ("prolog", "epilog"):  # figures.HOOKS: the TaskProlog and the health check do not import it
+        return
+    from slurm_scratch import figures
+
+    figures.record(name, timer.ms() + ((timer.start - started) * 1000.0 if started is not None else 0.0), status)
 
 
 def _parser():
@@ -200,7 +218,8 @@ def _parser():
     health = commands.add_parser("healthcheck", help="check the volume; drain or resume the node")
     health.add_argument("--node", help="Slurm node name (default: $SLURMD_NODENAME or the short host name)")
     health.add_argument("--report-only", action="store_true", help="check and report only: no drain, resume or clean-up (for NHC, cron)")
-    status = commands.add_parser("status", help="show disks, volume, mount and space")
+    health.add_argument("--clear-io-errors", action="store_true", help="forget the kernel I/O errors counted so far (and a sticky 'I/O errors on <disk>' finding), then check")
+    status = commands.add_parser("status", help="show disks, volume, space, Slurm state, health, I/O errors, trash, metrics")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("reap", help="empty the trash now")
     sweep = commands.add_parser("sweep", help="retire directories of jobs that no longer run here")
@@ -217,10 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         "prolog": lambda: cmd_prolog(args.config),
         "epilog": lambda: cmd_epilog(args.config),
         "task-prolog": lambda: cmd_task_prolog(args.config),
-        "healthcheck": lambda: cmd_healthcheck(args.config, args.node, args.report_only),
+        "healthcheck": lambda: cmd_healthcheck(args.config, args.node, args.report_only, args.clear_io_errors),
         "status": lambda: cmd_status(args.config, args.json),
         "reap": lambda: cmd_reap(args.config),
         "sweep": lambda: cmd_sweep(args.config, args.node),
         "check-config": lambda: cmd_check_config(args.config),
     }
-    return _guarded(args.command, calls[args.command])
+    timer = log.Timer()
+    status = _guarded(args.command, calls[args.command])
+    _record_figure(args.command, timer, None, status)
+    return status

@@ -61,6 +61,9 @@ class HealthConfig(Record):
     min_free_inodes_percent: float
     repair: bool
     housekeeping_seconds: float
+    metrics_dir: str  # "" = no metrics file
+    io_errors_max: int
+    io_errors_window: float  # seconds; 0 = the kernel log is not read
 
 
 class SlurmConfig(Record):
@@ -212,20 +215,26 @@ def parse_text(value: str) -> str:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(value: str) -> float:
-    """`0` or a number with a unit: `90s`, `30m`, `24h`, `7d` (at most 366 days)."""
-    unit = _DURATION_UNITS.get(_no_space(value)[-1:].lower())
-    if value == "0":
-        return 0.0
-    try:
-        if unit is None:
-            raise ValueError
-        seconds = float(value[:-1]) * unit
-    except ValueError:
-        raise ValueError("must be 0 or a duration with a unit, such as 90s, 30m, 24h or 7d") from None
-    if not 0 <= seconds <= 366 * 86400:
-        raise ValueError("must be between 0 and 366d")
-    return seconds
+def duration(maximum: float):
+    """A parser of `0` or a number with a unit: `90s`, `30m`, `24h`, `7d` (a bare number other than
+    0 is refused: seconds or hours?), at most `maximum` seconds."""
+    def parse(value: str) -> float:
+        if value == "0":
+            return 0.0
+        unit = _DURATION_UNITS.get(_no_space(value)[-1:].lower())
+        try:
+            if unit is None:
+                raise ValueError
+            seconds = float(value[:-1]) * unit
+        except ValueError:
+            raise ValueError("must be 0 or a duration with a unit, such as 90s, 30m, 24h or 7d") from None
+        if not 0 <= seconds <= maximum:
+            raise ValueError(f"must be between 0 and {maximum / 86400:g}d")
+        return seconds
+
+    return parse
+
+
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -309,7 +318,7 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "sweep_guard": (number(0, 86400 * 30), "60"),
         "reaper_max_seconds": (number(1, 86400 * 7), "3600"),
         "fs_timeout": (number(1, 3600), "30"),
-        "keep_failed": (parse_duration, "0"),
+        "keep_failed": (duration(366 * 86400), "0"),
         "keep_reclaim_free_percent": (number(0, 100), "10"),
         "quota": (parse_quota, "off"),
         "quota_default": (parse_size_or_percent, "10%"),
@@ -324,6 +333,9 @@ SCHEMA: dict[str, dict[str, tuple[object, str]]] = {
         "min_free_inodes_percent": (number(0, 100), "3"),
         "repair": (parse_bool, "no"),
         "housekeeping_seconds": (number(0, 3600), "20"),
+        "metrics_dir": (parse_optional_path, ""),
+        "io_errors_max": (integer(0, 1000000), "10"),
+        "io_errors_window": (duration(86400 * 30), "1h"),
     },
     "slurm": {
         "drain_prefix": (parse_prefix, "scratch:"),

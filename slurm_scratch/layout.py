@@ -114,3 +114,11 @@ def open_private_dir(root_fd: int, mount_point: str, name: str, create: bool) ->
         os.close(fd)
         raise ScratchError(f"{mount_point}/{name} is not root's private directory (uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): remove it by hand")
     return fd
+
+# ---- operations: metrics and the kernel log ---------------------------------------------------
+
+HOOK_FIGURES = f"{RUN_DIR}/hook-figures"  # the Prolog's and Epilog's figures, for the metrics
+HOOK_TOTALS = f"{RUN_DIR}/hook-figures.totals"  # what the health check has folded of them
+HEALTH_FINDINGS = f"{RUN_DIR}/health.findings"  # the latest health check's findings (status, metrics)
+IO_ERRORS_STATE = f"{STATE_DIR}/io-errors"  # the kernel log's cursor (per boot) and the I/O errors counted
+METRICS_FILE = "slurm_scratch.prom"  # in [health] metrics_dir

@@ -39,3 +39,19 @@ def write_fields(path: str, fields: dict[str, object]) -> None:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def fields_or_empty(path: str) -> dict[str, str]:
+    """The file's fields; none when it is missing or cannot be read (a state that starts afresh)."""
+    try:
+        return read_fields(path) or {}
+    except OSError:
+        return {}
+
+
+def number(value: str | None) -> float:
+    """A field's number; 0 when absent or not a number."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0

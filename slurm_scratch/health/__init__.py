@@ -13,6 +13,9 @@ Checks; each returns a Finding (check name, healthy?, one line of text):
   probe     create + write + fsync + drop cache + read back + unlink a 4 KiB file in the
             root-owned trash dir (<mount_point>/.slurm-scratch-trash, never a user-writable one)
   errors    ext4's error count (/sys/fs/ext4/<dev>/errors_count) is 0
+  io        the kernel's I/O errors on a member disk or the volume since the last run, at most
+            [health] io_errors_max within io_errors_window; past it, sticky until
+            `healthcheck --clear-io-errors` or a new boot (io_errors.py, kmsg.py)
 statvfs and the probe touch the filesystem: they run as two steps of one forked child, each under
 its own timeout ([health] check_timeout, probe_timeout), while this process does the other checks;
 a step still running at its timeout gets the child SIGKILLed and is itself a finding ("probe timed
@@ -45,9 +48,11 @@ Slurm calls (`scontrol listpids`, `squeue`): 2 C + 8 T + housekeeping_seconds + 
 with the defaults; C + 3 T + housekeeping_seconds + 2 T when no other full run holds the lock).
 `--report-only`: C. (`repair` adds volume setup's own bounds and one more round of checks.)
 
-Drain reason = `[slurm] drain_prefix` + the first problem in this order (mount, writable, layers,
-timed out, space/inodes, probe failure, fs errors), e.g. with mount_point /scratch and defaults:
+Drain reason = `[slurm] drain_prefix` + the first problem in this order (mount, kernel I/O errors,
+writable, layers, timed out, space/inodes, probe failure, fs errors), e.g. with mount_point /scratch
+and defaults:
   scratch: /scratch not mounted
+  scratch: I/O errors on /dev/nvme1n1
   scratch: /scratch is xfs, expected ext4
   scratch: /scratch mounted from /dev/loop3, expected /dev/vg.01/lv_ephemeral
   scratch: /scratch read-only
@@ -75,4 +80,6 @@ only problem is space runs the housekeeping too, so that it gets the space back 
 # The modules: findings (a check's result and the drain reason's order), checks (what is checked,
 # and the timed child for statvfs and the probe), stuck (the memory of a stuck child), recorded
 # (what the checks need of the volume record), housekeeping (sweep and reaper after a healthy
-# check), drain (the drain/resume policy), slurm (the Slurm backends), entry (locks, the run).
+# check), drain (the drain/resume policy), slurm (the Slurm backends), entry (locks, the run);
+# kmsg and io_errors (the kernel I/O error check), outputs (what a run leaves: latest findings,
+# hook_figures, metrics, with backlog), status (the `status` command).

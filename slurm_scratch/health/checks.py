@@ -52,20 +52,20 @@ def check_writable(config: Config, mount: mounts.Mount) -> Finding:
 def _statvfs_work(mount_point: str):
     def work() -> str:
         st = os.statvfs(mount_point)
-        return f"{st.f_blocks} {st.f_bavail} {st.f_files} {st.f_favail}"
+        return f"{st.f_blocks} {st.f_bavail} {st.f_files} {st.f_favail} {st.f_frsize}"
 
     return work
 
 
 def space_findings(config: Config, numbers: str) -> list[Finding]:
-    """Free space and inode findings from the statvfs child's "blocks bavail files favail"."""
+    """Free space and inode findings from the statvfs child's "blocks bavail files favail [frsize]"."""
     mount_point = config.volume.mount_point
-    blocks, bavail, files, favail = (int(value) for value in numbers.split())
+    blocks, bavail, files, favail = (int(value) for value in numbers.split()[:4])
     found = []
     if blocks > 0:
         free = 100.0 * bavail / blocks
         text = f"{mount_point} {100 - free:.0f}% full (min free {config.health.min_free_percent:g}%)"
-        found.append(bad("statvfs", text) if free < config.health.min_free_percent else ok("statvfs", text))
+        found.append((bad if free < config.health.min_free_percent else ok)("statvfs", text).replace(value=numbers))
     if files > 0:  # btrfs reports no inode limit
         free = 100.0 * favail / files
         text = f"{mount_point} inodes {100 - free:.0f}% used (min free {config.health.min_free_inodes_percent:g}%)"
@@ -282,7 +282,7 @@ def run_checks(config: Config) -> list[Finding]:
             elif result.status == "error":
                 findings.append(bad("statvfs", f"{mount_point} statvfs failed: {result.text}"))
         elif result.status == "ok":
-            findings.append(ok("probe", f"probe {result.text} ms"))
+            findings.append(ok("probe", f"probe {result.text} ms").replace(value=result.text))
         elif result.status == "error":
             findings.append(bad("probe", f"{mount_point} probe failed: {result.text}"))
     return findings

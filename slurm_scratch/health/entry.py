@@ -13,6 +13,7 @@ from slurm_scratch.config import Config
 from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
 from slurm_scratch.health.checks import run_checks
 from slurm_scratch.health.findings import Finding, problems_of
+from slurm_scratch.health.outputs import io_findings, record_run, write_metrics
 from slurm_scratch.layout import HEALTH_LOCK as LOCK_FILE
 from slurm_scratch.layout import HOUSEKEEPING_LOCK
 
@@ -45,8 +46,9 @@ def lock_wait_bound(config: Config) -> float:
     return checks_bound(config) + 3 * config.slurm.timeout + LOCK_SLACK_SECONDS
 
 
-def _check_and_print(config: Config, repair: bool) -> list[Finding]:
-    """Run the checks (and the repair when asked and nothing is mounted); print; the problems."""
+def _check_and_print(config: Config, repair: bool, save: bool = True) -> list[Finding]:
+    """Run the checks (and the repair when asked and nothing is mounted); print; all the findings.
+    `save`: the kernel I/O error check keeps its cursor and counts (not with --report-only)."""
     try:
         findings = run_checks(config)
     except OSError as exc:  # of this process (no fork, no /proc): not a finding about the volume
@@ -61,12 +63,13 @@ def _check_and_print(config: Config, repair: bool) -> list[Finding]:
         except ScratchError as exc:
             log.error(f"healthcheck: repair failed: {exc}")
         findings = run_checks(config)
-        problems = problems_of(findings)
+    findings += io_findings(config, save)
+    problems = problems_of(findings)
     if problems:
         print("\n".join(problem.text for problem in problems))
     else:
         print("ok: " + "; ".join(finding.text for finding in findings))
-    return problems
+    return findings
 
 
 def _short_of_space_only(problems: list[Finding]) -> bool:
@@ -84,18 +87,24 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
 
     timer = log.Timer()
     if report_only:
-        return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
+        findings = _check_and_print(config, repair=False, save=False)
+        write_metrics(config, findings, timer)
+        return EXIT_FAILURE if problems_of(findings) else EXIT_OK
     wait = lock_wait_bound(config)
     lock_fd = locks.acquire(LOCK_FILE, wait)
     if lock_fd is None:
         log.warning(f"healthcheck: another health check has held {LOCK_FILE} for over {wait:g} s: checking and reporting only")
-        return EXIT_FAILURE if _check_and_print(config, repair=False) else EXIT_OK
+        findings = _check_and_print(config, repair=False, save=False)
+        write_metrics(config, findings, timer)
+        return EXIT_FAILURE if problems_of(findings) else EXIT_OK
     try:
-        problems = _check_and_print(config, config.health.repair)
+        findings = _check_and_print(config, config.health.repair)
+        problems = problems_of(findings)
         try:
             drain.reconcile(config, node, problems[0].text if problems else None)
         except ScratchError as exc:
             log.error(f"healthcheck: could not update the node's state in Slurm: {exc}")
+        record_run(config, findings)
     finally:
         os.close(lock_fd)
     if (not problems or (config.jobs.keep_failed and _short_of_space_only(problems))) and config.health.housekeeping_seconds > 0:
@@ -109,6 +118,7 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
                 housekeeping(config, node, config.health.housekeeping_seconds)
             finally:
                 os.close(housekeeping_fd)
+    write_metrics(config, findings, timer)
     if problems:
         log.warning(f"healthcheck: {len(problems)} problem(s): {problems[0].text}", ms=timer.ms())
     return EXIT_FAILURE if problems else EXIT_OK

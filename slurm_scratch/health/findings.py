@@ -5,13 +5,15 @@ from __future__ import annotations
 from slurm_scratch.record import Record
 
 # Which problem names the drain reason when there are several (lower first).
-RANK = {"mount": 0, "writable": 1, "layers": 2, "hung": 3, "statvfs": 4, "probe": 5, "errors": 6}
+# Kernel I/O errors on a disk ("io") come before what they cause (read-only, a failed probe).
+RANK = {"mount": 0, "io": 1, "writable": 2, "layers": 3, "hung": 4, "statvfs": 5, "probe": 6, "errors": 7}
 
 
 class Finding(Record):
-    check: str  # mount, writable, layers, statvfs, probe, errors ("hung": a check that timed out)
+    check: str  # mount, writable, layers, statvfs, probe, errors, io ("hung": a check that timed out)
     healthy: bool
     text: str
+    value: str = ""  # what was measured, for the metrics: statvfs "blocks bavail files favail frsize", probe ms
 
 
 def ok(check: str, text: str) -> Finding:

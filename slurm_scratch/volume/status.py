@@ -1,12 +1,12 @@
-"""`slurm-scratch status [--json]`: disks found and skipped (with why), backend, volume state,
-filesystem, mount, size and free space. Read-only."""
+"""The volume's part of `slurm-scratch status` (health/status.py): disks found and skipped (with
+why), backend, volume state, filesystem, mount, size and free space. Read-only."""
 
 from __future__ import annotations
 
 import os
 
-from slurm_scratch.config import Config, VolumeConfig
-from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK, ScratchError
+from slurm_scratch.config import VolumeConfig
+from slurm_scratch.errors import ScratchError
 
 
 def _disk(disk) -> dict:
@@ -91,27 +91,3 @@ def render(report: dict) -> str:
         lines.append("setup would:")
         lines.extend(f"  {line}" for line in report["setup_would"])
     return "\n".join(lines)
-
-
-def render_kept(kept: dict) -> list[str]:
-    """The kept area's lines (the jobs wing's kept.report, handed in by the CLI)."""
-    lines = [f"kept:       {len(kept['dirs'])} in {kept['area']}" + (f" ({kept['problem']})" if kept.get("problem") else "")]
-    for entry in kept["dirs"]:
-        owner = entry["user"] if entry["uid"] is None else f"{entry['user']} (uid {entry['uid']})"
-        until = "due now" if entry["due"] else f"until {entry['until']}"
-        lines.append(f"  {entry['path']}  job {entry['job_id'] or '?'}  {owner}  kept {entry['kept_at'] or '?'}  {until}")
-    return lines
-
-
-def main(config: Config, as_json: bool, kept: dict | None = None) -> int:
-    """`slurm-scratch status`: exit 0 when the volume is mounted. `kept`: the kept area's report."""
-    report = collect(config.volume)
-    if kept is not None:
-        report["kept"] = kept
-    if as_json:
-        import json
-
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print("\n".join([render(report), *(render_kept(kept) if kept is not None else [])]))
-    return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE

@@ -32,13 +32,13 @@ def test_job_failed(environ, failed, failing, malformed) -> None:
 
 @pytest.mark.parametrize("value, seconds", [("0", 0), ("0s", 0), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1.5h", 5400), ("2H", 7200)])
 def test_durations(value, seconds) -> None:
-    assert config.parse_duration(value) == seconds
+    assert config.duration(366 * 86400)(value) == seconds
 
 
 @pytest.mark.parametrize("value", ["", "24", "h", "-1h", "1w", "nanh", "infd", "367d", "1 h", "0x"])
 def test_bad_durations(value) -> None:
     with pytest.raises(ValueError, match="duration|between|whitespace"):
-        config.parse_duration(value)
+        config.duration(366 * 86400)(value)
 
 
 def test_keep_failed_is_read_and_reclaim_must_lie_above_the_drain_thresholds() -> None:

@@ -172,11 +172,12 @@ def wait_drained(stack, what: str) -> str:
 
 def pull_disk(stack, disk, steps: Steps) -> None:
     """Pull `disk`: the health check drains the node, naming the problem in the layers (the LV
-    lost a leg) or, if ext4 already gave up, as read-only."""
+    lost a leg), the kernel's I/O errors on the disk (or the LV), or, if ext4 already gave up, as
+    read-only."""
     disk.disconnect()
     reason = wait_drained(stack, f"{disk.serial} pulled")
     assert reason in (f"scratch: LV {VG}/{LV} partial (a disk is missing)",
-                      f"scratch: {MOUNT_POINT} read-only"), reason
+                      f"scratch: {MOUNT_POINT} read-only") or reason.startswith("scratch: I/O errors on /dev/"), reason
     steps.done(f"disk pulled -> drained: {reason!r}")
 
 
@@ -231,6 +232,9 @@ def test_boot_job_reboot_pulled_disk_drains_and_its_return_resumes(disks, slurm_
         fsck = sh("e2fsck", "-fy", LV_DEVICE, check=False, timeout=120)
         assert fsck.returncode in (0, 1), f"e2fsck exited {fsck.returncode}: {fsck.stdout}{fsck.stderr}"
         repaired = node.setup_ok(TOOL_CONF)
+        # the kernel's I/O errors while the disk was gone hold the node drained until cleared
+        cleared = node.slurm_scratch(TOOL_CONF, "healthcheck", "--clear-io-errors", "--report-only", "--node", "vm")
+        assert "cleared:" in cleared.stdout, cleared.stdout + cleared.stderr
     assert node.fs_uuid(LV_DEVICE) == uuid, "reformatted at repair: " + repaired.stderr
     assert_striped_volume(made, repaired)
     assert (MOUNT_POINT / "marker").read_bytes() == marker
