@@ -543,6 +543,8 @@ def _check_keep(records: dict, shown: str, given: dict, problems: list[str]) -> 
         problems.append(f"{shown}:{lineno}: [jobs] keep_reclaim_free_percent = {jobs['keep_reclaim_free_percent']:g}: must be above "
                         f"[health] min_free_percent and min_free_inodes_percent ({drain_at:g}) when keep_failed is set, "
                         "so that kept directories are deleted before the node would drain for lack of space")
+
+
 def _check_quota(records: dict, shown: str, given: dict, problems: list[str]) -> None:
     """With [jobs] quota on, users may write only in their job directories (elsewhere on the volume
     no quota applies): the mount point defaults to 0755, and one others can write to is an error."""
