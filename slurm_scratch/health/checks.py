@@ -17,6 +17,10 @@ from slurm_scratch.health.recorded import expected_volume, field, recorded
 from slurm_scratch.volume.state import VolumeRecord
 from slurm_scratch.layout import PROBE_PREFIX
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from collections.abc import Callable
+
 PROBE_SIZE = 4096
 
 
@@ -248,13 +252,15 @@ def check_layers(config: Config, mount: mounts.Mount | None, record: VolumeRecor
     return []
 
 
-def run_checks(config: Config) -> list[Finding]:
+def run_checks(config: Config, meanwhile: Callable[[], list[Finding]] | None = None) -> list[Finding]:
+    """The checks' findings. `meanwhile` (a callable returning more findings, e.g. the kernel log's
+    I/O errors) runs in this process while the child touches the filesystem."""
     mount_point = config.volume.mount_point
     record = recorded(config)
     mount = mounts.find_mount(mount_point)
     findings = [check_mount(config, mount, record)]
     if mount is None:
-        return findings + check_layers(config, mount, record)
+        return findings + check_layers(config, mount, record) + (meanwhile() if meanwhile else [])
     writable = check_writable(config, mount)
     findings.append(writable)
     stuck_text = stuck.still_stuck()
@@ -268,6 +274,8 @@ def run_checks(config: Config) -> list[Finding]:
     errors = check_fs_errors(config, mount)
     if errors is not None:
         findings.append(errors)
+    if meanwhile is not None:
+        findings += meanwhile()
     if child is None:
         return findings + [bad("hung", stuck_text)]
     timeouts = [config.health.check_timeout, config.health.probe_timeout]

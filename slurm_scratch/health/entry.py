@@ -50,7 +50,7 @@ def _check_and_print(config: Config, repair: bool, save: bool = True) -> list[Fi
     """Run the checks (and the repair when asked and nothing is mounted); print; all the findings.
     `save`: the kernel I/O error check keeps its cursor and counts (not with --report-only)."""
     try:
-        findings = run_checks(config)
+        findings = run_checks(config, meanwhile=lambda: io_findings(config, save))
     except OSError as exc:  # of this process (no fork, no /proc): not a finding about the volume
         raise ScratchError(f"cannot run the checks: {exc}") from None
     problems = problems_of(findings)
@@ -62,8 +62,8 @@ def _check_and_print(config: Config, repair: bool, save: bool = True) -> list[Fi
             setup.ensure_mounted(config)
         except ScratchError as exc:
             log.error(f"healthcheck: repair failed: {exc}")
-        findings = run_checks(config)
-    findings += io_findings(config, save)
+        io = [finding for finding in findings if finding.check == "io"]  # the kernel log is read once
+        findings = run_checks(config) + io
     problems = problems_of(findings)
     if problems:
         print("\n".join(problem.text for problem in problems))

@@ -36,8 +36,8 @@ class KernelLog(Record):
 
 def boot_id(path: str = BOOT_ID) -> str:
     try:
-        with open(path, encoding="ascii", errors="replace") as stream:
-            return stream.read().strip()
+        with open(path, "rb") as stream:  # bytes: no codec module to import on every health check
+            return stream.read().decode("ascii", errors="replace").strip()
     except OSError:
         return ""
 
