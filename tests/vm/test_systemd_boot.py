@@ -1,0 +1,175 @@
+"""The boot unit (etc/systemd/slurm-scratch-setup.service) under a real systemd.
+
+The VM boots Debian's systemd as PID 1 (lab/vm_systemd.py) with two QEMU NVMe disks, a
+persistent state disk for /var/lib/slurm-scratch, the project installed with
+`make install PREFIX=/usr/local`, its unit enabled as the README says, and Debian's munge,
+slurmctld and slurmd units with `TmpFS=/scratch` and a `TmpDisk=` that fits the volume.
+Two QEMU runs on the same disks:
+1. a cold boot (blank disks: setup builds the volume), then a reboot from inside the guest
+   (same machine, same disks: setup must adopt and mount, not rebuild);
+2. a boot with one member disk gone: setup fails, slurmd still starts, the node is drained
+   with a `scratch:` reason and a user's job does not run until the admin repairs the volume.
+What each boot showed comes back as JSON (tests/vm/systemd_boot.py) with the boot's journal.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import vm_systemd
+from lab.vm_boot import qemu_unavailable_reason
+from lab.vm_image import ensure_image
+
+pytestmark = pytest.mark.vm
+
+GUEST_SCRIPT = "/src/tests/vm/systemd_boot.py"
+DISK_BYTES = 1 << 30
+DISKS = 2
+# slurm.conf's TmpDisk: below what the striped ext4 gives (LVM metadata, ext4 overhead).
+TMP_DISK_MB = DISKS * (DISK_BYTES >> 20) * 8 // 10
+USER, UID = "sduser", 4302  # tests/vm/systemd_boot.py submits as this user
+BOOT_TIMEOUT_S = 420
+SETUP = "slurm-scratch-setup.service"
+
+
+def node_description(*phases: str) -> dict:
+    return {
+        "boots": [f"python3 {GUEST_SCRIPT} {phase}" for phase in phases],
+        "tool_conf": {"volume": {"devices": f"/dev/disk/by-id/{vm_systemd.NVME_MODEL_BY_ID}*"}},
+        "tmp_disk_mb": TMP_DISK_MB,
+        "users": [[USER, UID]],
+        "timeout_s": BOOT_TIMEOUT_S,
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{phase: (facts, BootResult)} of the three boots, and the two QEMU runs."""
+    reason = qemu_unavailable_reason()
+    if reason:
+        pytest.skip(f"no VM possible here: {reason}")
+    image = ensure_image()
+    work = tmp_path_factory.mktemp("systemd-node")
+    installed = vm_systemd.install_tree(work / "installed")
+    disks = vm_systemd.make_nvme_disks(work, DISKS, DISK_BYTES)
+    state = vm_systemd.make_state_disk(work / "state.img")
+    first = vm_systemd.boot(image, work / "run-1", installed, node_description("cold", "reboot"),
+                            disks, state)
+    second = vm_systemd.boot(image, work / "run-2", installed, node_description("missing"),
+                             disks[:1], state)
+    for run in (first, second):
+        print(f"\n[vm-systemd] {run.describe().splitlines()[0]}", file=sys.stderr)
+        for boot in run.boots:
+            print(f"[vm-systemd] boot {boot.index}: {boot.boot_times.strip()}", file=sys.stderr)
+    found = {}
+    for phase, run, boot in (("cold", first, 0), ("reboot", first, 1), ("missing", second, 0)):
+        result = run.boots[boot]
+        facts_file = result.directory / "facts.json"
+        if result.exit_code != 0 or not facts_file.exists():
+            found[phase] = (None, result, run)
+        else:
+            import json
+            found[phase] = (json.loads(facts_file.read_text()), result, run)
+    return found
+
+
+def facts_of(runs, phase: str) -> tuple[dict, vm_systemd.BootResult]:
+    facts, result, run = runs[phase]
+    if facts is None:
+        pytest.fail(f"the {phase} boot gave no facts: {run.describe()}", pytrace=False)
+    return facts, result
+
+
+def journal_order(journal: str, *patterns: str) -> list[int]:
+    """The line number of the first journal line matching each pattern (-1: none)."""
+    lines = journal.splitlines()
+    found = []
+    for pattern in patterns:
+        found.append(next((n for n, line in enumerate(lines) if re.search(pattern, line)), -1))
+    return found
+
+
+def assert_setup_before_slurmd(facts: dict, result: vm_systemd.BootResult, outcome: str) -> None:
+    setup, slurmd = facts["units"][SETUP], facts["units"]["slurmd.service"]
+    assert setup["Result"] == outcome, setup
+    assert slurmd["ActiveState"] == "active", slurmd
+    setup_done = int(setup["ExecMainExitTimestampMonotonic"])
+    slurmd_start = int(slurmd["ExecMainStartTimestampMonotonic"])
+    assert 0 < setup_done <= slurmd_start, (setup, slurmd)
+    finished = "Finished" if outcome == "success" else "Failed to start"
+    setup_line, slurmd_line = journal_order(
+        result.journal, rf"systemd\[1\]: {finished} {re.escape(SETUP)}",
+        r"systemd\[1\]: Started slurmd\.service")
+    assert 0 <= setup_line < slurmd_line, (setup_line, slurmd_line, result.directory)
+
+
+def assert_volume_mounted(facts: dict) -> None:
+    assert facts["mount"] is not None, "no /scratch after boot"
+    source, point, fstype = facts["mount"]
+    assert (point, fstype) == ("/scratch", "ext4"), facts["mount"]
+    members = facts["volume_json"]["members"]
+    assert len(members) == DISKS, members
+
+
+def assert_tmp_disk(facts: dict) -> None:
+    """slurmd measured the mounted volume (TmpFS=/scratch), slurmctld shows the configured
+    TmpDisk, which the volume holds."""
+    assert facts["registered"] and facts["health_reported"], facts["node"]
+    assert facts["slurmd_tmp_disk"] == facts["scratch_mb"], facts
+    assert int(facts["node"]["TmpDisk"]) == TMP_DISK_MB <= facts["scratch_mb"], facts["node"]
+    assert "DRAIN" not in facts["node"]["State"] and facts["reason"] == "", facts["node"]
+
+
+def assert_job_ran_on_scratch(job: dict) -> None:
+    assert job["record"].get("JobState") == "COMPLETED", job
+    output = job["output"] or ""
+    assert f"SCRATCH=/scratch/job_{job['id']}\n" in output, output
+    assert "written=65536\n" in output and "on=/scratch\n" in output, output
+
+
+def test_cold_boot_builds_and_mounts_the_volume_before_slurmd_starts(runs):
+    facts, result = facts_of(runs, "cold")
+    assert_setup_before_slurmd(facts, result, "success")
+    assert_volume_mounted(facts)
+    assert re.search(r"setup: .*mkfs\.ext4", result.journal), "the cold boot made no filesystem"
+    assert_tmp_disk(facts)
+    assert_job_ran_on_scratch(facts["job"])
+
+
+def test_reboot_adopts_the_same_volume_before_slurmd_starts(runs):
+    cold, _ = facts_of(runs, "cold")
+    facts, result = facts_of(runs, "reboot")
+    assert_setup_before_slurmd(facts, result, "success")
+    assert_volume_mounted(facts)
+    assert facts["fs_uuid"] == cold["fs_uuid"], "the reboot made a new filesystem"
+    assert facts["marker"] == cold["fs_uuid"], "the first boot's data is gone"
+    assert not re.search(r"setup: .*(mkfs|pvcreate|vgcreate|lvcreate)", result.journal)
+    assert_tmp_disk(facts)
+    assert_job_ran_on_scratch(facts["job"])
+
+
+def test_the_unit_pulls_in_no_deprecated_udev_settle(runs):
+    for phase in ("cold", "reboot"):
+        _, result = facts_of(runs, phase)
+        assert "systemd-udev-settle.service is deprecated" not in result.journal
+        assert not re.search(r"Starting systemd-udev-settle\.service", result.journal)
+
+
+def test_a_missing_disk_leaves_slurmd_up_and_the_node_drained_taking_no_job(runs):
+    facts, result = facts_of(runs, "missing")
+    assert_setup_before_slurmd(facts, result, "exit-code")
+    assert facts["mount"] is None, facts["mount"]
+    assert re.search(r"slurm-scratch-setup\[\d+\]: .*SSNODE02", result.journal), \
+        "setup's failure does not name the missing disk"
+    assert facts["registered"], facts["node"]
+    assert (facts["drained_reason"] or "").startswith("scratch:"), facts["node_when_drained"]
+    waiting = facts["job_while_drained"]
+    assert waiting["record"]["JobState"] == "PENDING" and waiting["output"] is None, waiting
+    # The admin repairs it; the health check resumes the node and the job runs on the volume.
+    assert facts["repair"]["exit"] == 0, facts["repair"]
+    assert facts["after_repair"]["mount"] is not None, facts["repair"]
+    assert_job_ran_on_scratch(facts["job_after_repair"])
+    assert facts["reason_after_repair"] == "", facts
