@@ -18,4 +18,5 @@ nodes import are standard library only.
 - rootfs      a Debian trixie root with another Slurm for the cluster
 - vm_image, vm_boot, vm_init.sh   the QEMU test VM: image, boot, the guest's /init
 - nvme_disks, guest_node          inside the VM: NVMe/TCP disks with any identity; the node
+- vm_systemd, vm_systemd_init.sh, systemd_guest   the same VM booted by systemd (host; rdinit; guest)
 """

@@ -6,8 +6,9 @@ filesystem is the initramfs, fresh at each boot): it does what an admin's config
 management does on a compute node, from `/results/node.json` (written by the host):
 /etc/slurm/slurm.conf with `TmpFS=/scratch` and a `TmpDisk=` that fits the volume, the
 tool's config, the project's unit from /src/etc/systemd installed and enabled, the node's
-persistent state disk in /etc/fstab at /var/lib/slurm-scratch, the job users, and the
-test unit. Debian's munge, slurmctld and slurmd units are enabled by their packages.
+persistent state disks in /etc/fstab (/var/lib/slurm-scratch; slurmctld's state, so that a
+pending job outlives a reboot), the job users, and the test unit. Debian's munge, slurmctld
+and slurmd units are enabled by their packages.
 
 `run` is the test unit (vm-test.service, after multi-user.target): it runs this boot's command,
 writes its output, exit code and the boot's journal to `/results/boot-<n>/`, then reboots the
@@ -45,8 +46,11 @@ UNIT_SOURCE = Path("/src/etc/systemd/slurm-scratch-setup.service")
 UNIT_DIR = Path("/etc/systemd/system")
 SETUP_UNIT = "slurm-scratch-setup.service"
 TEST_UNIT = "vm-test.service"
-STATE_LABEL = "node-state"  # the filesystem label of the persistent state disk (made by the host)
-STATE_DIR = Path("/var/lib/slurm-scratch")
+# The persistent state disks (made by lab/vm_systemd.py), by filesystem label: where they are
+# mounted, and who must own that directory (systemd-tmpfiles sets it once it is mounted).
+STATE_MOUNTS = (("node-state", Path("/var/lib/slurm-scratch"), "root"),
+                ("ctld-state", SLURM_DIR / "ctld" / "state", "slurm"))
+TMPFILES = Path("/etc/tmpfiles.d/vm-state.conf")
 HOMES = Path("/home")
 # Units that need a terminal or hardware this VM does not have: masked.
 MASKED = ("getty@.service", "serial-getty@.service", "systemd-timesyncd.service")
@@ -93,9 +97,12 @@ def provision() -> None:
     write_tool_conf(TOOL_CONF, {section: dict(keys) for section, keys in node["tool_conf"].items()})
     for name, uid in node["users"]:
         add_user(name, uid)
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
     with open("/etc/fstab", "a") as fstab:
-        fstab.write(f"LABEL={STATE_LABEL} {STATE_DIR} ext4 defaults 0 0\n")
+        for label, directory, _ in STATE_MOUNTS:
+            directory.mkdir(parents=True, exist_ok=True)
+            fstab.write(f"LABEL={label} {directory} ext4 defaults 0 0\n")
+    TMPFILES.write_text("".join(f"d {directory} 0755 {owner} {owner} -\n"
+                                for _, directory, owner in STATE_MOUNTS))
     for unit in MASKED:
         (UNIT_DIR / unit).symlink_to("/dev/null")
     # As the README tells an admin: copy the unit, enable it (systemctl works offline here).

@@ -4,8 +4,8 @@ The same image as lab/vm_boot.py, booted with `rdinit=` lab/vm_systemd_init.sh, 
 provisions the node (lab/systemd_guest.py) and execs systemd. The node has
 - local NVMe disks: QEMU's own NVMe controllers on sparse host files (they keep their data
   across boots; udev names them /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_<serial>);
-- a persistent state disk (virtio, ext4 labelled `node-state`) mounted at /var/lib/slurm-scratch,
-  as a node's root volume keeps /var/lib across a reboot;
+- persistent state disks (virtio, ext4) for /var/lib/slurm-scratch and slurmctld's state, as a
+  node's root volume keeps /var/lib across a reboot;
 - the project installed by `make install PREFIX=/usr/local` (run on the host into a folder
   bound at /usr/local in a private mount namespace; shared read-only at /usr/local);
 - its unit (etc/systemd/slurm-scratch-setup.service) enabled, and Debian's munge, slurmctld
@@ -25,7 +25,9 @@ from lab.vm_boot import PROJECT_ROOT, qemu_argv, read_text, run_qemu
 from lab.vm_image import SYSTEMD_INIT, VmImage
 
 NVME_MODEL_BY_ID = "nvme-QEMU_NVMe_Ctrl_"  # udev's by-id prefix of QEMU's NVMe controller
-STATE_LABEL = "node-state"  # lab/systemd_guest.py mounts it by this label
+# The node's persistent disks, by filesystem label (lab/systemd_guest.py mounts them): the
+# tool's /var/lib/slurm-scratch, and slurmctld's state (so that a job outlives a reboot).
+STATE_LABELS = ("node-state", "ctld-state")
 STATE_DISK_BYTES = 64 << 20
 # Time the guest needs around its commands, per boot: kernel, systemd, shutdown.
 BOOT_ALLOWANCE_S = 120
@@ -79,13 +81,17 @@ def make_nvme_disks(folder: Path, count: int, size_bytes: int, prefix: str = "SS
     return disks
 
 
-def make_state_disk(path: Path) -> Path:
-    """A small ext4 image labelled STATE_LABEL: the node's persistent /var/lib/slurm-scratch."""
-    with path.open("wb") as image:
-        image.truncate(STATE_DISK_BYTES)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", STATE_LABEL, str(path)], check=True,
-                   capture_output=True, timeout=60)
-    return path
+def make_state_disks(folder: Path) -> list[Path]:
+    """Small blank ext4 images, one per STATE_LABELS: the node's persistent state."""
+    made = []
+    for label in STATE_LABELS:
+        path = folder / f"{label}.img"
+        with path.open("wb") as image:
+            image.truncate(STATE_DISK_BYTES)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path)], check=True,
+                       capture_output=True, timeout=60)
+        made.append(path)
+    return made
 
 
 def install_tree(folder: Path, repo: Path = PROJECT_ROOT) -> Path:
@@ -103,14 +109,15 @@ def install_tree(folder: Path, repo: Path = PROJECT_ROOT) -> Path:
 
 
 def boot(image: VmImage, results_dir: Path, installed: Path, node: dict,
-         disks: list[NvmeDisk], state_disk: Path, *, memory_mb: int = 2048,
+         disks: list[NvmeDisk], state_disks: list[Path], *, memory_mb: int = 2048,
          cpus: int = 2, kernel_arguments: str = "") -> SystemdRun:
     """Boot the node once per entry of `node["boots"]` (shell commands) and collect each boot's
     results. `node` also holds `tool_conf`, `tmp_disk_mb`, `users` and `timeout_s` (per boot)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "node.json").write_text(json.dumps(node, indent=2))
-    extra = ["-virtfs", f"local,path={installed},mount_tag=installed,security_model=none,readonly=on",
-             "-drive", f"file={state_disk},if=virtio,format=raw"]
+    extra = ["-virtfs", f"local,path={installed},mount_tag=installed,security_model=none,readonly=on"]
+    for state_disk in state_disks:
+        extra += ["-drive", f"file={state_disk},if=virtio,format=raw"]
     for number, disk in enumerate(disks):
         extra += ["-drive", f"file={disk.backing},if=none,id=nvme{number},format=raw",
                   "-device", f"nvme,serial={disk.serial},drive=nvme{number}"]

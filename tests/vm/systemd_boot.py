@@ -1,14 +1,16 @@
 """Inside the VM booted by systemd (lab/vm_systemd.py): what one boot of the node shows, written
 as JSON to $VM_RESULTS/facts.json for tests/vm/test_systemd_boot.py, which asserts on it.
 
-    python3 systemd_boot.py cold|reboot|missing
+    python3 systemd_boot.py cold|reboot|missing|back JOB_ID
 
 Every phase waits (bounded) for slurmd to register and for the health check slurmd ran to
 report, then records the units' timestamps, /scratch, the volume record, `scontrol show node`,
 `sinfo -R` and the TmpDisk slurmd measured. `cold` and `reboot` then run an ordinary user's job
 that writes to $SCRATCH (`cold` also leaves a marker on the volume for the reboot to find).
 `missing` (a member disk gone) waits for the drain, submits the user's job and records it
-pending once the scheduler has looked at it.
+pending once the scheduler has looked at it; `back` (the disk back, the node rebooted) records
+that job running on the volume once the health check has resumed the node (slurmctld's state is
+on a persistent disk, so the job outlives the reboot).
 
 Standard library only (the guest's bare python3; the checkout is at /src).
 """
@@ -144,6 +146,8 @@ def boot_facts() -> dict:
 
 def cold() -> dict:
     facts = boot_facts()
+    verify = command("systemd-analyze", "verify", SETUP_UNIT)
+    facts["verify"] = {"exit": verify.returncode, "output": verify.stdout + verify.stderr}
     if facts["mount"]:
         MARKER.write_text(facts.get("fs_uuid", ""))
         os.sync()
@@ -180,9 +184,18 @@ def missing() -> dict:
     return facts
 
 
+def back(job_id: int) -> dict:
+    """The disk is back and the node rebooted: job `job_id`, which waited, runs."""
+    facts = boot_facts()
+    facts["marker"] = MARKER.read_text() if MARKER.exists() else None
+    facts["job"] = wait_job_end(job_id)
+    facts["reason_after_job"] = node_reason()
+    return facts
+
+
 if __name__ == "__main__":
-    phase = sys.argv[1]
-    gathered = {"cold": cold, "reboot": reboot, "missing": missing}[phase]()
+    phase, *args = sys.argv[1:]
+    gathered = {"cold": cold, "reboot": reboot, "missing": missing, "back": back}[phase](*map(int, args))
     out = Path(os.environ.get("VM_RESULTS", ".")) / "facts.json"
     out.write_text(json.dumps(gathered, indent=2, sort_keys=True))
     print(json.dumps(gathered, indent=2, sort_keys=True))

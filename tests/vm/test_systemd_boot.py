@@ -4,11 +4,13 @@ The VM boots Debian's systemd as PID 1 (lab/vm_systemd.py) with two QEMU NVMe di
 persistent state disk for /var/lib/slurm-scratch, the project installed with
 `make install PREFIX=/usr/local`, its unit enabled as the README says, and Debian's munge,
 slurmctld and slurmd units with `TmpFS=/scratch` and a `TmpDisk=` that fits the volume.
-Two QEMU runs on the same disks:
+Three QEMU runs on the same disks:
 1. a cold boot (blank disks: setup builds the volume), then a reboot from inside the guest
    (same machine, same disks: setup must adopt and mount, not rebuild);
 2. a boot with one member disk gone: setup fails, slurmd still starts, the node is drained
-   with a `scratch:` reason and a user's job stays pending.
+   with a `scratch:` reason and a user's job stays pending;
+3. the disk is back: setup adopts the volume at boot, the health check resumes the node, and
+   the job that waited runs on /scratch (slurmctld's state is on a persistent disk).
 What each boot showed comes back as JSON (tests/vm/systemd_boot.py) with the boot's journal.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ SETUP = "slurm-scratch-setup.service"
 
 
 def node_description(*phases: str) -> dict:
+    """node.json: one boot per phase of tests/vm/systemd_boot.py (with its arguments)."""
     return {
         "boots": [f"python3 {GUEST_SCRIPT} {phase}" for phase in phases],
         "tool_conf": {"volume": {"devices": f"/dev/disk/by-id/{vm_systemd.NVME_MODEL_BY_ID}*"}},
@@ -47,7 +50,7 @@ def node_description(*phases: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{phase: (facts, BootResult)} of the three boots, and the two QEMU runs."""
+    """{phase: (facts, BootResult, SystemdRun)} of the four boots (three QEMU runs)."""
     reason = qemu_unavailable_reason()
     if reason:
         pytest.skip(f"no VM possible here: {reason}")
@@ -55,24 +58,31 @@ def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("systemd-node")
     installed = vm_systemd.install_tree(work / "installed")
     disks = vm_systemd.make_nvme_disks(work, DISKS, DISK_BYTES)
-    state = vm_systemd.make_state_disk(work / "state.img")
+    state = vm_systemd.make_state_disks(work)
     first = vm_systemd.boot(image, work / "run-1", installed, node_description("cold", "reboot"),
                             disks, state)
     second = vm_systemd.boot(image, work / "run-2", installed, node_description("missing"),
                              disks[:1], state)
-    for run in (first, second):
+    waiting = found_facts(second, 0)
+    job_id = waiting["job_while_drained"]["id"] if waiting else 0
+    third = vm_systemd.boot(image, work / "run-3", installed, node_description(f"back {job_id}"),
+                            disks, state)
+    for run in (first, second, third):
         print(f"\n[vm-systemd] {run.describe().splitlines()[0]}", file=sys.stderr)
         for boot in run.boots:
             print(f"[vm-systemd] boot {boot.index}: {boot.boot_times.strip()}", file=sys.stderr)
-    found = {}
-    for phase, run, boot in (("cold", first, 0), ("reboot", first, 1), ("missing", second, 0)):
-        result = run.boots[boot]
-        facts_file = result.directory / "facts.json"
-        if result.exit_code != 0 or not facts_file.exists():
-            found[phase] = (None, result, run)
-        else:
-            found[phase] = (json.loads(facts_file.read_text()), result, run)
-    return found
+    return {phase: (found_facts(run, boot), run.boots[boot], run)
+            for phase, run, boot in (("cold", first, 0), ("reboot", first, 1),
+                                     ("missing", second, 0), ("back", third, 0))}
+
+
+def found_facts(run: vm_systemd.SystemdRun, boot: int) -> dict | None:
+    """What tests/vm/systemd_boot.py wrote in that boot (None if it did not finish)."""
+    result = run.boots[boot]
+    facts_file = result.directory / "facts.json"
+    if result.exit_code != 0 or not facts_file.exists():
+        return None
+    return json.loads(facts_file.read_text())
 
 
 def facts_of(runs, phase: str) -> tuple[dict, vm_systemd.BootResult]:
@@ -150,6 +160,12 @@ def test_reboot_adopts_the_same_volume_before_slurmd_starts(runs):
     assert_job_ran_on_scratch(facts["job"])
 
 
+def test_systemd_finds_nothing_wrong_with_the_unit(runs):
+    facts, _ = facts_of(runs, "cold")
+    assert facts["verify"]["exit"] == 0, facts["verify"]
+    assert SETUP not in facts["verify"]["output"], facts["verify"]
+
+
 def test_the_unit_pulls_in_no_deprecated_udev_settle(runs):
     for phase in ("cold", "reboot"):
         _, result = facts_of(runs, phase)
@@ -170,3 +186,17 @@ def test_a_missing_disk_leaves_slurmd_up_and_the_node_drained_taking_no_job(runs
     assert record["JobState"] == "PENDING" and waiting["output"] is None, waiting
     assert record["Reason"].startswith(("ReqNodeNotAvail", "Nodes_required_for_job_are_DOWN")), record
     assert "DRAIN" in facts["node_after_job"]["State"], facts["node_after_job"]
+
+
+def test_once_the_disk_is_back_the_rebooted_node_runs_the_waiting_job_on_its_volume(runs):
+    cold, _ = facts_of(runs, "cold")
+    waited, _ = facts_of(runs, "missing")
+    facts, result = facts_of(runs, "back")
+    assert_setup_before_slurmd(facts, result, "success")
+    assert_volume_mounted(facts)
+    assert facts["fs_uuid"] == cold["fs_uuid"] and facts["marker"] == cold["fs_uuid"], \
+        "the volume was not adopted with its data"
+    assert facts["slurmd_tmp_disk"] == facts["scratch_mb"], facts
+    assert facts["job"]["id"] == waited["job_while_drained"]["id"]
+    assert_job_ran_on_scratch(facts["job"])
+    assert facts["reason_after_job"] == "", facts["node"]
