@@ -19,4 +19,5 @@ nodes import are standard library only.
 - docker_engine  a real Docker Engine for the compose tests, the host left as it was found
 - vm_image, vm_boot, vm_init.sh   the QEMU test VM: image, boot, the guest's /init
 - nvme_disks, guest_node          inside the VM: NVMe/TCP disks with any identity; the node
+- vm_systemd, vm_systemd_init.sh, systemd_guest   the same VM booted by systemd (host; rdinit; guest)
 """

@@ -71,16 +71,40 @@ def qemu_unavailable_reason() -> str | None:
 
 
 def qemu_argv(image: VmImage, results_dir: Path, source_dir: Path,
-              memory_mb: int, cpus: int) -> list[str]:
+              memory_mb: int, cpus: int, *, kernel_arguments: str = "",
+              allow_reboot: bool = False, extra: list[str] | None = None) -> list[str]:
+    """QEMU's command line; `allow_reboot`: a guest reboot restarts the machine (same kernel,
+    initrd and disks) instead of ending QEMU; `extra`: more options (disks, shares)."""
     return [
         QEMU, "-accel", "tcg,thread=multi", "-m", str(memory_mb), "-smp", str(cpus),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none",
+        "-nodefaults", "-no-user-config", "-display", "none", "-nic", "none",
+        *([] if allow_reboot else ["-no-reboot"]),
         "-serial", f"file:{results_dir / 'console.log'}",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", KERNEL_COMMAND_LINE,
+        "-append", f"{KERNEL_COMMAND_LINE} {kernel_arguments}".strip(),
         "-virtfs", f"local,path={source_dir},mount_tag=src,security_model=none,readonly=on",
         "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
+        *(extra or []),
     ]
+
+
+def run_qemu(argv: list[str], timeout_s: float) -> tuple[str, bool, float]:
+    """Run QEMU until it exits or `timeout_s` passed (then it is killed by its PID).
+    Returns (its own output, timed out, seconds)."""
+    started = time.monotonic()
+    timed_out = False
+    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        output, _ = qemu.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        output = b""
+    finally:
+        if qemu.poll() is None:
+            os.kill(qemu.pid, signal.SIGKILL)
+            qemu.wait()
+    return output.decode(errors="replace"), timed_out, time.monotonic() - started
 
 
 def run_in_vm(command: str, *, timeout_s: float = 600, results_dir: Path | None = None,
@@ -100,29 +124,16 @@ def run_in_vm(command: str, *, timeout_s: float = 600, results_dir: Path | None 
     (results_dir / "command.sh").write_text(command + "\n")
     (results_dir / "timeout").write_text(f"{int(timeout_s)}\n")
 
-    started = time.monotonic()
-    timed_out = False
-    qemu = subprocess.Popen(qemu_argv(image, results_dir, source_dir, memory_mb, cpus),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        qemu_output, _ = qemu.communicate(timeout=timeout_s + BOOT_ALLOWANCE_S)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        qemu_output = b""
-    finally:
-        if qemu.poll() is None:
-            os.kill(qemu.pid, signal.SIGKILL)
-            qemu.wait()
-    seconds = time.monotonic() - started
+    qemu_output, timed_out, seconds = run_qemu(
+        qemu_argv(image, results_dir, source_dir, memory_mb, cpus), timeout_s + BOOT_ALLOWANCE_S)
 
-    console = _read(results_dir / "console.log")
+    console = read_text(results_dir / "console.log")
     if qemu_output:
-        console += "\n--- qemu ---\n" + qemu_output.decode(errors="replace")
-    exit_text = _read(results_dir / "exit_code").strip()
+        console += "\n--- qemu ---\n" + qemu_output
+    exit_text = read_text(results_dir / "exit_code").strip()
     return VmResult(
         exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
-        output=_read(results_dir / "output.log"),
+        output=read_text(results_dir / "output.log"),
         console=console,
         results_dir=results_dir,
         seconds=seconds,
@@ -130,7 +141,7 @@ def run_in_vm(command: str, *, timeout_s: float = 600, results_dir: Path | None 
     )
 
 
-def _read(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except FileNotFoundError:

@@ -30,6 +30,9 @@ DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 SUITE = "bookworm"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 INIT_SCRIPT = Path(__file__).with_name("vm_init.sh")
+# The second way to boot the same image: `rdinit=` this to run Debian's systemd as PID 1.
+SYSTEMD_INIT_SCRIPT = Path(__file__).with_name("vm_systemd_init.sh")
+SYSTEMD_INIT = "/sbin/vm-systemd-init"
 
 GUEST_PACKAGES = (
     "mount", "util-linux", "fdisk", "kmod", "procps", "iproute2", "udev",
@@ -38,6 +41,9 @@ GUEST_PACKAGES = (
     "python3-pytest", "python3-pytest-timeout",
     # For the full-stack test that runs Slurm inside the guest (~25 MB more).
     "slurmctld", "slurmd", "slurm-client", "munge",
+    # For booting with systemd as PID 1 (lab/vm_systemd.py); dbus: slurmd's cgroup/v2 plugin
+    # asks systemd over it for its scope. Unused when lab/vm_init.sh is /init.
+    "systemd", "dbus",
 )
 
 # Loaded by /init in this order (modprobe pulls their dependencies).
@@ -50,14 +56,17 @@ BOOT_MODULES = (
 # Also in the image; the kernel loads them when a filesystem of theirs is mounted (loading
 # them at boot would cost 1.5 s under TCG).
 ON_DEMAND_MODULES = ("xfs", "btrfs", "xxhash_generic", "blake2b_generic",
-                     "quota_v2")  # ext4's quota files (-O quota,project): per-job project quotas
+                     "quota_v2",  # ext4's quota files (-O quota,project): per-job project quotas
+                     # QEMU's own NVMe and virtio disks, loaded by udev under systemd
+                     "nvme", "virtio_blk")
 
 # Files the guest never needs; dropping them makes the initrd smaller and the boot faster.
 PRUNED_GLOBS = (
     "usr/share/doc/*", "usr/share/man/*", "usr/share/locale/*", "usr/share/info/*",
     "usr/lib/udev/hwdb.bin", "usr/lib/x86_64-linux-gnu/gconv/*",
     "usr/lib/x86_64-linux-gnu/libicu*",  # only xfs_scrub links ICU
-    "var/cache/apt/*", "var/lib/apt/lists/*", "var/log/*",
+    # install logs only: the packages' own log folders (/var/log/munge) must stay for munged
+    "var/cache/apt/*", "var/lib/apt/lists/*", "var/log/*.log",
 )
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 
@@ -120,6 +129,7 @@ def input_digest(kernel: tuple[str, str], url: str) -> str:
     """Everything the image is made from: this builder, /init, the kernel and the archive."""
     digest = hashlib.sha256()
     for part in (Path(__file__).read_bytes(), INIT_SCRIPT.read_bytes(),
+                 SYSTEMD_INIT_SCRIPT.read_bytes(),
                  "\0".join((*kernel, url, SUITE)).encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:16]
@@ -200,8 +210,8 @@ def _remove_stale_builds(cache_root: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _prune_old_images(cache_root: Path, keep: Path, keep_count: int = 2) -> None:
-    """Keep the newest few images (another checkout may still use an older one)."""
+def _prune_old_images(cache_root: Path, keep: Path, keep_count: int = 4) -> None:
+    """Keep the newest few images (other checkouts and branches may still use older ones)."""
     images = sorted((p for p in cache_root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for old in [p for p in images if p != keep][keep_count - 1:]:
@@ -324,6 +334,9 @@ def install_init(rootfs: Path) -> None:
     init = rootfs / "init"
     shutil.copyfile(INIT_SCRIPT, init)
     init.chmod(0o755)
+    systemd_init = rootfs / SYSTEMD_INIT.lstrip("/")
+    shutil.copyfile(SYSTEMD_INIT_SCRIPT, systemd_init)
+    systemd_init.chmod(0o755)
     (rootfs / "etc/hostname").write_text("vm\n")
     (rootfs / "etc/slurm-scratch-test-vm").write_text("the slurm-scratch test VM\n")
     for folder in ("src", "results", "scratch"):
