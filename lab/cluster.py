@@ -50,7 +50,7 @@ from lab.process import TOOL_PATH, die_with_parent, process_alive, run, stop_pro
 from lab.munge import MUNGE_USER, make_key, start_munged
 from lab.slurmconf import make_controller_dir, slurm_conf_text
 from lab.scontrol import TERMINAL_JOB_STATES, parse_record, parse_sdiag_by_message_type, \
-    parse_sdiag_by_user, parse_sinfo_reason, sinfo_reason_argv
+    parse_sdiag_by_user, parse_sinfo_reason, sinfo_any_reason_argv, sinfo_reason_argv
 NODE_INIT = Path(__file__).with_name("node_init.py")
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
@@ -251,6 +251,7 @@ class Cluster:
         self.base_dir = base_dir
         self.workdir: Path | None = None
         self.slurm_conf: Path | None = None
+        self.tmp_disk_mib: int | None = None  # slurm.conf's TmpDisk of every node
         self.controller: Host | None = None
         self.nodes: dict[str, Host] = {}
         self.munged: subprocess.Popen | None = None
@@ -273,9 +274,11 @@ class Cluster:
             self.controller = self._make_host(CONTROLLER, f"{SUBNET}.2")
             for index, name in enumerate(self.node_names):
                 self.nodes[name] = self._make_host(name, f"{SUBNET}.{11 + index}")
-            self._write_slurm_conf()
+            self.slurm_conf = self.workdir / "etc" / "slurm.conf"
             for node in self.nodes.values():
                 self._prepare_node(node)
+            # after every node's /scratch is up (TmpDisk = what the volumes hold), before slurmd
+            self._write_slurm_conf()
             self._start_slurmctld()
             for node in self.nodes.values():
                 node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name,
@@ -397,16 +400,18 @@ class Cluster:
         return host
 
     def _write_slurm_conf(self) -> None:
-        conf_dir = self.workdir / "etc"
-        conf_dir.mkdir()
-        self.slurm_conf = conf_dir / "slurm.conf"
+        """TmpFS is the volume's mount point, TmpDisk what the smallest node's volume holds (in
+        MiB, as slurmd measures it: statvfs f_blocks * f_frsize)."""
+        self.slurm_conf.parent.mkdir()
         make_controller_dir(self.controller.dir)
+        self.tmp_disk_mib = min(self.scratch_mib(name) for name in self.nodes)
         self.slurm_conf.write_text(slurm_conf_text(
             cluster_name="sstest", controller=(CONTROLLER, self.controller.addr),
             nodes=[(node.name, node.addr) for node in self.nodes.values()],
             controller_dir=self.controller.dir, node_dir=f"{self.workdir / 'hosts'}/%n",
             hooks=self.prefix / "libexec" / "slurm-scratch",
-            health_interval=self.health_interval, munge_socket=MUNGE_SOCKET))
+            health_interval=self.health_interval, munge_socket=MUNGE_SOCKET,
+            tmp_fs=self.mount_point, tmp_disk_mib=self.tmp_disk_mib))
 
     def _prepare_node(self, node: Host) -> None:
         (node.dir / "spool").mkdir(exist_ok=True)
@@ -668,6 +673,26 @@ class Cluster:
 
     def node_path(self, node: str, path: str) -> Path:
         return self.nodes[node].path(path)
+
+    @property
+    def mount_point(self) -> str:
+        return self.scratch_settings.get("volume", {}).get("mount_point", "/scratch")
+
+    def scratch_mib(self, node: str) -> int:
+        """The size of the filesystem at the node's mount point in MiB, as slurmd measures TmpFS."""
+        stats = os.statvfs(self.node_path(node, self.mount_point))
+        return stats.f_blocks * stats.f_frsize // (1 << 20)
+
+    def reasons_shown(self, node: str) -> dict[str, str]:
+        """The node's reason wherever Slurm shows one ('' where it shows none): `scontrol show
+        node` (its Reason=, without the [user@time] suffix), `sinfo -R`, `sinfo -o %E`."""
+        reason = self.node_info(node).get("Reason", "")
+        return {
+            "scontrol show node": reason.rpartition(" [")[0] if reason.endswith("]") else reason,
+            "sinfo -R": self.node_reason(node),
+            "sinfo %E": parse_sinfo_reason(self.client(sinfo_any_reason_argv(node),
+                                                       timeout=30).stdout),
+        }
 
     def scratch_mounted(self, node: str) -> bool:
         return self.scratch_source(node) is not None

@@ -27,6 +27,14 @@ from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.record import Record
 
+# The reason a node is resumed with. Slurm 23.11 to 25.11 clears a node's reason on resume only when
+# an accounting storage plugin is configured (clusteracct_storage_g_node_up returns before clearing it
+# otherwise; SchedMD ticket 25266, fixed in 26.05): without slurmdbd the old `scratch:` text stayed in
+# `scontrol show node` and `sinfo %E` until the next job started there, and a drain slurmctld made
+# meanwhile ("Low TmpDisk" at registration) kept that text, which the health check would take for its
+# own. Resuming with this reason replaces ours; a Slurm that clears reasons on resume clears it too.
+RESUMED_REASON = "volume healthy, resumed by slurm-scratch"
+
 # Node state flags (as `scontrol show node` prints them in State=BASE+FLAG+...) meaning the node
 # is on its way to or from a reboot or power saving: the health check leaves such nodes alone.
 TRANSITIONAL_FLAGS = frozenset({
@@ -174,7 +182,7 @@ class ScontrolBackend:
         _scontrol(self.config, "update", f"nodename={node}", "state=drain", f"reason={reason}")
 
     def resume(self, node: str) -> None:
-        _scontrol(self.config, "update", f"nodename={node}", "state=resume")
+        _scontrol(self.config, "update", f"nodename={node}", "state=resume", f"reason={RESUMED_REASON}")
 
 
 # ---- the pyslurm backend --------------------------------------------------------------------
@@ -241,7 +249,7 @@ class PyslurmBackend:
         self._modify(node, state="DRAIN", reason=reason)
 
     def resume(self, node: str) -> None:
-        self._modify(node, state="RESUME")
+        self._modify(node, state="RESUME", reason=RESUMED_REASON)
 
 
 def version(config: Config) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import pytest
 
 from lab.fake_slurm import FakeSlurm
 from slurm_scratch import layout
-from slurm_scratch.health import drain, entry, stuck
+from slurm_scratch.health import drain, entry, slurm, stuck
 
 pytestmark = pytest.mark.root
 
@@ -73,7 +73,7 @@ def node(tmp_path, loops) -> Node:
 
 
 DRAIN = f"update nodename={NODE} state=drain reason="
-RESUME = f"update nodename={NODE} state=resume"
+RESUME = f"update nodename={NODE} state=resume reason={slurm.RESUMED_REASON}"
 SHOW = f"show node -o {NODE}"
 
 

@@ -151,7 +151,7 @@ def test_auto_uses_pyslurm_when_it_matches_slurm(stand_in) -> None:
     backend.resume("n1")
     assert _StandInNode.calls == [
         ("n1", {"state": "DRAIN", "reason": "scratch: /scratch not mounted"}),
-        ("n1", {"state": "RESUME"}),
+        ("n1", {"state": "RESUME", "reason": slurm.RESUMED_REASON}),
     ]
     with pytest.raises(ScratchError, match="n9"):
         backend.node_state("n9")
