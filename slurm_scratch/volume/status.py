@@ -93,13 +93,33 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(config: Config, as_json: bool) -> int:
+def slurm_tmp(config: Config, node: str, report: dict) -> dict | None:
+    """Slurm's TmpFS and the node's TmpDisk beside the volume's size, when slurm.conf can be read."""
+    from slurm_scratch import slurmconf
+
+    try:
+        tmp = slurmconf.read(slurmconf.conf_path(config.slurm.slurm_conf), node)
+    except (OSError, ScratchError):
+        return None
+    volume = report["size_bytes"] >> 20 if report.get("mounted") and "size_bytes" in report else None
+    return {**tmp.as_dict(), "volume_mib": volume, "warnings": slurmconf.warnings(tmp, config.volume.mount_point, volume)}
+
+
+def render_slurm(slurm: dict) -> list[str]:
+    tmp_disk = "not a node in it" if slurm["tmp_disk_mib"] is None else f"TmpDisk={slurm['tmp_disk_mib']} MiB"
+    volume = f", volume {slurm['volume_mib']} MiB" if slurm["volume_mib"] is not None else ""
+    lines = [f"slurm:      TmpFS={slurm['tmp_fs']} {tmp_disk}{volume} (node {slurm['node']}, {slurm['path']})"]
+    return lines + [f"warning:    {warning}" for warning in slurm["warnings"]]
+
+
+def main(config: Config, as_json: bool, node: str | None = None) -> int:
     """`slurm-scratch status`: exit 0 when the volume is mounted."""
     report = collect(config.volume)
+    report["slurm"] = slurm_tmp(config, node, report) if node else None
     if as_json:
         import json
 
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(render(report))
+        print("\n".join([render(report), *(render_slurm(report["slurm"]) if report["slurm"] else [])]))
     return EXIT_OK if report["state"] == "mounted" else EXIT_FAILURE
