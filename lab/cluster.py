@@ -235,7 +235,7 @@ class Cluster:
 
     def __init__(self, prefix: Path, scratch_settings: dict[str, dict[str, str]],
                  nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
-                 disks_per_node: int = 1,
+                 disks_per_node: int = 1, disk_mib: int = DISK_MIB,
                  use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
                  base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = ""):
         self.prefix = Path(prefix)
@@ -246,6 +246,7 @@ class Cluster:
         self.node_names = list(nodes)
         self.health_interval = health_interval
         self.disks_per_node = disks_per_node
+        self.disk_mib = disk_mib  # each disk's size (sparse)
         self.use_project_setup = use_project_setup
         self.users = list(users)
         self.base_dir = base_dir
@@ -281,8 +282,7 @@ class Cluster:
             self._write_slurm_conf()
             self._start_slurmctld()
             for node in self.nodes.values():
-                node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name,
-                                   "-f", str(self.slurm_conf)], "slurmd.out")
+                self._start_slurmd(node)
             wait_for("all nodes to register", self._all_nodes_responding, 60, 0.3)
             self._started = True
         except BaseException:
@@ -428,7 +428,7 @@ class Cluster:
         if self.use_project_setup:
             self._bootstrap_node(node)
         else:
-            node.disks.attach(self.disks_per_node, DISK_MIB)
+            node.disks.attach(self.disks_per_node, self.disk_mib)
             self.write_scratch_conf(node.name)
             self._setup_scratch_directly(node)
 
@@ -437,7 +437,7 @@ class Cluster:
         steps the docker-compose nodes take too."""
         try:
             bootstrap_node(
-                node.disks, self.disks_per_node, DISK_MIB, self.scratch_conf_path(node.name),
+                node.disks, self.disks_per_node, self.disk_mib, self.scratch_conf_path(node.name),
                 self.scratch_settings, str(self.slurm_conf),
                 str(self.prefix / "bin" / "slurm-scratch"),
                 run_in_node=lambda argv: node.run(argv, check=False, timeout=120),
@@ -452,6 +452,10 @@ class Cluster:
         node.run(["sh", "-euc", f"mkfs.ext4 -q -F -m 0 {node.loop_device}\n"
                   f"mount -o noatime,nodiratime {node.loop_device} /scratch\n"
                   "chmod 1777 /scratch"])
+
+    def _start_slurmd(self, node: Host) -> None:
+        node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name, "-f", str(self.slurm_conf)],
+                          "slurmd.out")
 
     def _start_slurmctld(self) -> None:
         self.controller.start_daemon(["/usr/sbin/slurmctld", "-D", "-i", "-f",
@@ -646,6 +650,15 @@ class Cluster:
 
     def resume(self, node: str) -> None:
         self.scontrol("update", f"nodename={node}", "state=resume")
+
+    def restart_slurmd(self, node: str, between: Callable[[], None] = lambda: None) -> None:
+        """Stop the node's slurmd, call `between`, start slurmd again (it measures TmpFS then)."""
+        host = self.nodes[node]
+        problems = host.stop_daemon()
+        if problems:
+            raise HarnessError(f"{node}: {problems}")
+        between()
+        self._start_slurmd(host)
 
     def run_on_node(self, node: str, argv: Sequence[str], *, check: bool = True,
                     timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:

@@ -108,7 +108,9 @@ def pytest_collection_modifyitems(config, items):
     broad = (BROAD_FLAVOUR,) if BROAD_FLAVOUR in SLURM_FLAVOURS else SLURM_FLAVOURS[:1]
     keep, drop = [], []
     for item in items:
-        flavour = getattr(item, "callspec", None) and item.callspec.params.get("cluster_module")
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        flavour = next((value for value in params.values()
+                        if isinstance(value, str) and value in SLURM_SUITES), None)
         if flavour and flavour not in broad and item.get_closest_marker("every_major") is None:
             drop.append(item)
         else:
@@ -118,27 +120,38 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-@pytest.fixture(scope="module", params=SLURM_FLAVOURS)
-def cluster_module(request):
+@contextlib.contextmanager
+def cluster_for(request, flavour: str, settings=SCRATCH_SETTINGS, **options):
+    """A started cluster of `flavour` (a key of SLURM_SUITES), stopped when the block ends."""
     missing = _missing_programs()
     if missing:
         pytest.skip(f"Slurm/munge not installed: {', '.join(missing)} "
                     "(apt-get install slurmctld slurmd slurm-client munge)")
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
-    suite = SLURM_SUITES[request.param]
-    if suite is None:  # the machine's own (Debian bookworm)
-        root, prefix = None, request.getfixturevalue("cluster_prefix")
-    else:
-        root, prefix = request.getfixturevalue("slurm_rootfs_install")(suite)
-    cluster = Cluster(prefix, SCRATCH_SETTINGS, nodes=NODES, health_interval=HEALTH_INTERVAL,
-                      use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=request.param)
+    root, prefix = slurm_install(request, flavour)
+    cluster = Cluster(prefix, settings, nodes=NODES, health_interval=HEALTH_INTERVAL,
+                      use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=flavour, **options)
     cluster.start()
     try:
         yield cluster
     finally:
         problems = cluster.stop()
         assert not problems, f"cluster teardown left: {problems}"
+
+
+def slurm_install(request, flavour: str) -> tuple[Path | None, Path]:
+    """(rootfs or None for the machine's own Slurm, install prefix) of `flavour`."""
+    suite = SLURM_SUITES[flavour]
+    if suite is None:  # the machine's own (Debian bookworm)
+        return None, request.getfixturevalue("cluster_prefix")
+    return request.getfixturevalue("slurm_rootfs_install")(suite)
+
+
+@pytest.fixture(scope="module", params=SLURM_FLAVOURS)
+def cluster_module(request):
+    with cluster_for(request, request.param) as cluster:
+        yield cluster
 
 
 @pytest.fixture

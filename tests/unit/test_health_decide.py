@@ -57,6 +57,31 @@ def test_decide(desired, state, reason, pending, kind, new_reason) -> None:
     assert (action.kind, action.reason) == (kind, new_reason), action.why
 
 
+LOW = "Low TmpDisk"
+
+
+@pytest.mark.parametrize(
+    "desired, state, reason, explained, kind, new_reason",
+    [
+        # the volume explains it: replaced with our reason while broken, resumed once healthy
+        (BROKEN, "IDLE+DRAIN", LOW, True, "drain", BROKEN),
+        (None, "IDLE+DRAIN", LOW, True, "resume", LOW),
+        # it does not (TmpFS is another filesystem, the volume is smaller than TmpDisk): Slurm's
+        (BROKEN, "IDLE+DRAIN", LOW, False, "none", ""),
+        (None, "IDLE+DRAIN", LOW, False, "none", ""),
+        # only a drain with exactly that reason
+        (None, "IDLE+DRAIN", "Low RealMemory (reported:1 < 90.00% of configured:100), Low TmpDisk", True, "none", ""),
+        (None, "IDLE+DRAIN", "admin: Low TmpDisk expected", True, "none", ""),
+        (None, "DOWN", LOW, True, "none", ""),
+        (None, "IDLE", "", True, "none", ""),
+    ],
+)
+def test_a_low_tmp_disk_drain_the_volume_explains_is_ours(desired, state, reason, explained, kind, new_reason) -> None:
+    action = drain.decide(desired, node(state, reason), PREFIX, False, explained)
+    assert (action.kind, action.reason) == (kind, new_reason), action.why
+    assert action.drained == (desired if kind == "drain" else "")
+
+
 def test_the_prefix_is_a_plain_prefix() -> None:
     # "scratchy ..." starts with "scratch" but not with the configured "scratch:" prefix.
     assert drain.decide(None, node("IDLE+DRAIN", "scratchy disk"), "scratch:", False).kind == "none"
