@@ -1,4 +1,4 @@
-"""A real multi-node Slurm cluster (Debian's Slurm 22.05 packages) on one machine, for tests.
+"""A real multi-node Slurm cluster (Debian's Slurm packages) on one machine, for tests.
 
 What `Cluster.start()` builds, all of it private to the test and removed by `Cluster.stop()`:
 - a tmpfs work dir (slurm.conf, munge key, logs, spool dirs, the users' job dirs, disk images);
@@ -18,12 +18,13 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
   are attached with autoclear while the harness holds them open, so even a SIGKILLed test run
   leaves no loop device behind (teardown also detaches them explicitly);
 - slurmctld and one slurmd per node, with the installed hooks as Prolog, Epilog, TaskProlog
-  and HealthCheckProgram.
+  and HealthCheckProgram, TmpFS=/scratch and TmpDisk = what the nodes' volumes hold: slurm.conf
+  is written, and slurmd started, once every node's volume is mounted.
 
 Slurm client commands run in the controller's network namespace (`nsenter --net`) but this
 process's mount namespace, so all traffic stays between namespaces the harness created.
 
-With `rootfs=` (rootfs.py: Debian trixie, Slurm 24.11) every daemon, hook, job and client runs
+With `rootfs=` (rootfs.py: Debian trixie's Slurm 24.11, sid's 26.05) every daemon, hook, job and client runs
 chrooted into that tree; the harness binds /proc, /sys, /dev, the work dir, the install prefix,
 the munge socket dir and the users into it, and each host mounts its private dirs, its own
 /proc and its /scratch inside it. munged is always the machine's.
@@ -228,7 +229,7 @@ class Cluster:
     every node's slurm-scratch.conf, to which the harness adds `[volume] devices` (the node's
     loop device) and `[slurm] slurm_conf`.
     `use_project_setup`: build /scratch with `slurm-scratch setup` (else mkfs + mount directly).
-    `rootfs`: a directory with another Slurm (e.g. Debian trixie's 24.11, see rootfs.py) in which
+    `rootfs`: a directory with another Slurm (Debian trixie's 24.11, sid's 26.05: rootfs.py) in which
     every daemon, hook, job and client runs (chroot); the work dir, the prefix, the munge socket
     and the users are bound into it at the same paths. None: the machine's own Slurm.
     """
