@@ -160,3 +160,32 @@ def test_healthy_node_not_drained_by_us_asks_nobody() -> None:
 )
 def test_needs_slurm(desired, remembered, pending, now, asks) -> None:
     assert drain.needs_slurm(desired, remembered, pending, now) is asks
+
+
+def _low(tmp_disk: int = 1000):
+    return NodeState(name="n1", states=frozenset({"IDLE", "DRAIN"}), reason="Low TmpDisk", reason_user="slurm",
+                     reason_time="", tmp_disk=tmp_disk)
+
+
+@pytest.mark.parametrize(
+    "tmp_fs, check, volume, explained",
+    [
+        ("/scratch", "mount", None, True),  # slurmd measured /scratch while the volume was missing
+        ("/scratch", "healthy", 1000, True),  # it is back and holds TmpDisk
+        ("/scratch", "healthy", 999, False),  # TmpDisk is more than the volume: the admin's to fix
+        ("/scratch", "writable", 1000, False),  # a read-only volume does not measure smaller
+        ("/tmp", "mount", None, False),  # slurmd measures another filesystem
+        ("/tmp", "healthy", 1000, False),
+        (None, "mount", None, False),  # no slurm.conf here (configless): not ours to judge
+    ],
+)
+def test_which_low_tmp_disk_the_volume_explains(tmp_path, monkeypatch, tmp_fs, check, volume, explained) -> None:
+    from slurm_scratch import config, slurmconf
+
+    conf = tmp_path / "slurm.conf"
+    if tmp_fs is not None:
+        conf.write_text(f"TmpFS={tmp_fs}\nNodeName=n1 TmpDisk=1000\n")
+    settings = config.parse_config(f"[volume]\nmount_point = /scratch\n[slurm]\nslurm_conf = {conf}\n", "test.conf")
+    monkeypatch.setattr(slurmconf, "volume_mib", lambda mount_point: volume)
+    assert drain.explains_low_tmp_disk(settings, _low(), check) is explained
+    assert not drain.explains_low_tmp_disk(settings, node("IDLE+DRAIN", "admin"), check)
