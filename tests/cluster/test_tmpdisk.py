@@ -57,13 +57,13 @@ def test_slurmd_started_without_the_volume_drains_then_repair_resumes_for_good(b
     assert mib > cluster.below_scratch_mib and _measured(cluster, "n2") == mib
 
     cluster.restart_slurmd("n2", between=lambda: cluster.run_on_node("n2", ["umount", "/scratch"]))
-    assert _measured(cluster, "n2") == cluster.below_scratch_mib  # the filesystem below
 
     def drained():
         reason = cluster.node_reason("n2")
         return reason if cluster.node_drained("n2") and reason in REASONS else None
 
     first = wait_for("n2 drained", drained, DRAIN_WITHIN + SLURM_TIMEOUT, 0.25)
+    assert _measured(cluster, "n2") == cluster.below_scratch_mib  # the filesystem below
     print(f"{cluster.flavour}: slurmd measured {cluster.below_scratch_mib} MiB for TmpDisk={mib}: "
           f"n2 drained with {first!r}")
     repair_by_setup(cluster, "n2")
