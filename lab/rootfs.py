@@ -21,7 +21,7 @@ CACHE = Path("/var/cache/slurm-scratch-tests")
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 PACKAGES = (
     "slurmctld", "slurmd", "slurm-client", "munge",   # Slurm (munged itself runs on the machine)
-    "util-linux", "mount", "e2fsprogs", "procps", "iproute2", "hostname", "findutils",
+    "util-linux", "mount", "e2fsprogs", "btrfs-progs", "procps", "iproute2", "hostname", "findutils",
     "python3", "python3-venv", "make", "ca-certificates",  # `make install` inside the rootfs
 )
 # sid's Release file carries a Valid-Until that a pinned archive snapshot outlives (as the machine's

@@ -106,7 +106,14 @@ def cmd_healthcheck(config_path: str | None, node: str | None = None, report_onl
 def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
     from slurm_scratch.volume import setup
 
-    return setup.setup_main(load_config(config_path), dry_run)
+    config = load_config(config_path)
+    was_mounted = os.path.ismount(config.volume.mount_point)
+    status = setup.setup_main(config, dry_run)
+    if status == EXIT_OK and not dry_run and not was_mounted:
+        from slurm_scratch.health import drain
+
+        drain.slurmd_measures_the_volume(config)
+    return status
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:

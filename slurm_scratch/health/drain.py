@@ -22,7 +22,9 @@ measured TmpFS while the volume was missing) -> one Action (none, drain, resume)
 
 Before a resume of a node whose TmpFS is the volume, slurmd is made to measure it again when it
 measured less than the node's TmpDisk (slurm.remeasure_tmp_disk: slurmd measures only when it
-starts or reconfigures, and the registration a resume asks for would drain it again). The resume
+starts or reconfigures, and the registration a resume asks for would drain it again); `setup` does
+the same when it mounts the volume under a running slurmd (`slurmd_measures_the_volume`), since
+slurmctld sends no health check to a node it found invalid at registration. The resume
 itself sets a reason of its own (slurm.RESUMED_REASON): Slurm 23.11 to 25.11 without accounting
 storage keep the old reason after a resume.
 
@@ -229,6 +231,28 @@ def explains_low_tmp_disk(config, state: NodeState, check: str) -> bool:
 
     volume = slurmconf.volume_mib(config.volume.mount_point)
     return volume is not None and volume >= state.tmp_disk
+
+
+def slurmd_measures_the_volume(config) -> None:
+    """After setup mounted the volume on a node whose slurmd runs (a repair): slurmd measured TmpFS,
+    the mount point, without it and registers that, and slurmctld (23.11 and later) sends no health
+    check to a node it drained with "Low TmpDisk" for it, so nothing would resume the node. Make
+    slurmd measure again (its registration then clears that state; the next health check resumes the
+    node). Nothing when TmpFS is not the mount point or slurmd does not run (setup at boot)."""
+    from slurm_scratch import log, slurmconf
+    from slurm_scratch.health import slurm
+
+    volume = slurmconf.volume_mib(config.volume.mount_point)
+    if volume is None or not tmp_fs_is_the_volume(config):
+        return
+    try:
+        status = slurm.slurmd_status(config)
+    except ScratchError:
+        return  # no slurmd here (yet): it will measure the volume when it starts
+    try:
+        slurm.remeasure_tmp_disk(config, volume, status)
+    except ScratchError as exc:
+        log.warning(f"setup: {exc}")
 
 
 def reconcile(config, node: str, finding_text: str | None, now: float | None = None, check: str = "") -> Action | None:

@@ -292,23 +292,24 @@ def slurmd_status(config: Config, timeout: float | None = None) -> SlurmdStatus:
     return parse_show_slurmd(_scontrol(config, "show", "slurmd", timeout=timeout).stdout)
 
 
-def remeasure_tmp_disk(config: Config, wanted: int) -> int:
+def remeasure_tmp_disk(config: Config, wanted: int, status: SlurmdStatus | None = None) -> int:
     """Make this node's slurmd measure TmpFS again when it measured less than `wanted` MiB (the
     node's TmpDisk): slurmd measures only when it starts or reconfigures, and registers that
     value, so a node resumed after the volume came back would be drained again with "Low TmpDisk".
     SIGHUP is slurmd's own reconfigure (22.05 re-reads its config in place; 23.11 and later
     re-execute slurmd, running jobs kept). All of it within [slurm] timeout; returns what slurmd
-    measures now. ScratchError when slurmd cannot be asked or still measures less."""
+    measures now. ScratchError when slurmd cannot be asked or still measures less. `status`: what
+    `slurmd_status` just said, if the caller asked."""
     import signal
     import time
 
     deadline = time.monotonic() + config.slurm.timeout
-    status = slurmd_status(config)
+    status = status or slurmd_status(config)
     if status.tmp_disk >= wanted:
         return status.tmp_disk
     from slurm_scratch import log
 
-    log.info(f"healthcheck: slurmd measured {status.tmp_disk} MiB, TmpDisk={wanted}: telling it to measure again (SIGHUP)")
+    log.info(f"slurmd measured {status.tmp_disk} MiB of TmpFS, {wanted} wanted: telling it to measure again (SIGHUP)")
     try:
         os.kill(status.pid, signal.SIGHUP)
     except OSError as exc:
@@ -321,7 +322,7 @@ def remeasure_tmp_disk(config: Config, wanted: int) -> int:
             continue
         if status.tmp_disk >= wanted:
             return status.tmp_disk
-    raise ScratchError(f"slurmd still measures {status.tmp_disk} MiB after SIGHUP (TmpDisk={wanted}): not resuming yet")
+    raise ScratchError(f"slurmd still measures {status.tmp_disk} MiB of TmpFS after SIGHUP ({wanted} wanted)")
 
 
 def version(config: Config) -> tuple[int, int]:

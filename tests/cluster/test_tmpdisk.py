@@ -2,8 +2,10 @@
 TmpFS (/scratch) only when it starts or reconfigures, so it measured the filesystem below the
 mount point, which is smaller than the configured TmpDisk, and slurmctld drained the node with
 "Low TmpDisk" (or the health check, which slurmd runs before it registers, drained it first with
-its own reason). The tool owns that drain: once the volume is repaired, the health check makes
-slurmd measure again and resumes the node, and it stays in service.
+its own reason; 22.05 keeps that one, 24.11 and 26.05 replace it). The tool owns that drain: the
+repair (`slurm-scratch setup`) makes slurmd measure again (slurmctld sends no health check to a node
+it found invalid at registration, 24.11 and 26.05), the health check resumes the node, and it stays
+in service.
 
 The nodes' volumes here are bigger than the machine's root filesystem (btrfs on sparse disks: a
 few MB written), so that what slurmd measures without the volume is less than TmpDisk, as on a
