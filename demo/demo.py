@@ -240,8 +240,7 @@ def main() -> int:
     print("slurm-scratch demo: striped local scratch, per-job directories and health-driven drain on a real Slurm cluster")
     sandbox = Sandbox().open()
     prefix = Path(tempfile.mkdtemp(prefix="slurm-scratch-demo-prefix-", dir="/var/tmp"))
-    cluster = Cluster(prefix, SETTINGS, nodes=("n1", "n2"), health_interval=HEALTH_INTERVAL, disks_per_node=2,
-                      slurm_lines=("TmpFS=/scratch",), node_options="TmpDisk=1000")  # what --tmp is scheduled against
+    cluster = Cluster(prefix, SETTINGS, nodes=("n1", "n2"), health_interval=HEALTH_INTERVAL, disks_per_node=2)
     syslog = SyslogCollector(logs / "slurm-scratch.log",
                              lambda ns: next((name for name, node in cluster.nodes.items() if node.mnt_ns == ns), None))
     print(f"      {syslog.start()}")

@@ -1,4 +1,4 @@
-"""A real multi-node Slurm cluster (Debian's Slurm 22.05 packages) on one machine, for tests.
+"""A real multi-node Slurm cluster (Debian's Slurm packages) on one machine, for tests.
 
 What `Cluster.start()` builds, all of it private to the test and removed by `Cluster.stop()`:
 - a tmpfs work dir (slurm.conf, munge key, logs, spool dirs, the users' job dirs, disk images);
@@ -18,12 +18,13 @@ What `Cluster.start()` builds, all of it private to the test and removed by `Clu
   are attached with autoclear while the harness holds them open, so even a SIGKILLed test run
   leaves no loop device behind (teardown also detaches them explicitly);
 - slurmctld and one slurmd per node, with the installed hooks as Prolog, Epilog, TaskProlog
-  and HealthCheckProgram.
+  and HealthCheckProgram, TmpFS=/scratch and TmpDisk = what the nodes' volumes hold: slurm.conf
+  is written, and slurmd started, once every node's volume is mounted.
 
 Slurm client commands run in the controller's network namespace (`nsenter --net`) but this
 process's mount namespace, so all traffic stays between namespaces the harness created.
 
-With `rootfs=` (rootfs.py: Debian trixie, Slurm 24.11) every daemon, hook, job and client runs
+With `rootfs=` (rootfs.py: Debian trixie's Slurm 24.11, sid's 26.05) every daemon, hook, job and client runs
 chrooted into that tree; the harness binds /proc, /sys, /dev, the work dir, the install prefix,
 the munge socket dir and the users into it, and each host mounts its private dirs, its own
 /proc and its /scratch inside it. munged is always the machine's.
@@ -50,7 +51,7 @@ from lab.process import TOOL_PATH, die_with_parent, process_alive, run, stop_pro
 from lab.munge import MUNGE_USER, make_key, start_munged
 from lab.slurmconf import make_controller_dir, slurm_conf_text
 from lab.scontrol import TERMINAL_JOB_STATES, parse_record, parse_sdiag_by_message_type, \
-    parse_sdiag_by_user, parse_sinfo_reason, sinfo_reason_argv
+    parse_sdiag_by_user, parse_sinfo_reason, sinfo_any_reason_argv, sinfo_reason_argv
 NODE_INIT = Path(__file__).with_name("node_init.py")
 MUNGE_DIR = Path("/run/munge")
 MUNGE_SOCKET = MUNGE_DIR / "munge.socket.2"
@@ -228,14 +229,14 @@ class Cluster:
     every node's slurm-scratch.conf, to which the harness adds `[volume] devices` (the node's
     loop device) and `[slurm] slurm_conf`.
     `use_project_setup`: build /scratch with `slurm-scratch setup` (else mkfs + mount directly).
-    `rootfs`: a directory with another Slurm (e.g. Debian trixie's 24.11, see rootfs.py) in which
+    `rootfs`: a directory with another Slurm (Debian trixie's 24.11, sid's 26.05: rootfs.py) in which
     every daemon, hook, job and client runs (chroot); the work dir, the prefix, the munge socket
     and the users are bound into it at the same paths. None: the machine's own Slurm.
     """
 
     def __init__(self, prefix: Path, scratch_settings: dict[str, dict[str, str]],
                  nodes: Sequence[str] = ("n1", "n2"), health_interval: int = 5,
-                 disks_per_node: int = 1,
+                 disks_per_node: int = 1, disk_mib: int = DISK_MIB,
                  use_project_setup: bool = True, users: Sequence[str] = ("sstest1", "sstest2"),
                  base_dir: str = "/var/tmp", rootfs: Path | None = None, flavour: str = "",
                  slurm_lines: Sequence[str] = (), node_options: str = ""):
@@ -248,11 +249,13 @@ class Cluster:
         self.node_names = list(nodes)
         self.health_interval = health_interval
         self.disks_per_node = disks_per_node
+        self.disk_mib = disk_mib  # each disk's size (sparse)
         self.use_project_setup = use_project_setup
         self.users = list(users)
         self.base_dir = base_dir
         self.workdir: Path | None = None
         self.slurm_conf: Path | None = None
+        self.tmp_disk_mib: int | None = None  # slurm.conf's TmpDisk of every node
         self.controller: Host | None = None
         self.nodes: dict[str, Host] = {}
         self.munged: subprocess.Popen | None = None
@@ -275,13 +278,14 @@ class Cluster:
             self.controller = self._make_host(CONTROLLER, f"{SUBNET}.2")
             for index, name in enumerate(self.node_names):
                 self.nodes[name] = self._make_host(name, f"{SUBNET}.{11 + index}")
-            self._write_slurm_conf()
+            self.slurm_conf = self.workdir / "etc" / "slurm.conf"
             for node in self.nodes.values():
                 self._prepare_node(node)
+            # after every node's /scratch is up (TmpDisk = what the volumes hold), before slurmd
+            self._write_slurm_conf()
             self._start_slurmctld()
             for node in self.nodes.values():
-                node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name,
-                                   "-f", str(self.slurm_conf)], "slurmd.out")
+                self._start_slurmd(node)
             wait_for("all nodes to register", self._all_nodes_responding, 60, 0.3)
             self._started = True
         except BaseException:
@@ -399,16 +403,18 @@ class Cluster:
         return host
 
     def _write_slurm_conf(self) -> None:
-        conf_dir = self.workdir / "etc"
-        conf_dir.mkdir()
-        self.slurm_conf = conf_dir / "slurm.conf"
+        """TmpFS is the volume's mount point, TmpDisk what the smallest node's volume holds (in
+        MiB, as slurmd measures it: statvfs f_blocks * f_frsize)."""
+        self.slurm_conf.parent.mkdir()
         make_controller_dir(self.controller.dir)
+        self.tmp_disk_mib = min(self.scratch_mib(name) for name in self.nodes)
         self.slurm_conf.write_text(slurm_conf_text(
             cluster_name="sstest", controller=(CONTROLLER, self.controller.addr),
             nodes=[(node.name, node.addr) for node in self.nodes.values()],
             controller_dir=self.controller.dir, node_dir=f"{self.workdir / 'hosts'}/%n",
             hooks=self.prefix / "libexec" / "slurm-scratch",
             health_interval=self.health_interval, munge_socket=MUNGE_SOCKET,
+            tmp_fs=self.mount_point, tmp_disk_mib=self.tmp_disk_mib,
             extra_lines=self.slurm_lines, node_options=self.node_options))
 
     def _prepare_node(self, node: Host) -> None:
@@ -426,7 +432,7 @@ class Cluster:
         if self.use_project_setup:
             self._bootstrap_node(node)
         else:
-            node.disks.attach(self.disks_per_node, DISK_MIB)
+            node.disks.attach(self.disks_per_node, self.disk_mib)
             self.write_scratch_conf(node.name)
             self._setup_scratch_directly(node)
 
@@ -435,7 +441,7 @@ class Cluster:
         steps the docker-compose nodes take too."""
         try:
             bootstrap_node(
-                node.disks, self.disks_per_node, DISK_MIB, self.scratch_conf_path(node.name),
+                node.disks, self.disks_per_node, self.disk_mib, self.scratch_conf_path(node.name),
                 self.scratch_settings, str(self.slurm_conf),
                 str(self.prefix / "bin" / "slurm-scratch"),
                 run_in_node=lambda argv: node.run(argv, check=False, timeout=120),
@@ -450,6 +456,10 @@ class Cluster:
         node.run(["sh", "-euc", f"mkfs.ext4 -q -F -m 0 {node.loop_device}\n"
                   f"mount -o noatime,nodiratime {node.loop_device} /scratch\n"
                   "chmod 1777 /scratch"])
+
+    def _start_slurmd(self, node: Host) -> None:
+        node.start_daemon(["/usr/sbin/slurmd", "-D", "-N", node.name, "-f", str(self.slurm_conf)],
+                          "slurmd.out")
 
     def _start_slurmctld(self) -> None:
         self.controller.start_daemon(["/usr/sbin/slurmctld", "-D", "-i", "-f",
@@ -645,6 +655,15 @@ class Cluster:
     def resume(self, node: str) -> None:
         self.scontrol("update", f"nodename={node}", "state=resume")
 
+    def restart_slurmd(self, node: str, between: Callable[[], None] = lambda: None) -> None:
+        """Stop the node's slurmd, call `between`, start slurmd again (it measures TmpFS then)."""
+        host = self.nodes[node]
+        problems = host.stop_daemon()
+        if problems:
+            raise HarnessError(f"{node}: {problems}")
+        between()
+        self._start_slurmd(host)
+
     def run_on_node(self, node: str, argv: Sequence[str], *, check: bool = True,
                     timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
         """Run `argv` as root inside the node's PID, network, UTS and mount namespaces."""
@@ -671,6 +690,26 @@ class Cluster:
 
     def node_path(self, node: str, path: str) -> Path:
         return self.nodes[node].path(path)
+
+    @property
+    def mount_point(self) -> str:
+        return self.scratch_settings.get("volume", {}).get("mount_point", "/scratch")
+
+    def scratch_mib(self, node: str) -> int:
+        """The size of the filesystem at the node's mount point in MiB, as slurmd measures TmpFS."""
+        stats = os.statvfs(self.node_path(node, self.mount_point))
+        return stats.f_blocks * stats.f_frsize // (1 << 20)
+
+    def reasons_shown(self, node: str) -> dict[str, str]:
+        """The node's reason wherever Slurm shows one ('' where it shows none): `scontrol show
+        node` (its Reason=, without the [user@time] suffix), `sinfo -R`, `sinfo -o %E`."""
+        reason = self.node_info(node).get("Reason", "")
+        return {
+            "scontrol show node": reason.rpartition(" [")[0] if reason.endswith("]") else reason,
+            "sinfo -R": self.node_reason(node),
+            "sinfo %E": parse_sinfo_reason(self.client(sinfo_any_reason_argv(node),
+                                                       timeout=30).stdout),
+        }
 
     def scratch_mounted(self, node: str) -> bool:
         return self.scratch_source(node) is not None

@@ -1,5 +1,5 @@
-"""A Debian rootfs with another Slurm (trixie: 24.11) for the cluster tests, built once with
-mmdebstrap from the machine's own Debian archive and cached under /var/cache.
+"""A Debian rootfs with another Slurm (trixie: 24.11, sid: 26.05) for the cluster tests, built
+once with mmdebstrap from the machine's own Debian archive and cached under /var/cache.
 
 Cluster(rootfs=...) runs every daemon, hook, job and client in it (chroot); `install_project`
 installs the project into it with its own Python (`make install` run inside the rootfs), so the
@@ -21,9 +21,12 @@ CACHE = Path("/var/cache/slurm-scratch-tests")
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 PACKAGES = (
     "slurmctld", "slurmd", "slurm-client", "munge",   # Slurm (munged itself runs on the machine)
-    "util-linux", "mount", "e2fsprogs", "procps", "iproute2", "hostname", "findutils",
+    "util-linux", "mount", "e2fsprogs", "btrfs-progs", "procps", "iproute2", "hostname", "findutils",
     "python3", "python3-venv", "make", "ca-certificates",  # `make install` inside the rootfs
 )
+# sid's Release file carries a Valid-Until that a pinned archive snapshot outlives (as the machine's
+# own apt configuration, these accept it; a release's Release file has none)
+APT_OPTIONS = ('Acquire::Check-Valid-Until "false"', 'Acquire::Check-Date "false"')
 # mount points the harness and the tool need inside the rootfs
 DIRS = ("scratch", "etc/slurm-scratch", "run/slurm-scratch", "var/lib/slurm-scratch", "run/munge")
 
@@ -54,7 +57,7 @@ def slurm_rootfs(suite: str = "trixie") -> Path:
         try:
             made = subprocess.run(
                 ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 suite, str(building), archive_uri()],
+                 *(f"--aptopt={option}" for option in APT_OPTIONS), suite, str(building), archive_uri()],
                 capture_output=True, text=True, timeout=900)
             if made.returncode != 0:
                 raise RootfsError(f"mmdebstrap {suite} exited {made.returncode}: "

@@ -30,9 +30,14 @@ def first_record(stdout: str) -> dict[str, str]:
 
 
 def sinfo_reason_argv(node: str) -> list[str]:
-    """`sinfo -R` for one node, its reason only: Slurm 24.11 keeps showing an old reason in
-    `scontrol show node` and `sinfo -o %E` after `state=resume`, 22.05 clears it."""
+    """`sinfo -R` for one node, its reason only (for nodes drained, down or failed)."""
     return ["sinfo", "-R", "-h", "-N", "-n", node, "-o", "%E"]
+
+
+def sinfo_any_reason_argv(node: str) -> list[str]:
+    """`sinfo` for one node, its reason whatever its state (`-R` lists drained, down and failed
+    nodes only)."""
+    return ["sinfo", "-h", "-N", "-n", node, "-o", "%E"]
 
 
 def parse_sinfo_reason(stdout: str) -> str:

@@ -17,13 +17,17 @@ SLURM_USER = "slurm"
 def slurm_conf_text(*, cluster_name: str, controller: tuple[str, str],
                     nodes: Sequence[tuple[str, str]], controller_dir: Path, node_dir: str,
                     hooks: Path, health_interval: int, munge_socket: Path | None = None,
+                    tmp_fs: str | None = None, tmp_disk_mib: int | None = None,
                     extra_lines: Sequence[str] = (), node_options: str = "") -> str:
     """The text of slurm.conf. `controller` and `nodes` are (name, address); slurmctld keeps
     its state, PID file and log in `controller_dir`, each slurmd its spool, PID file and log
     in `node_dir` (which may hold %n); `hooks` is where prolog, epilog, task_prolog and
-    healthcheck are; `munge_socket` when munged listens somewhere else than its default;
-    `extra_lines` (e.g. TmpFS=/scratch) and `node_options` (e.g. TmpDisk=800, on every NodeName
-    line) for tests that need them."""
+    healthcheck are; `munge_socket` when munged listens somewhere else than its default.
+    `tmp_fs` (the scratch mount point) and `tmp_disk_mib` (what its volume holds, MiB): Slurm
+    schedules `--tmp` on the configured TmpDisk of a static node and drains it with "Low
+    TmpDisk" when slurmd measures less at registration (statvfs of TmpFS). `extra_lines` (e.g.
+    GresTypes=tmpdisk) and `node_options` (e.g. Gres=tmpdisk:800, on every NodeName line) for
+    tests that need them."""
     cpus = os.cpu_count() or 1
     lines = [
         f"ClusterName={cluster_name}",
@@ -63,11 +67,13 @@ def slurm_conf_text(*, cluster_name: str, controller: tuple[str, str],
         f"HealthCheckProgram={hooks}/healthcheck",
         f"HealthCheckInterval={health_interval}",
         "HealthCheckNodeState=ANY",
+        *([f"TmpFS={tmp_fs}"] if tmp_fs else []),
         *extra_lines,
     ]
-    lines += [f"NodeName={name} NodeAddr={address} CPUs={cpus} RealMemory=100 State=UNKNOWN"
-              + (f" {node_options}" if node_options else "")
-              for name, address in nodes]
+    tmp_disk = f" TmpDisk={tmp_disk_mib}" if tmp_disk_mib is not None else ""
+    more = f" {node_options}" if node_options else ""
+    lines += [f"NodeName={name} NodeAddr={address} CPUs={cpus} RealMemory=100{tmp_disk}{more} "
+              "State=UNKNOWN" for name, address in nodes]
     lines.append(f"PartitionName=main Nodes={','.join(name for name, _ in nodes)} Default=YES "
                  "MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"

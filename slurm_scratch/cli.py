@@ -112,13 +112,20 @@ def cmd_healthcheck(config_path: str | None, node: str | None = None, report_onl
 def cmd_setup(config_path: str | None, dry_run: bool = False) -> int:
     from slurm_scratch.volume import setup
 
-    return setup.setup_main(load_config(config_path), dry_run)
+    config = load_config(config_path)
+    was_mounted = os.path.ismount(config.volume.mount_point)
+    status = setup.setup_main(config, dry_run)
+    if status == EXIT_OK and not dry_run and not was_mounted:
+        from slurm_scratch.health import drain
+
+        drain.slurmd_measures_the_volume(config)
+    return status
 
 
 def cmd_status(config_path: str | None, as_json: bool = False) -> int:
     from slurm_scratch.health import status
 
-    return status.main(load_config(config_path), as_json)
+    return status.main(load_config(config_path), as_json, _node_name())
 
 
 def cmd_reap(config_path: str | None) -> int:
@@ -156,7 +163,24 @@ def cmd_check_config(config_path: str | None) -> int:
 
     config: Config = load_config(config_path)
     sys.stdout.write(render(config))
+    _warn_about_slurm_conf(config)
     return EXIT_OK
+
+
+def _warn_about_slurm_conf(config: Config) -> None:
+    """check-config's warnings (exit 0) when slurm.conf's TmpFS/TmpDisk do not fit the volume."""
+    from slurm_scratch import slurmconf
+
+    path = slurmconf.conf_path(config.slurm.slurm_conf)
+    try:
+        tmp = slurmconf.read(path, _node_name())
+        problems = slurmconf.warnings(tmp, config.volume.mount_point, slurmconf.volume_mib(config.volume.mount_point))
+    except OSError as exc:
+        problems = [f"{path}: cannot read it ({exc.strerror}): TmpFS and TmpDisk not checked"]
+    except ScratchError as exc:
+        problems = [str(exc)]
+    for problem in problems:
+        sys.stderr.write(f"warning: {problem}\n")
 
 
 HOOK_COMMANDS = {

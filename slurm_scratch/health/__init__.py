@@ -35,17 +35,18 @@ Runs that overlap (slurmd, cron, NHC) never hide a fault from each other:
   file name of its own (PID and a nanosecond clock).
 - A full run takes /run/slurm-scratch/health.lock for its checks and its exchange with Slurm
   (reconcile), so that the later run's finding is the one Slurm gets. A second full run waits for
-  that lock, at most as long as the first may hold it (`lock_wait_bound`: its checks and three
-  Slurm calls, plus LOCK_SLACK_SECONDS), then reconciles its own finding. If the lock is still
+  that lock, at most as long as the first may hold it (`lock_wait_bound`: its checks and four
+  [slurm] timeouts of Slurm calls, plus LOCK_SLACK_SECONDS), then reconciles its own finding. If the lock is still
   held then (a stuck or deliberately paused holder), it checks and reports like `--report-only`.
 - Housekeeping runs after the check lock is released, under /run/slurm-scratch/housekeeping.lock,
   taken without waiting: when another run is doing the housekeeping, this one skips it. So checks
   and reports never wait on housekeeping.
 Worst case, with C = check_timeout + probe_timeout (the checks) and T = [slurm] timeout: a full
-run waits at most lock_wait_bound = C + 3 T + LOCK_SLACK_SECONDS for the check lock, checks (C),
-makes at most 3 Slurm calls (3 T), then housekeeps within [health] housekeeping_seconds plus its 2
-Slurm calls (`scontrol listpids`, `squeue`): 2 C + 8 T + housekeeping_seconds + 5 s in all (185 s
-with the defaults; C + 3 T + housekeeping_seconds + 2 T when no other full run holds the lock).
+run waits at most lock_wait_bound = C + 4 T + LOCK_SLACK_SECONDS for the check lock, checks (C),
+talks to Slurm for at most 4 T (`scontrol --version` with pyslurm, show node, slurmd's TmpFS
+measured again before a resume, update), then housekeeps within [health] housekeeping_seconds plus
+its 2 Slurm calls (`scontrol listpids`, `squeue`): 2 C + 10 T + housekeeping_seconds + 5 s in all
+(205 s with the defaults; C + 4 T + housekeeping_seconds + 2 T when no other full run holds the lock).
 `--report-only`: C. (`repair` adds volume setup's own bounds and one more round of checks.)
 
 Drain reason = `[slurm] drain_prefix` + the first problem in this order (mount, kernel I/O errors,

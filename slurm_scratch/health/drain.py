@@ -1,20 +1,32 @@
 """Drain and resume, NHC-style, with the fewest possible calls to slurmctld.
 
-The decision is a pure function, `decide(desired, node, prefix, hook_pending)`: the drain reason
-the health check wants (None when healthy), the node as Slurm sees it, and whether a hook finding
-of ours is pending (a Prolog or Epilog that failed on a broken volume) -> one Action (none, drain,
-resume). Its rules:
+The decision is a pure function, `decide(desired, node, prefix, hook_pending, tmp_disk_explained)`:
+the drain reason the health check wants (None when healthy), the node as Slurm sees it, whether a
+hook finding of ours is pending (a Prolog or Epilog that failed on a broken volume), and whether a
+"Low TmpDisk" drain is the volume's doing (`explains_low_tmp_disk`: slurm.conf's TmpFS is the
+mount point, and the volume is missing now, or is healthy and holds the node's TmpDisk: slurmd
+measured TmpFS while the volume was missing) -> one Action (none, drain, resume). Its rules:
 
 - A node that is rebooting, powering up or down, or powered down (power save) is left alone.
 - Unhealthy: a node drained with our prefix gets our current reason (if it differs); a node that is
   not drained, down or in maintenance is drained with `<prefix> <finding>`; a node drained with
   "Prolog error" or "Epilog error" while a hook finding of ours is pending gets our specific reason
-  instead (so that it can be resumed automatically later); any other drained/down/maintenance node
-  keeps its reason: nothing appended, nothing resumed.
+  instead (so that it can be resumed automatically later), and so does a "Low TmpDisk" drain the
+  volume explains; any other drained/down/maintenance node keeps its reason: nothing appended,
+  nothing resumed.
 - Healthy: a node drained with a reason that starts with our prefix is resumed; a node drained
   with "Prolog error" or "Epilog error" while a hook finding of ours is pending is resumed (that
-  failure was ours and the volume is healthy now); every other reason is never resumed: a
-  "Prolog error" or "Epilog error" with no finding of ours pending is an admin's business.
+  failure was ours and the volume is healthy now), and so is a "Low TmpDisk" the volume explains;
+  every other reason is never resumed: a "Prolog error" or "Epilog error" with no finding of ours
+  pending, a "Low TmpDisk" of a TmpFS that is not the volume, are an admin's business.
+
+Before a resume of a node whose TmpFS is the volume, slurmd is made to measure it again when it
+measured less than the node's TmpDisk (slurm.remeasure_tmp_disk: slurmd measures only when it
+starts or reconfigures, and the registration a resume asks for would drain it again); `setup` does
+the same when it mounts the volume under a running slurmd (`slurmd_measures_the_volume`), since
+slurmctld sends no health check to a node it found invalid at registration. The resume
+itself sets a reason of its own (slurm.RESUMED_REASON): Slurm 23.11 to 25.11 without accounting
+storage keep the old reason after a resume.
 
 The Prolog and Epilog never call Slurm: when the volume is broken (not mountable, read-only, EIO,
 hung) they write their finding to /run/slurm-scratch/hook-finding (`record_hook_finding`) and
@@ -41,6 +53,7 @@ from __future__ import annotations
 import os
 import time
 
+from slurm_scratch.errors import ScratchError
 from slurm_scratch.layout import HEALTH_STATE as STATE_FILE
 from slurm_scratch.layout import HOOK_FINDING as HOOK_FILE
 from slurm_scratch.layout import RELEASED_HOOK_FINDING as RELEASED_HOOK_FILE
@@ -100,7 +113,7 @@ def needs_slurm(desired: str | None, memory: Memory | None, hook_pending: bool, 
     return False
 
 
-def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool) -> Action:
+def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool, tmp_disk_explained: bool = False) -> Action:
     ours = node.reason.startswith(prefix)
     hook_error = node.reason.startswith(HOOK_ERRORS)
     held = node.drained or node.down or node.maintenance
@@ -118,6 +131,8 @@ def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool
             return action("drain", desired, f"drained with {node.reason!r}; the finding is now {desired!r}", desired)
         if node.drained and hook_error and hook_pending:
             return action("drain", desired, f"replacing {node.reason!r} (our hook's failure) with {desired!r}", desired, True)
+        if tmp_disk_explained and node.low_tmp_disk:
+            return action("drain", desired, f"replacing {node.reason!r} (slurmd measured TmpFS without the volume) with {desired!r}", desired)
         if held:
             state = "drained" if node.drained else "down" if node.down else "in maintenance"
             return action("none", "", f"node already {state} ({node.reason or 'no reason'}): keeping that", "")
@@ -126,6 +141,8 @@ def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool
         return action("resume", node.reason, f"healthy again: resuming (was {node.reason!r})", "")
     if node.drained and hook_error and hook_pending:
         return action("resume", node.reason, f"healthy: resuming {node.reason!r} (our hook's failure, now repaired)", "", True)
+    if tmp_disk_explained and node.low_tmp_disk:
+        return action("resume", node.reason, f"healthy: resuming {node.reason!r} (the volume holds TmpDisk={node.tmp_disk} again)", "")
     if node.drained or node.down:
         return action("none", "", f"healthy; the node keeps {node.reason or 'its state'!r} (not ours)", "")
     return action("none", "", "healthy", "")
@@ -190,8 +207,57 @@ def forget_hook_finding(seen: HookFinding) -> None:
 # ---- one reconciliation -----------------------------------------------------------------------
 
 
-def reconcile(config, node: str, finding_text: str | None, now: float | None = None) -> Action | None:
-    """Bring the node's Slurm state in line with the health check's finding (None = healthy).
+def tmp_fs_is_the_volume(config) -> bool:
+    """slurm.conf's TmpFS is the volume's mount point (False when slurm.conf cannot be read here,
+    e.g. a configless node: then no TmpDisk matter is the tool's)."""
+    from slurm_scratch import slurmconf
+
+    try:
+        tmp = slurmconf.read(slurmconf.conf_path(config.slurm.slurm_conf), "")
+    except (OSError, ScratchError):
+        return False
+    return os.path.normpath(tmp.tmp_fs) == os.path.normpath(config.volume.mount_point)
+
+
+def explains_low_tmp_disk(config, state: NodeState, check: str) -> bool:
+    """Whether a "Low TmpDisk" drain is the volume's doing: slurmd measures TmpFS, which is the
+    mount point, and either the volume is missing or not ours there now (the mount finding), or it
+    is healthy and holds the node's TmpDisk (so slurmd measured it while it was missing)."""
+    if not state.low_tmp_disk or check not in ("mount", "healthy") or not tmp_fs_is_the_volume(config):
+        return False
+    if check == "mount":
+        return True
+    from slurm_scratch import slurmconf
+
+    volume = slurmconf.volume_mib(config.volume.mount_point)
+    return volume is not None and volume >= state.tmp_disk
+
+
+def slurmd_measures_the_volume(config) -> None:
+    """After setup mounted the volume on a node whose slurmd runs (a repair): slurmd measured TmpFS,
+    the mount point, without it and registers that, and slurmctld (23.11 and later) sends no health
+    check to a node it drained with "Low TmpDisk" for it, so nothing would resume the node. Make
+    slurmd measure again (its registration then clears that state; the next health check resumes the
+    node). Nothing when TmpFS is not the mount point or slurmd does not run (setup at boot)."""
+    from slurm_scratch import log, slurmconf
+    from slurm_scratch.health import slurm
+
+    volume = slurmconf.volume_mib(config.volume.mount_point)
+    if volume is None or not tmp_fs_is_the_volume(config):
+        return
+    try:
+        status = slurm.slurmd_status(config)
+    except ScratchError:
+        return  # no slurmd here (yet): it will measure the volume when it starts
+    try:
+        slurm.remeasure_tmp_disk(config, volume, status)
+    except ScratchError as exc:
+        log.warning(f"setup: {exc}")
+
+
+def reconcile(config, node: str, finding_text: str | None, now: float | None = None, check: str = "") -> Action | None:
+    """Bring the node's Slurm state in line with the health check's finding (None = healthy;
+    `check`: the check that found it, e.g. "mount").
 
     Returns the Action taken, or None when Slurm was not asked (nothing changed). Raises
     ScratchError when Slurm could not be asked or refused; the memory is then left as it was, so
@@ -209,7 +275,8 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
 
     backend = slurm.backend(config)
     state = backend.node_state(node)
-    action = decide(desired, state, prefix, pending is not None)
+    explained = explains_low_tmp_disk(config, state, "healthy" if desired is None else check)
+    action = decide(desired, state, prefix, pending is not None, explained)
     why = action.why
     if action.hook_handled and pending is not None:
         why += f"; the {pending.hook or 'hook'} found: {pending.finding}"
@@ -217,6 +284,8 @@ def reconcile(config, node: str, finding_text: str | None, now: float | None = N
         backend.drain(node, action.reason)
         log.warning(f"healthcheck: drained {node}: {action.reason} ({why})")
     elif action.kind == "resume":
+        if state.tmp_disk and (explained or tmp_fs_is_the_volume(config)):
+            slurm.remeasure_tmp_disk(config, state.tmp_disk)  # else its registration drains again
         backend.resume(node)
         log.info(f"healthcheck: resumed {node} ({why})")
     elif desired is not None or (memory is not None and memory.drained):

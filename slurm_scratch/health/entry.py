@@ -42,8 +42,9 @@ def checks_bound(config: Config) -> float:
 
 def lock_wait_bound(config: Config) -> float:
     """How long a full run waits for another's check lock: what that one's checks and Slurm calls
-    (at most three: `scontrol --version` for `api = auto` with pyslurm, show, update) may take."""
-    return checks_bound(config) + 3 * config.slurm.timeout + LOCK_SLACK_SECONDS
+    (at most four [slurm] timeouts: `scontrol --version` for `api = auto` with pyslurm, show,
+    slurmd's TmpFS measured again before a resume, update) may take."""
+    return checks_bound(config) + 4 * config.slurm.timeout + LOCK_SLACK_SECONDS
 
 
 def _check_and_print(config: Config, repair: bool, save: bool = True) -> list[Finding]:
@@ -101,7 +102,7 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
         findings = _check_and_print(config, config.health.repair)
         problems = problems_of(findings)
         try:
-            drain.reconcile(config, node, problems[0].text if problems else None)
+            drain.reconcile(config, node, problems[0].text if problems else None, check=problems[0].check if problems else "")
         except ScratchError as exc:
             log.error(f"healthcheck: could not update the node's state in Slurm: {exc}")
         record_run(config, findings)

@@ -27,6 +27,18 @@ from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.record import Record
 
+# The reason a node is resumed with. Slurm 23.11 to 25.11 clears a node's reason on resume only when
+# an accounting storage plugin is configured (clusteracct_storage_g_node_up returns before clearing it
+# otherwise; SchedMD ticket 25266, fixed in 26.05): without slurmdbd the old `scratch:` text stayed in
+# `scontrol show node` and `sinfo %E` until the next job started there, and a drain slurmctld made
+# meanwhile ("Low TmpDisk" at registration) kept that text, which the health check would take for its
+# own. Resuming with this reason replaces ours; a Slurm that clears reasons on resume clears it too.
+RESUMED_REASON = "volume healthy, resumed by slurm-scratch"
+
+# The reason slurmctld drains a node with when slurmd measured less than its TmpDisk (statvfs of
+# TmpFS, taken when slurmd starts or reconfigures) at registration.
+LOW_TMP_DISK = "Low TmpDisk"
+
 # Node state flags (as `scontrol show node` prints them in State=BASE+FLAG+...) meaning the node
 # is on its way to or from a reboot or power saving: the health check leaves such nodes alone.
 TRANSITIONAL_FLAGS = frozenset({
@@ -41,6 +53,13 @@ class NodeState(Record):
     reason: str  # "" when the node has none; without Slurm's " [user@time]" suffix
     reason_user: str
     reason_time: str  # as Slurm prints it, e.g. 2026-11-29T05:01:02; "" when unknown
+    tmp_disk: int = 0  # the configured TmpDisk in MiB (what Slurm schedules --tmp on); 0: none
+
+    @property
+    def low_tmp_disk(self) -> bool:
+        """Drained by slurmctld because slurmd measured less than TmpDisk at registration (and
+        nothing else was low)."""
+        return self.drained and self.reason == LOW_TMP_DISK
 
     @property
     def drained(self) -> bool:
@@ -64,10 +83,11 @@ def slurm_env(config: Config) -> dict[str, str]:
     return {"SLURM_CONF": conf} if conf else {}
 
 
-def _scontrol(config: Config, *args: str, check: bool = True):
+def _scontrol(config: Config, *args: str, check: bool = True, timeout: float | None = None):
     from slurm_scratch import run
 
-    return run.run([config.slurm.scontrol, *args], timeout=config.slurm.timeout, env=slurm_env(config), quiet=True, check=check)
+    timeout = config.slurm.timeout if timeout is None else timeout
+    return run.run([config.slurm.scontrol, *args], timeout=timeout, env=slurm_env(config), quiet=True, check=check)
 
 
 # ---- parsing `scontrol show node -o` ------------------------------------------------------------
@@ -135,7 +155,10 @@ def parse_show_node(text: str, name: str) -> NodeState:
                 if cut >= 0:
                     value = value[:cut]
             reason, user, when = _split_reason(value)
-        return NodeState(name=name, states=states, reason=reason, reason_user=user, reason_time=when)
+        tmp_disk_at = line.find(" TmpDisk=")
+        tmp_disk = line[tmp_disk_at + 9 :].split(None, 1)[0] if tmp_disk_at >= 0 else "0"
+        return NodeState(name=name, states=states, reason=reason, reason_user=user, reason_time=when,
+                         tmp_disk=int(tmp_disk) if tmp_disk.isdigit() else 0)
     raise ScratchError(f"scontrol show node {name}: node {name!r} not in the output (is it a node of this cluster?)")
 
 
@@ -146,6 +169,24 @@ def parse_version(text: str) -> tuple[int, int]:
         if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
             return int(parts[0]), int(parts[1])
     raise ScratchError(f"cannot read a Slurm version from {text.strip()[:80]!r}")
+
+
+class SlurmdStatus(Record):
+    pid: int  # slurmd's PID (as this node sees it)
+    tmp_disk: int  # what slurmd measured TmpFS at, MiB ("Actual temp disk space")
+
+
+def parse_show_slurmd(text: str) -> SlurmdStatus:
+    """`scontrol show slurmd`: `Slurmd PID = 123`, `Actual temp disk space = 975 MB` lines."""
+    fields = {}
+    for line in text.splitlines():
+        key, equals, value = line.partition("=")
+        if equals:
+            fields[key.strip()] = value.split()[0] if value.split() else ""
+    pid, tmp_disk = fields.get("Slurmd PID", ""), fields.get("Actual temp disk space", "")
+    if not pid.isdigit() or not tmp_disk.isdigit():
+        raise ScratchError(f"scontrol show slurmd: no Slurmd PID or Actual temp disk space in {text.strip()[:200]!r}")
+    return SlurmdStatus(pid=int(pid), tmp_disk=int(tmp_disk))
 
 
 def parse_listpids(text: str) -> set[int]:
@@ -174,7 +215,7 @@ class ScontrolBackend:
         _scontrol(self.config, "update", f"nodename={node}", "state=drain", f"reason={reason}")
 
     def resume(self, node: str) -> None:
-        _scontrol(self.config, "update", f"nodename={node}", "state=resume")
+        _scontrol(self.config, "update", f"nodename={node}", "state=resume", f"reason={RESUMED_REASON}")
 
 
 # ---- the pyslurm backend --------------------------------------------------------------------
@@ -218,14 +259,16 @@ class PyslurmBackend:
                 raise ScratchError(f"pyslurm: cannot load node {node}: {exc}") from None
             reason = str(loaded.reason or "")
             fields = (str(loaded.state or ""), reason if reason != "(null)" else "",
-                      str(getattr(loaded, "reason_user", "") or ""), str(getattr(loaded, "reason_time", "") or ""))
+                      str(getattr(loaded, "reason_user", "") or ""), str(getattr(loaded, "reason_time", "") or ""),
+                      str(getattr(loaded, "temporary_disk", 0) or 0))
             return ",".join(field.encode("utf-8", errors="replace").hex() for field in fields)
 
         answer = self._bounded(f"load node {node}", work).split(",")
-        if len(answer) != 4:
+        if len(answer) != 5:
             raise ScratchError(f"pyslurm: load node {node}: unexpected answer {answer!r}")
-        state, reason, user, when = (bytes.fromhex(field).decode("utf-8", errors="replace") for field in answer)
-        return NodeState(name=node, states=_state_set(state), reason=reason, reason_user=user, reason_time=when)
+        state, reason, user, when, tmp_disk = (bytes.fromhex(field).decode("utf-8", errors="replace") for field in answer)
+        return NodeState(name=node, states=_state_set(state), reason=reason, reason_user=user, reason_time=when,
+                         tmp_disk=int(tmp_disk) if tmp_disk.isdigit() else 0)
 
     def _modify(self, node: str, **changes: str) -> None:
         def work() -> str:
@@ -241,7 +284,45 @@ class PyslurmBackend:
         self._modify(node, state="DRAIN", reason=reason)
 
     def resume(self, node: str) -> None:
-        self._modify(node, state="RESUME")
+        self._modify(node, state="RESUME", reason=RESUMED_REASON)
+
+
+def slurmd_status(config: Config, timeout: float | None = None) -> SlurmdStatus:
+    """This node's slurmd (`scontrol show slurmd`: answered by the local slurmd, not slurmctld)."""
+    return parse_show_slurmd(_scontrol(config, "show", "slurmd", timeout=timeout).stdout)
+
+
+def remeasure_tmp_disk(config: Config, wanted: int, status: SlurmdStatus | None = None) -> int:
+    """Make this node's slurmd measure TmpFS again when it measured less than `wanted` MiB (the
+    node's TmpDisk): slurmd measures only when it starts or reconfigures, and registers that
+    value, so a node resumed after the volume came back would be drained again with "Low TmpDisk".
+    SIGHUP is slurmd's own reconfigure (22.05 re-reads its config in place; 23.11 and later
+    re-execute slurmd, running jobs kept). All of it within [slurm] timeout; returns what slurmd
+    measures now. ScratchError when slurmd cannot be asked or still measures less. `status`: what
+    `slurmd_status` just said, if the caller asked."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + config.slurm.timeout
+    status = status or slurmd_status(config)
+    if status.tmp_disk >= wanted:
+        return status.tmp_disk
+    from slurm_scratch import log
+
+    log.info(f"slurmd measured {status.tmp_disk} MiB of TmpFS, {wanted} wanted: telling it to measure again (SIGHUP)")
+    try:
+        os.kill(status.pid, signal.SIGHUP)
+    except OSError as exc:
+        raise ScratchError(f"cannot signal slurmd (PID {status.pid}) to measure TmpFS again: {exc.strerror}") from None
+    while time.monotonic() < deadline - 0.2:
+        time.sleep(0.2)
+        try:  # refused while a re-executed slurmd starts
+            status = slurmd_status(config, timeout=max(deadline - time.monotonic(), 0.1))
+        except ScratchError:
+            continue
+        if status.tmp_disk >= wanted:
+            return status.tmp_disk
+    raise ScratchError(f"slurmd still measures {status.tmp_disk} MiB of TmpFS after SIGHUP ({wanted} wanted)")
 
 
 def version(config: Config) -> tuple[int, int]:

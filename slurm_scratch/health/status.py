@@ -3,10 +3,10 @@
 The report is the volume's (volume/status.py: disks used and skipped, backend, state, mount, size
 and free space; its keys stay at the top level of `--json`) followed by SECTIONS, each one key of
 `--json` and a line or a few of text: what the tool last told Slurm (the node's state as last
-seen), the latest health findings, kernel I/O errors, the trash's backlog, the metrics file's age.
-A section is a pair of functions, (collect(config) -> dict or None when there is nothing to show,
-render(dict) -> lines): add one to SECTIONS to show more. The kept area of failed jobs' directories
-(jobs/kept.py) is one.
+seen), slurm.conf's TmpFS and this node's TmpDisk, the latest health findings, kernel I/O errors,
+the trash's backlog, failed jobs' kept directories (jobs/kept.py), the metrics file's age. A
+section is a pair of functions, (collect(config, node, volume report) -> dict, or None when there
+is nothing to show; render(dict, now) -> lines): add one to SECTIONS to show more.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _ago(timestamp: float, now: float) -> str:
     return f"{seconds:.0f} s ago"
 
 
-def slurm_section(config: Config) -> dict:
+def slurm_section(config: Config, node: str, volume: dict) -> dict:
     from slurm_scratch.health import drain
 
     memory = drain.load_memory()
@@ -52,7 +52,7 @@ def slurm_lines(section: dict, now: float) -> list[str]:
     return lines
 
 
-def health_section(config: Config) -> dict:
+def health_section(config: Config, node: str, volume: dict) -> dict:
     from slurm_scratch.health import latest
 
     found = latest.load()
@@ -70,7 +70,7 @@ def health_lines(section: dict, now: float) -> list[str]:
     return [f"health:     {len(problems)} problem(s) ({_ago(section['time'], now)}{since})"] + [f"  problem   {p['text']}" for p in problems]
 
 
-def io_section(config: Config) -> dict:
+def io_section(config: Config, node: str, volume: dict) -> dict:
     from slurm_scratch.health import io_errors
 
     if config.health.io_errors_window <= 0:
@@ -95,7 +95,7 @@ def io_lines(section: dict, now: float) -> list[str]:
     return lines
 
 
-def trash_section(config: Config) -> dict:
+def trash_section(config: Config, node: str, volume: dict) -> dict:
     from slurm_scratch import mounts
     from slurm_scratch.health.backlog import measure
 
@@ -114,7 +114,7 @@ def trash_lines(section: dict, now: float) -> list[str]:
     return [f"trash:      {section['entries']} entr{'y' if section['entries'] == 1 else 'ies'}, {size_text(section['bytes'])} waiting for the reaper{more}"]
 
 
-def metrics_section(config: Config) -> dict:
+def metrics_section(config: Config, node: str, volume: dict) -> dict:
     from slurm_scratch.layout import METRICS_FILE
 
     if not config.health.metrics_dir:
@@ -135,7 +135,7 @@ def metrics_lines(section: dict, now: float) -> list[str]:
     return [f"metrics:    {section['file']}, written {_ago(section['written'], now)}"]
 
 
-def kept_section(config: Config) -> dict | None:
+def kept_section(config: Config, node: str, volume: dict) -> dict | None:
     from slurm_scratch.jobs import kept
 
     return kept.report(config)
@@ -151,8 +151,30 @@ def kept_lines(section: dict, now: float) -> list[str]:
     return lines
 
 
+def tmp_disk_section(config: Config, node: str, volume: dict) -> dict | None:
+    """slurm.conf's TmpFS and this node's TmpDisk beside the volume's size (None when slurm.conf
+    cannot be read here, e.g. a configless node)."""
+    from slurm_scratch import slurmconf
+    from slurm_scratch.errors import ScratchError
+
+    try:
+        tmp = slurmconf.read(slurmconf.conf_path(config.slurm.slurm_conf), node)
+    except (OSError, ScratchError):
+        return None
+    size = volume["size_bytes"] >> 20 if volume.get("mounted") and "size_bytes" in volume else None
+    return {**tmp.as_dict(), "volume_mib": size, "warnings": slurmconf.warnings(tmp, config.volume.mount_point, size)}
+
+
+def tmp_disk_lines(section: dict, now: float) -> list[str]:
+    tmp_disk = "not a node in it" if section["tmp_disk_mib"] is None else f"TmpDisk={section['tmp_disk_mib']} MiB"
+    size = f", volume {section['volume_mib']} MiB" if section["volume_mib"] is not None else ""
+    lines = [f"tmpdisk:    TmpFS={section['tmp_fs']} {tmp_disk}{size} (node {section['node']}, {section['path']})"]
+    return lines + [f"warning:    {warning}" for warning in section["warnings"]]
+
+
 SECTIONS = [
     ("slurm", slurm_section, slurm_lines),
+    ("tmp_disk", tmp_disk_section, tmp_disk_lines),  # slurm.conf's TmpFS/TmpDisk, when readable here
     ("health", health_section, health_lines),
     ("io_errors", io_section, io_lines),
     ("trash", trash_section, trash_lines),
@@ -161,10 +183,10 @@ SECTIONS = [
 ]
 
 
-def collect(config: Config) -> dict:
+def collect(config: Config, node: str) -> dict:
     report = volume_status.collect(config.volume)
     for name, section, _ in SECTIONS:
-        shown = section(config)
+        shown = section(config, node, report)
         if shown is not None:
             report[name] = shown
     return report
@@ -179,9 +201,9 @@ def render(report: dict, now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(config: Config, as_json: bool) -> int:
+def main(config: Config, as_json: bool, node: str) -> int:
     """`slurm-scratch status`: exit 0 when the volume is mounted."""
-    report = collect(config)
+    report = collect(config, node)
     if as_json:
         import json
 

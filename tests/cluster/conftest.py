@@ -25,10 +25,14 @@ SETUP_BY_PROJECT = True
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_INTERVAL = 5  # seconds; slurm.conf HealthCheckInterval
 NODES = ("n1", "n2")
-# bookworm's own Slurm, and trixie's in a rootfs (lab/rootfs.py); CLUSTER_SLURM=slurm-22.05 runs
-# only the first
-SLURM_FLAVOURS = tuple(f for f in ("slurm-22.05", "slurm-24.11")
-                       if os.environ.get("CLUSTER_SLURM", f) == f)
+# The Slurm majors the tier runs against: bookworm's own, and trixie's and sid's each in a rootfs
+# (lab/rootfs.py; None = the machine's). CLUSTER_SLURM=slurm-22.05,slurm-26.05 keeps only those.
+SLURM_SUITES = {"slurm-22.05": None, "slurm-24.11": "trixie", "slurm-26.05": "sid"}
+SLURM_FLAVOURS = tuple(f for f in SLURM_SUITES
+                       if f in os.environ.get("CLUSTER_SLURM", ",".join(SLURM_SUITES)).split(","))
+# The broad job/health matrix runs on this one (Debian stable's); a test marked `every_major`
+# (what differs between Slurm releases: hook environments, drain reasons, resume, TmpDisk) on all.
+BROAD_FLAVOUR = "slurm-24.11"
 SCRATCH_SETTINGS = {
     "volume": {"mount_point": "/scratch", "backend": "single", "filesystem": "ext4"},
     "jobs": {"export": "SCRATCH"},
@@ -73,39 +77,81 @@ def cluster_prefix():
 
 
 @pytest.fixture(scope="session")
-def trixie_slurm():
-    """(rootfs, prefix): Debian trixie's Slurm 24.11 in a cached rootfs, with the project
-    installed into it by its own python3."""
+def slurm_rootfs_install():
+    """suite -> (rootfs, prefix): that Debian suite's Slurm in a cached rootfs, with the project
+    installed into it by the rootfs's own python3; each built on first use."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     if shutil.which("mmdebstrap") is None:
         pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
-    root = rootfs.slurm_rootfs("trixie")
-    with _prefix_dir("prefix-trixie") as prefix:
-        rootfs.install_project(root, REPO, prefix)
-        yield root, prefix
+    with contextlib.ExitStack() as stack:
+        made: dict[str, tuple[Path, Path]] = {}
+
+        def install(suite: str) -> tuple[Path, Path]:
+            if suite not in made:
+                root = rootfs.slurm_rootfs(suite)
+                prefix = stack.enter_context(_prefix_dir(f"prefix-{suite}"))
+                rootfs.install_project(root, REPO, prefix)
+                made[suite] = (root, prefix)
+            return made[suite]
+
+        yield install
 
 
-@pytest.fixture(scope="module", params=SLURM_FLAVOURS)
-def cluster_module(request):
+def pytest_configure(config):
+    config.addinivalue_line("markers", "every_major: a cluster test run on every Slurm major "
+                            "(the others run on BROAD_FLAVOUR only)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Cluster tests not marked `every_major` run on BROAD_FLAVOUR only (when it is selected)."""
+    broad = (BROAD_FLAVOUR,) if BROAD_FLAVOUR in SLURM_FLAVOURS else SLURM_FLAVOURS[:1]
+    keep, drop = [], []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        flavour = next((value for value in params.values()
+                        if isinstance(value, str) and value in SLURM_SUITES), None)
+        if flavour and flavour not in broad and item.get_closest_marker("every_major") is None:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@contextlib.contextmanager
+def cluster_for(request, flavour: str, settings=SCRATCH_SETTINGS, **options):
+    """A started cluster of `flavour` (a key of SLURM_SUITES), stopped when the block ends."""
     missing = _missing_programs()
     if missing:
         pytest.skip(f"Slurm/munge not installed: {', '.join(missing)} "
                     "(apt-get install slurmctld slurmd slurm-client munge)")
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
-    if request.param == "slurm-22.05":  # the machine's own (Debian bookworm)
-        root, prefix = None, request.getfixturevalue("cluster_prefix")
-    else:
-        root, prefix = request.getfixturevalue("trixie_slurm")
-    cluster = Cluster(prefix, SCRATCH_SETTINGS, nodes=NODES, health_interval=HEALTH_INTERVAL,
-                      use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=request.param)
+    root, prefix = slurm_install(request, flavour)
+    cluster = Cluster(prefix, settings, nodes=NODES, health_interval=HEALTH_INTERVAL,
+                      use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=flavour, **options)
     cluster.start()
     try:
         yield cluster
     finally:
         problems = cluster.stop()
         assert not problems, f"cluster teardown left: {problems}"
+
+
+def slurm_install(request, flavour: str) -> tuple[Path | None, Path]:
+    """(rootfs or None for the machine's own Slurm, install prefix) of `flavour`."""
+    suite = SLURM_SUITES[flavour]
+    if suite is None:  # the machine's own (Debian bookworm)
+        return None, request.getfixturevalue("cluster_prefix")
+    return request.getfixturevalue("slurm_rootfs_install")(suite)
+
+
+@pytest.fixture(scope="module", params=SLURM_FLAVOURS)
+def cluster_module(request):
+    with cluster_for(request, request.param) as cluster:
+        yield cluster
 
 
 @pytest.fixture

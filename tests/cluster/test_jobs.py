@@ -41,12 +41,14 @@ def wait_output(cluster: Cluster, name: str, marker: str, user: str = USER) -> s
     return wait_for(f"{marker!r} in {path}", marked, 60)
 
 
+@pytest.mark.every_major
 def test_cluster_runs_the_intended_slurm_everywhere(cluster: Cluster):
     release = cluster.flavour.removeprefix("slurm-")
     versions = cluster.slurm_versions()
     assert all(v.startswith(release + ".") for v in versions.values()), versions
 
 
+@pytest.mark.every_major
 def test_sbatch_job_has_private_writable_scratch(cluster: Cluster):
     flag = cluster.home(USER) / "release-sbatch"
     job = cluster.submit(f"""#!/bin/bash
@@ -91,6 +93,7 @@ def test_srun_job_has_scratch_and_loses_it_afterwards(cluster: Cluster):
              lambda: not cluster.node_path("n2", out["SCRATCH"]).exists(), 30)
 
 
+@pytest.mark.every_major
 def test_two_node_job_gets_a_directory_on_each_node(cluster: Cluster):
     flag = cluster.home(USER) / "release-2node"
     job = cluster.submit(f"""#!/bin/bash
@@ -207,3 +210,38 @@ def test_a_squatted_next_job_directory_neither_fails_the_job_nor_drains_the_node
     # Some health checks later the node is still in service (nothing recorded against it).
     time.sleep(2 * HEALTH_INTERVAL)
     assert not cluster.node_drained("n1") and cluster.node_reason("n1") == "", cluster.node_info("n1")
+
+
+@pytest.mark.every_major
+def test_tmpdisk_is_the_volume_and_a_bigger_tmp_request_never_runs(cluster: Cluster):
+    """slurm.conf says TmpFS=/scratch and TmpDisk = what the volume holds: Slurm shows that,
+    slurmd measured it at registration (the volume was mounted before slurmd started), a job
+    asking `--tmp` for all of it runs, and one asking for more is never scheduled on the node:
+    sbatch rejects it."""
+    mib = cluster.tmp_disk_mib
+    for node in cluster.nodes:
+        assert cluster.scratch_mib(node) == mib
+        assert int(cluster.node_info(node)["TmpDisk"]) == mib
+        assert f"TmpDisk={mib} " in cluster.slurmd_log(node), "slurmd measured something else"
+
+    home = cluster.home(USER)
+    too_big = cluster.client(["sbatch", "--parsable", f"--chdir={home}", "-w", "n1", "-N1",
+                              f"--tmp={mib + 1}M", f"--output={home}/slurm-%j.out"], USER,
+                             input="#!/bin/bash\necho RAN\n", check=False, timeout=30)
+    # 22.05, 24.11 and 26.05 all reject it at submission (none leaves it pending)
+    assert too_big.returncode != 0, f"sbatch accepted job {too_big.stdout.strip()}"
+    assert "Temporary disk specification can not be satisfied" in too_big.stderr, too_big.stderr
+    fits = cluster.submit("#!/bin/bash\necho \"RAN $SCRATCH\"\n", USER, "-w", "n1",
+                          f"--tmp={mib}M")
+    assert cluster.wait_job(fits, {"COMPLETED"}) == "COMPLETED"
+    assert cluster.job_output(fits).startswith("RAN /scratch/")
+    print(f"{cluster.flavour}: TmpDisk={mib} MiB; --tmp={mib + 1}M rejected: "
+          f"{too_big.stderr.strip().splitlines()[-1]}")
+
+    # the tool shows both numbers, and check-config finds nothing to warn about
+    tool = str(cluster.prefix / "bin" / "slurm-scratch")
+    status = cluster.run_on_node("n1", [tool, "status"]).stdout
+    assert f"slurm:      TmpFS=/scratch TmpDisk={mib} MiB, volume {mib} MiB (node n1, " \
+        f"{cluster.slurm_conf})" in status.splitlines(), status
+    checked = cluster.run_on_node("n1", [tool, "check-config"])
+    assert "warning" not in checked.stderr, checked.stderr

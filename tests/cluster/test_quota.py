@@ -31,10 +31,10 @@ def cluster(request):
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
     prefix = request.getfixturevalue("cluster_prefix")
-    # TmpFS: slurmd measures /scratch; TmpDisk: what --tmp is scheduled against (static nodes);
+    # the harness sets TmpFS=/scratch and TmpDisk (what --tmp is scheduled against) to the volume;
     # tmpdisk: a count-only GRES of MiB (README: quotas cap, they do not reserve)
     cluster = Cluster(prefix, SETTINGS, nodes=("n1",), health_interval=HEALTH_INTERVAL, flavour="slurm-22.05",
-                      slurm_lines=("TmpFS=/scratch", "GresTypes=tmpdisk"), node_options="TmpDisk=800 Gres=tmpdisk:800")
+                      slurm_lines=("GresTypes=tmpdisk",), node_options="Gres=tmpdisk:800")
     cluster.start()
     try:
         yield cluster

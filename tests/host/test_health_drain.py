@@ -17,7 +17,7 @@ import pytest
 
 from lab.fake_slurm import FakeSlurm
 from slurm_scratch import layout
-from slurm_scratch.health import drain, entry, stuck
+from slurm_scratch.health import drain, entry, slurm, stuck
 
 pytestmark = pytest.mark.root
 
@@ -73,7 +73,7 @@ def node(tmp_path, loops) -> Node:
 
 
 DRAIN = f"update nodename={NODE} state=drain reason="
-RESUME = f"update nodename={NODE} state=resume"
+RESUME = f"update nodename={NODE} state=resume reason={slurm.RESUMED_REASON}"
 SHOW = f"show node -o {NODE}"
 
 
@@ -448,7 +448,7 @@ def test_a_full_check_whose_lock_stays_taken_reports_the_fault_within_its_bound(
     assert result.returncode == 1 and "skipped" not in result.stdout
     assert result.stdout.splitlines() == [f"{node.mount_point} read-only"]
     assert "checking and reporting only" in result.stderr
-    assert waited >= 2 + 2 + 3 * 1  # it did wait for the holder's bound before reporting
+    assert waited >= 2 + 2 + 4 * 1  # it did wait for the holder's bound before reporting
     assert node.state() == ("IDLE", "")  # the lock holder owns the exchange with Slurm
     assert node.healthcheck().returncode == 1  # the lock is free again: this one drains
     assert node.state() == ("IDLE+DRAIN", f"scratch: {node.mount_point} read-only")

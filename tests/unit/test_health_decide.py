@@ -57,6 +57,31 @@ def test_decide(desired, state, reason, pending, kind, new_reason) -> None:
     assert (action.kind, action.reason) == (kind, new_reason), action.why
 
 
+LOW = "Low TmpDisk"
+
+
+@pytest.mark.parametrize(
+    "desired, state, reason, explained, kind, new_reason",
+    [
+        # the volume explains it: replaced with our reason while broken, resumed once healthy
+        (BROKEN, "IDLE+DRAIN", LOW, True, "drain", BROKEN),
+        (None, "IDLE+DRAIN", LOW, True, "resume", LOW),
+        # it does not (TmpFS is another filesystem, the volume is smaller than TmpDisk): Slurm's
+        (BROKEN, "IDLE+DRAIN", LOW, False, "none", ""),
+        (None, "IDLE+DRAIN", LOW, False, "none", ""),
+        # only a drain with exactly that reason
+        (None, "IDLE+DRAIN", "Low RealMemory (reported:1 < 90.00% of configured:100), Low TmpDisk", True, "none", ""),
+        (None, "IDLE+DRAIN", "admin: Low TmpDisk expected", True, "none", ""),
+        (None, "DOWN", LOW, True, "none", ""),
+        (None, "IDLE", "", True, "none", ""),
+    ],
+)
+def test_a_low_tmp_disk_drain_the_volume_explains_is_ours(desired, state, reason, explained, kind, new_reason) -> None:
+    action = drain.decide(desired, node(state, reason), PREFIX, False, explained)
+    assert (action.kind, action.reason) == (kind, new_reason), action.why
+    assert action.drained == (desired if kind == "drain" else "")
+
+
 def test_the_prefix_is_a_plain_prefix() -> None:
     # "scratchy ..." starts with "scratch" but not with the configured "scratch:" prefix.
     assert drain.decide(None, node("IDLE+DRAIN", "scratchy disk"), "scratch:", False).kind == "none"
@@ -135,3 +160,32 @@ def test_healthy_node_not_drained_by_us_asks_nobody() -> None:
 )
 def test_needs_slurm(desired, remembered, pending, now, asks) -> None:
     assert drain.needs_slurm(desired, remembered, pending, now) is asks
+
+
+def _low(tmp_disk: int = 1000):
+    return NodeState(name="n1", states=frozenset({"IDLE", "DRAIN"}), reason="Low TmpDisk", reason_user="slurm",
+                     reason_time="", tmp_disk=tmp_disk)
+
+
+@pytest.mark.parametrize(
+    "tmp_fs, check, volume, explained",
+    [
+        ("/scratch", "mount", None, True),  # slurmd measured /scratch while the volume was missing
+        ("/scratch", "healthy", 1000, True),  # it is back and holds TmpDisk
+        ("/scratch", "healthy", 999, False),  # TmpDisk is more than the volume: the admin's to fix
+        ("/scratch", "writable", 1000, False),  # a read-only volume does not measure smaller
+        ("/tmp", "mount", None, False),  # slurmd measures another filesystem
+        ("/tmp", "healthy", 1000, False),
+        (None, "mount", None, False),  # no slurm.conf here (configless): not ours to judge
+    ],
+)
+def test_which_low_tmp_disk_the_volume_explains(tmp_path, monkeypatch, tmp_fs, check, volume, explained) -> None:
+    from slurm_scratch import config, slurmconf
+
+    conf = tmp_path / "slurm.conf"
+    if tmp_fs is not None:
+        conf.write_text(f"TmpFS={tmp_fs}\nNodeName=n1 TmpDisk=1000\n")
+    settings = config.parse_config(f"[volume]\nmount_point = /scratch\n[slurm]\nslurm_conf = {conf}\n", "test.conf")
+    monkeypatch.setattr(slurmconf, "volume_mib", lambda mount_point: volume)
+    assert drain.explains_low_tmp_disk(settings, _low(), check) is explained
+    assert not drain.explains_low_tmp_disk(settings, node("IDLE+DRAIN", "admin"), check)

@@ -151,7 +151,7 @@ def test_auto_uses_pyslurm_when_it_matches_slurm(stand_in) -> None:
     backend.resume("n1")
     assert _StandInNode.calls == [
         ("n1", {"state": "DRAIN", "reason": "scratch: /scratch not mounted"}),
-        ("n1", {"state": "RESUME"}),
+        ("n1", {"state": "RESUME", "reason": slurm.RESUMED_REASON}),
     ]
     with pytest.raises(ScratchError, match="n9"):
         backend.node_state("n9")
@@ -193,3 +193,38 @@ def test_pyslurm_calls_run_in_a_child_killed_at_the_slurm_timeout(stand_in, monk
     with pytest.raises(ScratchError, match=r"load node n1: no answer within \[slurm\] timeout = 0.5 s"):
         hung.node_state("n1")
     assert time.monotonic() - started < 60  # a hang detector, not a speed test
+
+
+def test_configured_tmp_disk_and_low_tmp_disk() -> None:
+    assert slurm.parse_show_node(IDLE, "slt").tmp_disk == 0
+    low = IDLE.replace("State=IDLE ", "State=IDLE+DRAIN ").replace("TmpDisk=0 ", "TmpDisk=975 ") \
+        + " Reason=Low TmpDisk [slurm@2026-12-06T08:40:02]"
+    node = slurm.parse_show_node(low, "slt")
+    assert node.tmp_disk == 975 and node.low_tmp_disk
+    both = low.replace("Reason=Low TmpDisk", "Reason=Low RealMemory (reported:1 < 90.00% of configured:100), Low TmpDisk")
+    assert not slurm.parse_show_node(both, "slt").low_tmp_disk  # memory is low too: not the volume's matter
+    assert not slurm.parse_show_node(low.replace("IDLE+DRAIN", "IDLE"), "slt").low_tmp_disk
+
+
+SHOW_SLURMD = """Active Steps             = NONE
+Actual CPUs              = 2
+Actual Boards            = 1
+Actual sockets           = 1
+Actual cores             = 2
+Actual threads per core  = 1
+Actual real memory       = 24032 MB
+Actual temp disk space   = 258048 MB
+Boot time                = 2026-12-06T05:08:35
+Hostname                 = n2
+Last slurmctld msg time  = 2026-12-06T08:41:10
+Slurmd PID               = 57
+Slurmd Debug             = 3
+Slurmd Logfile           = /var/tmp/slurm-scratch-cluster-x/hosts/n2/slurmd.log
+Version                  = 22.05.8
+"""
+
+
+def test_show_slurmd() -> None:
+    assert slurm.parse_show_slurmd(SHOW_SLURMD) == slurm.SlurmdStatus(pid=57, tmp_disk=258048)
+    with pytest.raises(ScratchError, match="no Slurmd PID"):
+        slurm.parse_show_slurmd("slurm_load_slurmd_status: Connection refused\n")
