@@ -223,6 +223,10 @@ def _record_figure(name: str, timer: log.Timer, started: float | None, status: i
     """The Prolog's and Epilog's figures for the metrics (figures.py: nothing when metrics are off)."""
     if name not in ("prolog", "epilog"):  # figures.HOOKS: the TaskProlog and the health check do not import it
         return
+    from slurm_scratch.layout import HOOK_FIGURES
+
+    if not os.path.exists(HOOK_FIGURES):  # metrics off (the file exists only while they are on): no import
+        return
     from slurm_scratch import figures
 
     figures.record(name, timer.ms() + ((timer.start - started) * 1000.0 if started is not None else 0.0), status)
