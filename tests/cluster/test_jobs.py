@@ -241,7 +241,7 @@ def test_tmpdisk_is_the_volume_and_a_bigger_tmp_request_never_runs(cluster: Clus
     # the tool shows both numbers, and check-config finds nothing to warn about
     tool = str(cluster.prefix / "bin" / "slurm-scratch")
     status = cluster.run_on_node("n1", [tool, "status"]).stdout
-    assert f"slurm:      TmpFS=/scratch TmpDisk={mib} MiB, volume {mib} MiB (node n1, " \
+    assert f"tmpdisk:    TmpFS=/scratch TmpDisk={mib} MiB, volume {mib} MiB (node n1, " \
         f"{cluster.slurm_conf})" in status.splitlines(), status
     checked = cluster.run_on_node("n1", [tool, "check-config"])
     assert "warning" not in checked.stderr, checked.stderr
