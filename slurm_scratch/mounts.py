@@ -86,6 +86,20 @@ def mount_id(fd: int) -> int | None:
     return None
 
 
+BTRFS_IOC_FS_INFO = 2 << 30 | 1024 << 16 | 0x94 << 8 | 31
+
+
+def btrfs_fs_uuid(fd: int) -> str:
+    """The uuid of the btrfs filesystem an open directory (not O_PATH) lies on, as /sys/fs/btrfs
+    names it; OSError on another filesystem."""
+    import fcntl
+
+    info = bytearray(1024)
+    fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, info)
+    fsid = info[16:32].hex()
+    return f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
+
+
 def detach(fd: int) -> None:
     """Lazily detach (umount -l) the mount whose root `fd` is open on; OSError if the kernel refuses.
 

@@ -89,14 +89,14 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
     timer = log.Timer()
     if report_only:
         findings = _check_and_print(config, repair=False, save=False)
-        write_metrics(config, findings, timer)
+        write_metrics(config, findings, timer, node)
         return EXIT_FAILURE if problems_of(findings) else EXIT_OK
     wait = lock_wait_bound(config)
     lock_fd = locks.acquire(LOCK_FILE, wait)
     if lock_fd is None:
         log.warning(f"healthcheck: another health check has held {LOCK_FILE} for over {wait:g} s: checking and reporting only")
         findings = _check_and_print(config, repair=False, save=False)
-        write_metrics(config, findings, timer)
+        write_metrics(config, findings, timer, node)
         return EXIT_FAILURE if problems_of(findings) else EXIT_OK
     try:
         findings = _check_and_print(config, config.health.repair)
@@ -119,7 +119,7 @@ def main(config: Config, node: str, report_only: bool = False) -> int:
                 housekeeping(config, node, config.health.housekeeping_seconds)
             finally:
                 os.close(housekeeping_fd)
-    write_metrics(config, findings, timer)
+    write_metrics(config, findings, timer, node)
     if problems:
         log.warning(f"healthcheck: {len(problems)} problem(s): {problems[0].text}", ms=timer.ms())
     return EXIT_FAILURE if problems else EXIT_OK

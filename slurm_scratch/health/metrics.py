@@ -24,6 +24,10 @@ Names: one prefix, slurm_scratch_; base units (bytes, seconds); counters end in 
   slurm_scratch_trash_scan_complete              0 when counting the bytes hit its time bound
   slurm_scratch_io_errors_total{disk}            kernel I/O errors counted per disk (since boot)
   slurm_scratch_io_errors_sticky                 1 while an "I/O errors on <disk>" finding holds
+  slurm_scratch_kept_dirs                        failed jobs' directories in the kept area (keep_failed or quota on)
+  slurm_scratch_quota_jobs, _quota_limit_bytes, _quota_used_bytes, _quota_jobs_over_90_percent
+                                                  job directories with a quota, the sum of their limits and
+                                                  of their use, those at 90% of their limit or more (quota on)
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Figures(Record):
     backlog: Backlog | None
     io_errors: tuple[tuple[str, int], ...]  # (disk, errors since boot)
     io_sticky: bool | None  # None: the kernel log is not watched
+    kept_dirs: int | None = None  # None: not read
+    quota: tuple[int, int, int, int] | None = None  # jobs.quota_use.totals; None: quota off or not read
 
 
 def per_check(findings: list[Finding]) -> tuple[tuple[str, bool], ...]:
@@ -161,6 +167,13 @@ def families(figures: Figures) -> list:
         for disk, count in figures.io_errors:
             errors.add_metric([disk], float(count))
         found += [errors, gauge("io_errors_sticky", "1 while an 'I/O errors on <disk>' finding holds the node", figures.io_sticky)]
+    found.append(gauge("kept_dirs", "Failed jobs' directories in the kept area", figures.kept_dirs))
+    if figures.quota is not None:
+        for name, doc, value in zip(("quota_jobs", "quota_limit_bytes", "quota_used_bytes", "quota_jobs_over_90_percent"),
+                                    ("Job directories with a quota", "Sum of the job directories' quota limits",
+                                     "Sum of the bytes the job directories with a quota use", "Job directories using 90% of their quota or more"),
+                                    figures.quota):
+            found.append(gauge(name, doc, value))
     return [family for family in found if family is not None]
 
 
@@ -205,7 +218,8 @@ def write(directory: str, text: bytes) -> str:
 # ---- one health check's metrics ---------------------------------------------------------------
 
 
-def gather(config: Config, findings: list[Finding], run_seconds: float, kernel_log_seconds: float | None, last_success: float, now: float) -> Figures:
+def gather(config: Config, findings: list[Finding], run_seconds: float, kernel_log_seconds: float | None, last_success: float, now: float,
+           node: str = "") -> Figures:
     from slurm_scratch.health import drain, hook_figures, io_errors
     from slurm_scratch.health.backlog import measure
     from slurm_scratch.health.findings import problems_of
@@ -223,6 +237,12 @@ def gather(config: Config, findings: list[Finding], run_seconds: float, kernel_l
     backlog = backlog if backlog is None or not backlog.error else None  # not measured: left out
     io_state = io_errors.current() if config.health.io_errors_window > 0 else None
     names = io_errors.watched(record, None) if io_state is not None else {}
+    use = None
+    if mounted and not hung and (config.jobs.quota[0] != "off" or config.jobs.keep_failed):
+        from slurm_scratch.jobs import quota_use
+
+        use = quota_use.measure(config, node, min(2.0, config.health.check_timeout))
+        use = use if not use.error else None  # not measured: left out
     return Figures(
         healthy=not problems, checks=checks, last_run=now, last_success=last_success, run_seconds=run_seconds,
         probe_seconds=probe_seconds(findings), kernel_log_seconds=kernel_log_seconds, mounted=bool(mounted),
@@ -231,4 +251,6 @@ def gather(config: Config, findings: list[Finding], run_seconds: float, kernel_l
         hooks=tuple(hooks[hook] for hook in sorted(hooks)), backlog=backlog,
         io_errors=tuple(sorted((names.get(name, f"/dev/{name}"), count) for name, count in io_state.totals.items())) if io_state else (),
         io_sticky=bool(io_state.sticky) if io_state is not None else None,
+        kept_dirs=use.kept if use is not None else None,
+        quota=quota_use.totals(use.dirs) if use is not None and config.jobs.quota[0] != "off" else None,
     )

@@ -47,7 +47,7 @@ def record_run(config: Config, findings: list[Finding]) -> None:
         log.error(f"healthcheck: cannot record this run in /run/slurm-scratch: {exc}")
 
 
-def write_metrics(config: Config, findings: list[Finding], timer: log.Timer) -> None:
+def write_metrics(config: Config, findings: list[Finding], timer: log.Timer, node: str = "") -> None:
     """Replace the metrics file, when [health] metrics_dir is set."""
     if not config.health.metrics_dir:
         return
@@ -61,7 +61,7 @@ def write_metrics(config: Config, findings: list[Finding], timer: log.Timer) -> 
         last = latest.load()
         last_success = now if healthy else last.last_healthy
         io_ms = next((finding.value for finding in findings if finding.check == "io" and finding.value), None)
-        figures = metrics.gather(config, findings, timer.ms() / 1000.0, float(io_ms) / 1000.0 if io_ms else None, last_success, now)
+        figures = metrics.gather(config, findings, timer.ms() / 1000.0, float(io_ms) / 1000.0 if io_ms else None, last_success, now, node)
         metrics.write(config.health.metrics_dir, metrics.render(figures))
     except ImportError as exc:
         log.error(f"healthcheck: no metrics: prometheus_client is missing ({exc})")

@@ -4,7 +4,8 @@ The report is the volume's (volume/status.py: disks used and skipped, backend, s
 and free space; its keys stay at the top level of `--json`) followed by SECTIONS, each one key of
 `--json` and a line or a few of text: what the tool last told Slurm (the node's state as last
 seen), slurm.conf's TmpFS and this node's TmpDisk, the latest health findings, kernel I/O errors,
-the trash's backlog, failed jobs' kept directories (jobs/kept.py), the metrics file's age. A
+the trash's backlog, failed jobs' kept directories (jobs/kept.py), each job directory's quota use
+(jobs/quota_use.py), the metrics file's age. A
 section is a pair of functions, (collect(config, node, volume report) -> dict, or None when there
 is nothing to show; render(dict, now) -> lines): add one to SECTIONS to show more.
 """
@@ -151,6 +152,32 @@ def kept_lines(section: dict, now: float) -> list[str]:
     return lines
 
 
+def quota_section(config: Config, node: str, volume: dict) -> dict | None:
+    """Each job directory's quota (None when [jobs] quota is off); read within a time bound."""
+    from slurm_scratch.jobs import quota_use
+
+    if config.jobs.quota[0] == "off":
+        return None
+    if not volume.get("mounted"):
+        return {"dirs": [], "error": "volume not mounted"}
+    use = quota_use.measure(config, node, 4.0)
+    return {"dirs": [{"path": found.path, "job_id": found.job_id, "limit_bytes": found.limit_bytes, "used_bytes": found.used_bytes}
+                     for found in use.dirs], "error": use.error}
+
+
+def quota_lines(section: dict, now: float) -> list[str]:
+    if section["error"]:
+        return [f"quota:      ({section['error']})"]
+    dirs = section["dirs"]
+    used, limit = sum(entry["used_bytes"] for entry in dirs), sum(entry["limit_bytes"] for entry in dirs)
+    lines = [f"quota:      {len(dirs)} job director{'y' if len(dirs) == 1 else 'ies'} with a quota, {size_text(used)} used of {size_text(limit)}"]
+    for entry in dirs:
+        share = f" ({100 * entry['used_bytes'] / entry['limit_bytes']:.0f}%)" if entry["limit_bytes"] else ""
+        limit_text = size_text(entry["limit_bytes"]) if entry["limit_bytes"] else "none"
+        lines.append(f"  {entry['path']}  job {entry['job_id']}  limit {limit_text}  used {size_text(entry['used_bytes'])}{share}")
+    return lines
+
+
 def tmp_disk_section(config: Config, node: str, volume: dict) -> dict | None:
     """slurm.conf's TmpFS and this node's TmpDisk beside the volume's size (None when slurm.conf
     cannot be read here, e.g. a configless node)."""
@@ -179,6 +206,7 @@ SECTIONS = [
     ("io_errors", io_section, io_lines),
     ("trash", trash_section, trash_lines),
     ("kept", kept_section, kept_lines),  # only when keeping is on or something is kept
+    ("quota", quota_section, quota_lines),  # only when [jobs] quota is on
     ("metrics", metrics_section, metrics_lines),
 ]
 

@@ -78,6 +78,20 @@ def set_limit(dir_fd: int, subvolume: int, limit_bytes: int) -> None:
     fcntl.ioctl(dir_fd, QGROUP_LIMIT, struct.pack("QQQQQQ", 1 << LEVEL_SHIFT | subvolume, LIMIT_MAX_RFER, limit_bytes, 0, 0, 0))
 
 
+SYSFS_BTRFS = "/sys/fs/btrfs"
+
+
+def usage(fs_uuid: str, subvolume: int, sysfs: str = SYSFS_BTRFS) -> tuple[int, int] | None:
+    """(limit, bytes used) of the job's qgroup 1/S, from the kernel's counters in sysfs (no command,
+    no ioctl, nothing read from the disks; limit 0: none set), or None when the qgroup is gone."""
+    base = f"{sysfs}/{fs_uuid}/qgroups/1_{subvolume}"
+    try:
+        with open(f"{base}/max_referenced", "rb") as limit, open(f"{base}/referenced", "rb") as used:
+            return int(limit.read()), int(used.read())
+    except (OSError, ValueError):
+        return None
+
+
 # ---- the reaper ----------------------------------------------------------------------------------
 
 def reap(mount_point: str, target: str, deadline: float) -> str:

@@ -23,7 +23,7 @@ FS_IOC_FSGETXATTR = 2 << 30 | 28 << 16 | ord("X") << 8 | 31
 FS_IOC_FSSETXATTR = 1 << 30 | 28 << 16 | ord("X") << 8 | 32
 FS_XFLAG_PROJINHERIT = 0x200
 SYS_QUOTACTL_FD = 443  # x86_64 and aarch64 (Linux 5.14)
-Q_SETQUOTA, PRJQUOTA, QIF_BLIMITS = 0x800008, 2, 1
+Q_GETQUOTA, Q_SETQUOTA, PRJQUOTA, QIF_BLIMITS = 0x800007, 0x800008, 2, 1
 DQBLK = "QQQQQQQQI4x"  # struct if_dqblk: limits in 1 KiB blocks
 
 
@@ -50,6 +50,23 @@ def set_limit(root_fd: int, project: int, limit_bytes: int) -> None:
         code = ctypes.get_errno()
         raise ScratchError(f"cannot set the project quota of project {project} ({os.strerror(code)}): is the volume "
                            "mounted with prjquota (and ext4 made with -O quota,project)? `slurm-scratch setup` does both when [jobs] quota is on")
+
+
+def usage(root_fd: int, project: int) -> tuple[int, int] | None:
+    """(hard block limit, bytes used) of `project` (quotactl_fd Q_GETQUOTA), or None when the
+    kernel has no figures for it."""
+    import ctypes
+
+    dqblk = ctypes.create_string_buffer(struct.calcsize(DQBLK))
+    if ctypes.CDLL(None, use_errno=True).syscall(SYS_QUOTACTL_FD, root_fd, Q_GETQUOTA << 8 | PRJQUOTA, project, dqblk) != 0:
+        return None
+    return from_dqblk(dqblk.raw)
+
+
+def from_dqblk(raw: bytes) -> tuple[int, int]:
+    """(hard block limit in bytes, bytes used) from a struct if_dqblk (limits in 1 KiB blocks)."""
+    hard_blocks, _soft_blocks, used_bytes = struct.unpack(DQBLK, raw)[:3]
+    return hard_blocks * 1024, used_bytes
 
 
 def allocate(config: Config, root_fd: int, job_id: int) -> int:

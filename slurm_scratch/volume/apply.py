@@ -206,7 +206,6 @@ def record(volume: VolumeConfig, plan: Plan, status: str) -> None:
     state.write(built)
 
 
-BTRFS_FS_INFO = 2 << 30 | 1024 << 16 | 0x94 << 8 | 31
 BTRFS_QUOTA_CTL = 3 << 30 | 16 << 16 | 0x94 << 8 | 40
 BTRFS_QUOTA_CTL_ENABLE_SIMPLE = 4
 
@@ -234,11 +233,7 @@ def quotas(mount_point: str) -> str:
         raise ScratchError(f"{mount_point} is {mount.fstype}: [jobs] quota needs btrfs, ext4 or xfs")
     root_fd = _open_root(mount_point)
     try:
-        info = bytearray(1024)
-        fcntl.ioctl(root_fd, BTRFS_FS_INFO, info)
-        fsid = info[16:32].hex()
-        uuid = f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
-        mode = _btrfs_quota_mode(uuid)
+        mode = _btrfs_quota_mode(mounts.btrfs_fs_uuid(root_fd))
         if mode == "squota":
             return f"{mount_point}: btrfs simple quotas already enabled"
         if mode:
