@@ -118,19 +118,11 @@ def write_slurm_conf(tmp_disk_mb: int) -> None:
     make_controller_dir(ctld)
     text = slurm_conf_text(
         cluster_name="systemd", controller=(NODE_NAME, ADDRESS), nodes=[(NODE_NAME, ADDRESS)],
-        controller_dir=ctld, node_dir=str(slurmd), hooks=HOOKS, health_interval=5)
+        controller_dir=ctld, node_dir=str(slurmd), hooks=HOOKS, health_interval=5,
+        tmp_fs="/scratch", tmp_disk_mib=tmp_disk_mb)
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(with_tmp_disk(text, "/scratch", tmp_disk_mb))
+    SLURM_CONF.write_text(text)
     SLURM_CONF.chmod(0o644)
-
-
-def with_tmp_disk(slurm_conf: str, tmp_fs: str, tmp_disk_mb: int) -> str:
-    """slurm.conf text with `TmpFS=` and every node's `TmpDisk=` (slurmd measures TmpFS at
-    registration; slurmctld schedules on the configured TmpDisk and drains a node that measures
-    less, "Low TmpDisk")."""
-    lines = [line + f" TmpDisk={tmp_disk_mb}" if line.startswith("NodeName=") else line
-             for line in slurm_conf.splitlines()]
-    return "\n".join([f"TmpFS={tmp_fs}", *lines]) + "\n"
 
 
 def add_user(name: str, uid: int) -> None:

@@ -91,3 +91,16 @@ def test_warnings_name_what_does_not_fit() -> None:
     assert "Low TmpDisk" in too_big
     [missing] = slurmconf.warnings(_tmp(tmp_disk=None), "/scratch", 1000)
     assert "no NodeName line names node n1" in missing
+
+
+def test_the_labs_slurm_conf_measures_scratch_and_sets_every_nodes_tmp_disk():
+    """What the cluster tier and the systemd VM guest write: TmpFS, and TmpDisk on every NodeName."""
+    from lab.slurmconf import slurm_conf_text
+
+    text = slurm_conf_text(cluster_name="c", controller=("vm", "127.0.0.1"), nodes=[("vm", "127.0.0.1"), ("n2", "10.0.0.2")],
+                           controller_dir=Path("/var/lib/c"), node_dir="/var/lib/n", hooks=Path("/usr/local/libexec/slurm-scratch"),
+                           health_interval=5, tmp_fs="/scratch", tmp_disk_mib=1638)
+    lines = text.splitlines()
+    assert "TmpFS=/scratch" in lines
+    nodes = [line for line in lines if line.startswith("NodeName=")]
+    assert len(nodes) == 2 and all(" TmpDisk=1638 " in line for line in nodes)

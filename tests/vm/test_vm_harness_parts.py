@@ -94,12 +94,3 @@ def test_junit_results_map_back_to_guest_node_ids():
 def test_a_guest_module_can_raise_its_vm_time_limit():
     assert module_timeout("test_volume_matrix.py") == 1200
     assert module_timeout("test_harness_smoke.py") == 900
-
-
-def test_the_systemd_guest_slurm_conf_measures_scratch_and_sets_every_nodes_tmp_disk():
-    from lab.systemd_guest import with_tmp_disk
-    text = with_tmp_disk("ClusterName=c\nNodeName=vm NodeAddr=127.0.0.1 CPUs=2\nPartitionName=main Nodes=vm\n",
-                         "/scratch", 1638)
-    assert text.splitlines() == ["TmpFS=/scratch", "ClusterName=c",
-                                 "NodeName=vm NodeAddr=127.0.0.1 CPUs=2 TmpDisk=1638",
-                                 "PartitionName=main Nodes=vm"]
