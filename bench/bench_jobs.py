@@ -35,6 +35,7 @@ Usage: bench/bench_jobs.py [--runs N] [--files N] [--reps N] [--fs ext4|xfs] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -135,6 +136,30 @@ def wait_empty(trash: Path, timeout: float) -> float:
             raise SystemExit(f"bench: {trash} not emptied within {timeout:g} s")
         time.sleep(0.005)
     return time.perf_counter()
+
+
+@contextlib.contextmanager
+def bench_workspace(name: str):
+    """(work dir, LoopFactory) in a private mount namespace; at the end, a reaper still emptying
+    <work>/scratch's trash gets its time (it holds the filesystem busy), then every loop device is
+    detached and the work dir removed, however the benchmark ended."""
+    sandbox = Sandbox()
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    loops = LoopFactory(work)
+    try:
+        sandbox.open()
+        yield work, loops
+    finally:
+        try:
+            trash = work / "scratch" / TRASH
+            if trash.is_dir():
+                wait_empty(trash, timeout=300)
+        except SystemExit:
+            pass
+        finally:
+            loops.cleanup()
+            sandbox.close()
+            sh("rm", "-rf", "--one-file-system", str(work), check=False)
 
 
 def verdict(ok: bool) -> str:

@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
-from bench_jobs import REPO, TRASH, build_tree, install, slurm_env, spawn_ms, spawn_piped, verdict, wait_empty  # noqa: F401 (REPO: sys.path)
+from bench_jobs import REPO, TRASH, bench_workspace, build_tree, install, slurm_env, spawn_ms, spawn_piped, verdict, wait_empty  # noqa: F401 (REPO: sys.path)
 
-from lab.kernel import LoopFactory, sh
-from lab.sandbox import Sandbox
 
 FAILED = {"SLURM_JOB_EXIT_CODE": "256", "SLURM_JOB_EXIT_CODE2": "1:0", "SLURM_JOB_DERIVED_EC": "256"}
 SUCCEEDED = {"SLURM_JOB_EXIT_CODE": "0", "SLURM_JOB_EXIT_CODE2": "0:0", "SLURM_JOB_DERIVED_EC": "0"}
@@ -48,11 +45,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_kept: needs root (loop devices, mounts); skipped")
         return 0
-    sandbox = Sandbox()
-    work = Path(tempfile.mkdtemp(prefix="bench-kept-"))
-    loops = LoopFactory(work)
-    try:
-        sandbox.open()
+    with bench_workspace("bench-kept") as (work, loops):
         hooks = args.prefix / "libexec" / "slurm-scratch" if args.prefix else install(work / "prefix")
         mount_point = work / "scratch"
         loops.filesystem("ext4", size_mb=8 * 1024, mount_point=str(mount_point), options="noatime,nodiratime")
@@ -77,17 +70,6 @@ def main() -> int:
         print(f"  epilog keeping ({args.files} files) {keep_ms:8.2f} ms   epilog to the trash {trash_ms:8.2f} ms   ratio {ratio:5.2f}x   target <= 1.5x   {verdict(ratio <= 1.5)}")
         print(f"  (medians of {args.runs} runs each, interleaved)")
         return 0
-    finally:
-        try:
-            trash = work / "scratch" / TRASH
-            if trash.is_dir():
-                wait_empty(trash, timeout=300)
-        except SystemExit:
-            pass
-        finally:
-            loops.cleanup()
-            sandbox.close()
-            sh("rm", "-rf", "--one-file-system", str(work), check=False)
 
 
 if __name__ == "__main__":

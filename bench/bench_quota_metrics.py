@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
-from pathlib import Path
 
 from bench_health import FAKE_SCONTROL, HOOK, timed
-from bench_jobs import REPO, TRASH, slurm_env, spawn_ms, verdict, wait_empty
+from bench_jobs import REPO, bench_workspace, slurm_env, spawn_ms, verdict
 
-from lab.kernel import LoopFactory, sh
-from lab.sandbox import Sandbox
+from lab.kernel import sh
 
 
 def main() -> int:
@@ -34,11 +31,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_quota_metrics: needs root (loop devices, mounts); skipped")
         return 0
-    sandbox = Sandbox()
-    work = Path(tempfile.mkdtemp(prefix="bench-quota-metrics-"))
-    loops = LoopFactory(work)
-    try:
-        sandbox.open()
+    with bench_workspace("bench-quota-metrics") as (work, loops):
         from slurm_scratch.volume import apply
 
         mount_point = work / "scratch"
@@ -81,19 +74,6 @@ def main() -> int:
               f"+{figured_ms - plain_ms:.1f} ms   ratio {ratio:4.2f}x   target <= 1.25x   {verdict(ratio <= 1.25)}")
         print(f"  (medians of {args.runs} runs each, interleaved)")
         return 0
-    finally:
-        try:
-            for job_id in range(500000, 500000 + args.jobs):
-                if (work / "scratch" / f"job_{job_id}").exists():
-                    spawn_ms([str(REPO / "hooks" / "epilog")], slurm_env(job_id, work / "quota.conf", "epilog_slurmd"))
-            if (work / "scratch" / TRASH).is_dir():
-                wait_empty(work / "scratch" / TRASH, timeout=300)
-        except SystemExit:
-            pass
-        finally:
-            loops.cleanup()
-            sandbox.close()
-            sh("rm", "-rf", "--one-file-system", str(work), check=False)
 
 
 if __name__ == "__main__":

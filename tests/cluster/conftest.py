@@ -121,7 +121,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @contextlib.contextmanager
-def cluster_for(request, flavour: str, settings=SCRATCH_SETTINGS, **options):
+def cluster_for(request, flavour: str, settings=SCRATCH_SETTINGS, nodes=NODES, **options):
     """A started cluster of `flavour` (a key of SLURM_SUITES), stopped when the block ends."""
     missing = _missing_programs()
     if missing:
@@ -130,7 +130,7 @@ def cluster_for(request, flavour: str, settings=SCRATCH_SETTINGS, **options):
     if not in_private_mount_namespace():
         pytest.skip("needs tests/conftest.py's private mount namespace")
     root, prefix = slurm_install(request, flavour)
-    cluster = Cluster(prefix, settings, nodes=NODES, health_interval=HEALTH_INTERVAL,
+    cluster = Cluster(prefix, settings, nodes=nodes, health_interval=HEALTH_INTERVAL,
                       use_project_setup=SETUP_BY_PROJECT, rootfs=root, flavour=flavour, **options)
     cluster.start()
     try:

@@ -27,12 +27,18 @@ def kept_path(job: int, user: str = USER) -> str:
     return f"/scratch/.kept/{user}/job_{job}"
 
 
-def test_a_failed_sbatch_job_keeps_its_directory_for_its_user_only(cluster: Cluster):
+def failed_job_kept(cluster: Cluster, script: str):
+    """Keeping on, a job of USER on n1 that fails: (its id, its kept directory once there)."""
     keep_on(cluster)
-    job = cluster.submit('#!/bin/sh\necho "step 7 diverged" > "$SCRATCH/debug.log"\nexit 3\n', USER, "-w", "n1")
+    job = cluster.submit(script, USER, "-w", "n1")
     assert cluster.wait_job(job, {"FAILED"}) == "FAILED"
     kept = cluster.node_path("n1", kept_path(job))
     wait_for(f"{kept_path(job)} on n1", lambda: kept.is_dir(), 30)
+    return job, kept
+
+
+def test_a_failed_sbatch_job_keeps_its_directory_for_its_user_only(cluster: Cluster):
+    job, kept = failed_job_kept(cluster, '#!/bin/sh\necho "step 7 diverged" > "$SCRATCH/debug.log"\nexit 3\n')
     assert not cluster.node_path("n1", f"/scratch/job_{job}").exists()
     assert (kept.stat().st_uid, kept.stat().st_mode & 0o777) == (4201, 0o700)
 
@@ -68,11 +74,7 @@ def test_a_job_that_succeeded_or_was_cancelled_is_not_kept(cluster: Cluster):
 
 
 def test_the_health_check_expires_kept_directories(cluster: Cluster):
-    keep_on(cluster)
-    job = cluster.submit("#!/bin/sh\ntouch \"$SCRATCH/x\"\nexit 1\n", USER, "-w", "n1")
-    assert cluster.wait_job(job, {"FAILED"}) == "FAILED"
-    kept = cluster.node_path("n1", kept_path(job))
-    wait_for(f"{kept_path(job)} on n1", lambda: kept.is_dir(), 30)
+    job, kept = failed_job_kept(cluster, "#!/bin/sh\ntouch \"$SCRATCH/x\"\nexit 1\n")
     cluster.write_scratch_conf("n1", {"jobs": {"keep_failed": "1s"}})  # slurmd's next health check finds it past its time
     wait_for(f"{kept_path(job)} to go", lambda: not kept.exists(), 4 * HEALTH_INTERVAL + 30)
     assert not cluster.node_drained("n1")

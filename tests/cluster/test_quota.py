@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.conftest import HEALTH_INTERVAL, SCRATCH_SETTINGS, _missing_programs
-from lab.cluster import Cluster, in_private_mount_namespace, wait_for
+from cluster.conftest import SCRATCH_SETTINGS, cluster_for
+from lab.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -25,22 +25,11 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    missing = _missing_programs()
-    if missing:
-        pytest.skip(f"Slurm/munge not installed: {', '.join(missing)}")
-    if not in_private_mount_namespace():
-        pytest.skip("needs tests/conftest.py's private mount namespace")
-    prefix = request.getfixturevalue("cluster_prefix")
     # the harness sets TmpFS=/scratch and TmpDisk (what --tmp is scheduled against) to the volume;
     # tmpdisk: a count-only GRES of MiB (README: quotas cap, they do not reserve)
-    cluster = Cluster(prefix, SETTINGS, nodes=("n1",), health_interval=HEALTH_INTERVAL, flavour="slurm-22.05",
-                      slurm_lines=("GresTypes=tmpdisk",), node_options="Gres=tmpdisk:800")
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        problems = cluster.stop()
-        assert not problems, f"cluster teardown left: {problems}"
+    with cluster_for(request, "slurm-22.05", SETTINGS, nodes=("n1",),
+                     slurm_lines=("GresTypes=tmpdisk",), node_options="Gres=tmpdisk:800") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)
