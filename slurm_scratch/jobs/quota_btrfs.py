@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
+import sys
 
 from slurm_scratch.errors import ScratchError
 
@@ -34,6 +34,12 @@ QGROUP_CREATE = _ioc(1, 42, 16)
 QGROUP_LIMIT = _ioc(2, 43, 48)
 
 
+def _u64(*values: int) -> bytes:
+    """The ioctl structs' fields: native-endian unsigned 64-bit integers (what the struct module's
+    "Q" gives, without importing it on the Prolog's path)."""
+    return b"".join(value.to_bytes(8, sys.byteorder) for value in values)
+
+
 def level1(subvolume_id: int) -> str:
     return f"1/{subvolume_id}"
 
@@ -41,14 +47,14 @@ def level1(subvolume_id: int) -> str:
 def create_subvolume(dir_fd: int, name: str) -> None:
     """A new, empty subvolume at dir_fd/name (root-owned, mode 0755, as the kernel makes it)."""
     encoded = os.fsencode(name)
-    fcntl.ioctl(dir_fd, SUBVOL_CREATE, bytearray(struct.pack("q4088s", 0, encoded)))  # over 1 KiB: a mutable buffer
+    fcntl.ioctl(dir_fd, SUBVOL_CREATE, bytearray(_u64(0) + encoded[:4088].ljust(4088, b"\0")))  # over 1 KiB: a mutable buffer
 
 
 def subvolume_id(fd: int) -> int:
     """The id of the subvolume `fd` lies in (the tree the inode belongs to)."""
-    args = bytearray(struct.pack("QQ4080s", 0, FIRST_FREE_OBJECTID, b""))
+    args = bytearray(_u64(0, FIRST_FREE_OBJECTID) + bytes(4080))
     fcntl.ioctl(fd, INO_LOOKUP, args)
-    return struct.unpack_from("Q", args)[0]
+    return int.from_bytes(args[:8], sys.byteorder)
 
 
 def is_subvolume_root(st: os.stat_result, parent: os.stat_result) -> bool:
@@ -62,20 +68,20 @@ def limit_new(dir_fd: int, fd: int, limit_bytes: int) -> int:
     subvolume = subvolume_id(fd)
     group = 1 << LEVEL_SHIFT | subvolume
     try:
-        fcntl.ioctl(dir_fd, QGROUP_CREATE, struct.pack("QQ", 1, group))
+        fcntl.ioctl(dir_fd, QGROUP_CREATE, _u64(1, group))
     except FileExistsError:
         pass  # left by a subvolume of the same id whose data is gone: ours to reuse
     except OSError as exc:
         raise ScratchError(f"cannot create btrfs qgroup {level1(subvolume)} ({exc.strerror}): are quotas enabled? "
                            "(`slurm-scratch setup` enables btrfs simple quotas when [jobs] quota is on)") from None
-    fcntl.ioctl(dir_fd, QGROUP_LIMIT, struct.pack("QQQQQQ", group, LIMIT_MAX_RFER, limit_bytes, 0, 0, 0))
-    fcntl.ioctl(dir_fd, QGROUP_ASSIGN, struct.pack("QQQ", 1, subvolume, group))
+    fcntl.ioctl(dir_fd, QGROUP_LIMIT, _u64(group, LIMIT_MAX_RFER, limit_bytes, 0, 0, 0))
+    fcntl.ioctl(dir_fd, QGROUP_ASSIGN, _u64(1, subvolume, group))
     return subvolume
 
 
 def set_limit(dir_fd: int, subvolume: int, limit_bytes: int) -> None:
     """A reused job directory's limit, set again (the same job, requeued: its request may differ)."""
-    fcntl.ioctl(dir_fd, QGROUP_LIMIT, struct.pack("QQQQQQ", 1 << LEVEL_SHIFT | subvolume, LIMIT_MAX_RFER, limit_bytes, 0, 0, 0))
+    fcntl.ioctl(dir_fd, QGROUP_LIMIT, _u64(1 << LEVEL_SHIFT | subvolume, LIMIT_MAX_RFER, limit_bytes, 0, 0, 0))
 
 
 SYSFS_BTRFS = "/sys/fs/btrfs"
