@@ -14,7 +14,7 @@
    so on a busy machine it yields, as it should).
 4. Prolog with a per-job quota ([jobs] quota = 1G) on btrfs with simple quotas (a subvolume and a
    qgroup per job), versus bash `mkdir && chown` on the same filesystem. Target: at most 4x. And
-   with quota = request, whose Prolog asks Slurm for the job's --tmp: here a stand-in `scontrol`
+   with quota = request, whose Prolog asks Slurm for the job's --tmp: here a stand-in `squeue`
    (a shell script that answers at once), so the figure is the query's cost on the node (a
    process start); slurmctld's side is counted in tests/cluster/test_quota.py with sdiag.
 
@@ -231,8 +231,8 @@ def bench_epilog(hooks: Path, mount_point: Path, config: Path, files: int, reps:
     return {name: statistics.median(values or [0.0]) for name, values in samples.items()}
 
 
-STAND_IN_SCONTROL = """#!/bin/sh
-echo "JobId=$4 JobName=bench UserId=nobody(65534) MinCPUsNode=1 MinMemoryNode=0 MinTmpDiskNode=2G Features=(null)"
+STAND_IN_SQUEUE = """#!/bin/sh
+echo "2G N/A"
 """
 
 
@@ -244,18 +244,18 @@ def bench_quota(hooks: Path, work: Path, loops: LoopFactory, runs: int) -> None:
     loops.filesystem("btrfs", size_mb=64 * 1024, mount_point=str(mount_point), options="noatime,nodiratime")
     mount_point.chmod(0o755)
     apply.quotas(str(mount_point))
-    scontrol = work / "scontrol"
-    scontrol.write_text(STAND_IN_SCONTROL)
-    scontrol.chmod(0o755)
+    squeue = work / "squeue"
+    squeue.write_text(STAND_IN_SQUEUE)
+    squeue.chmod(0o755)
     config = work / "slurm-scratch-quota.conf"
     for quota, first_job, what in (("off", 200000, "quota = off"), ("1G", 300000, "quota = 1G"), ("request", 400000, "quota = request")):
         mode = "mount_mode = 0755\n" if quota == "off" else ""  # as with a quota, for the same baseline
-        config.write_text(f"[volume]\nmount_point = {mount_point}\n{mode}[jobs]\nquota = {quota}\n[slurm]\nscontrol = {scontrol}\n")
+        config.write_text(f"[volume]\nmount_point = {mount_point}\n{mode}[jobs]\nquota = {quota}\n[slurm]\nsqueue = {squeue}\n")
         config.chmod(0o644)
         prolog, bash, _ = bench_prolog(hooks, mount_point, config, runs, first_job)
         ratio = prolog / bash
         print(f"  prolog, {what:16s} {prolog:8.2f} ms   bash mkdir+chown {bash:8.2f} ms   ratio {ratio:5.2f}x   "
-              + {"off": "(btrfs, for scale)", "1G": f"target <= 4x     {verdict(ratio <= 4)}"}.get(quota, "(stand-in scontrol)"))
+              + {"off": "(btrfs, for scale)", "1G": f"target <= 4x     {verdict(ratio <= 4)}"}.get(quota, "(stand-in squeue)"))
 
 
 def main() -> int:

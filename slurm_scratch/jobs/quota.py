@@ -2,7 +2,7 @@
 
 `[jobs] quota` is off, a fixed size, a percentage of the volume, or `request`: the job's own
 `--tmp` (Slurm's MinTmpDiskNode), which the Prolog's environment does not carry, so it is asked
-with one `scontrol show job` under `[jobs] quota_query_timeout`; a job that asked for nothing, or
+with one `squeue` of the job under `[jobs] quota_query_timeout`; a job that asked for nothing, or
 a Slurm that does not answer in time, gets `[jobs] quota_default`. The mechanisms live in
 quota_btrfs (a subvolume with a qgroup) and quota_project (ext4/xfs project quotas).
 
@@ -31,51 +31,56 @@ def size_bytes(spec: tuple, root_fd: int) -> int:
     return int(amount)
 
 
+# What the Prolog asks of Slurm: the job's --tmp per node and its GRES per node, as values only.
+# Not `scontrol show job`: its Key=Value text holds what the user chose (a job name, a comment, a
+# path may contain " MinTmpDiskNode=10T" or " TresPerNode=gres:tmpdisk:9999"), which would forge
+# the limit. squeue with one job id sends the same single-job RPC (REQUEST_JOB_INFO_SINGLE).
+QUERY_FORMAT = "%d %b"
+
+
 def requested_tmp(config: Config, job_id: int) -> tuple[int, str]:
-    """The job's --tmp per node in bytes (0: none), with one bounded scontrol query; never raises."""
+    """The job's --tmp per node in bytes (0: none), with one bounded squeue query; never raises."""
     from slurm_scratch import run
     from slurm_scratch.errors import ScratchError
 
     conf = config.slurm.slurm_conf or os.environ.get("SLURM_CONF", "")
-    argv = [config.slurm.scontrol, "--oneliner", "show", "job", str(job_id)]
+    argv = [config.slurm.squeue, "--noheader", f"--jobs={job_id}", f"--format={QUERY_FORMAT}"]
     try:
         result = run.run(argv, timeout=config.jobs.quota_query_timeout, env={"SLURM_CONF": conf} if conf else None, quiet=True)
     except ScratchError as exc:
         return 0, f"Slurm did not tell the job's --tmp: {exc}"
+    fields = result.stdout.split()
+    if len(fields) != 2:
+        return 0, f"squeue did not answer '<tmp> <gres>' for the job: {result.stdout.strip()[:80]!r}"
+    tmp, tres_per_node = fields
     gres, per_count = config.jobs.quota_gres
-    count = parse_gres_count(result.stdout, gres) if gres else None
+    count = parse_gres_count(tres_per_node, gres) if gres else None
     if count:
         return count * per_count, f"--gres={gres}:{count}"
-    value = parse_min_tmp_disk(result.stdout)
+    value = parse_min_tmp_disk(tmp)
     if value is None:
-        return 0, "no MinTmpDiskNode in scontrol's answer"
+        return 0, f"squeue's --tmp for the job is not a size: {tmp!r}"
     return value, "no --tmp" if value == 0 else "--tmp"
 
 
-def parse_gres_count(text: str, gres: str) -> int | None:
-    """The job's per-node count of GRES `gres` from `scontrol show job` (TresPerNode=gres:NAME:N in
-    Slurm 22.05, gres/NAME:N later; a type between name and count is allowed), or None."""
-    for field in text.split():
-        if field.startswith("TresPerNode="):
-            for item in field.partition("=")[2].split(","):
-                parts = item.replace("gres/", "gres:", 1).split(":")
-                if len(parts) >= 3 and parts[0] == "gres" and parts[1] == gres and parts[-1].isdigit():
-                    return int(parts[-1])
+def parse_gres_count(tres_per_node: str, gres: str) -> int | None:
+    """The job's per-node count of GRES `gres` from squeue's %b (gres:NAME:N in Slurm 22.05,
+    gres/NAME:N later, comma-separated; a type between name and count is allowed), or None."""
+    for item in tres_per_node.split(","):
+        parts = item.replace("gres/", "gres:", 1).split(":")
+        if len(parts) >= 3 and parts[0] == "gres" and parts[1] == gres and parts[-1].isdigit():
+            return int(parts[-1])
     return None
 
 
-def parse_min_tmp_disk(text: str) -> int | None:
-    """MinTmpDiskNode from `scontrol show job` (megabytes, or with a unit: 0, 500M, 10G) in bytes."""
-    for field in text.split():
-        if field.startswith("MinTmpDiskNode="):
-            value = field.partition("=")[2]
-            unit = _UNITS.get(value[-1:].upper())
-            number = value[:-1] if unit else value
-            try:
-                return int(float(number) * (unit or _UNITS["M"]))
-            except ValueError:
-                return None
-    return None
+def parse_min_tmp_disk(value: str) -> int | None:
+    """squeue's %d (the job's --tmp per node: megabytes, or with a unit: 0, 500M, 10G) in bytes."""
+    unit = _UNITS.get(value[-1:].upper())
+    number = value[:-1] if unit else value
+    try:
+        return int(float(number) * (unit or _UNITS["M"]))
+    except ValueError:
+        return None
 
 
 def mark_value(job_id: int, what: str) -> bytes:

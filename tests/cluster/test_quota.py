@@ -79,6 +79,16 @@ def test_a_job_past_its_tmp_gets_edquot_while_a_neighbour_finishes(cluster: Clus
     wait_for("the jobs' qgroups to be removed", lambda: not level1_qgroups(cluster), 60, 0.5)
 
 
+def test_a_job_cannot_word_its_way_to_a_bigger_limit(cluster: Cluster):
+    """A hostile user names the job (and its comment) as if Slurm's own answer said more: the limit
+    is still the job's --tmp (the Prolog reads values only, never Key=Value text the user wrote)."""
+    forged = "x MinTmpDiskNode=900M TresPerNode=gres:tmpdisk:900"
+    job = cluster.submit(writer(150), USER, "-w", "n1", "--tmp=64M", f"--job-name={forged}", f"--comment={forged}")
+    text = output(cluster, job, USER)
+    assert "Disk quota exceeded" in text, text
+    assert int(text.split("WROTE=")[1].split()[0]) <= 64 << 20
+
+
 def test_a_job_without_tmp_gets_the_default(cluster: Cluster):
     done = cluster.srun("-w", "n1", "-n1", "sh", "-c",
                         "dd if=/dev/zero of=$SCRATCH/data bs=1M count=80 conv=fsync; stat -c WROTE=%s $SCRATCH/data")
@@ -88,7 +98,7 @@ def test_a_job_without_tmp_gets_the_default(cluster: Cluster):
 
 
 def test_the_prolog_asks_slurmctld_once_per_job_start(cluster: Cluster, capsys):
-    """The cost at scale: REQUEST_JOB_INFO_SINGLE RPCs (what `scontrol show job` sends) during N
+    """The cost at scale: REQUEST_JOB_INFO_SINGLE RPCs (what `squeue --jobs=<one id>` sends) during N
     one-task job starts with quota = request, less the same N starts with quota = off."""
     jobs = 6
 
@@ -133,7 +143,7 @@ def test_a_requeued_job_gets_its_limit_again(cluster: Cluster):
 
 
 def test_the_limit_follows_a_count_only_gres_when_configured(cluster: Cluster):
-    """`quota_gres = tmpdisk:1M`: a job's --gres=tmpdisk:72 (Slurm 22.05 shows TresPerNode=gres:tmpdisk:72)
+    """`quota_gres = tmpdisk:1M`: a job's --gres=tmpdisk:72 (squeue %b shows gres:tmpdisk:72 on Slurm 22.05)
     is its limit, whatever its --tmp."""
     cluster.scratch_settings["jobs"]["quota_gres"] = "tmpdisk:1M"
     cluster.write_scratch_conf("n1")

@@ -197,19 +197,19 @@ def test_a_subvolume_nested_in_a_plain_job_directory_is_reaped_too(volume, hooks
 
 
 def test_quota_request_follows_tmp_and_falls_back_to_the_default(volume, hooks, tmp_path) -> None:
-    """`quota = request`: the job's --tmp (MinTmpDiskNode from one scontrol query); the default for
-    a job without --tmp, and when Slurm does not answer within quota_query_timeout."""
-    scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\n"
-                        "echo \"$*\" >> " + str(tmp_path / "calls") + "\n"
-                        "case \"$4\" in\n"
-                        "391) echo 'JobId=391 JobName=a MinCPUsNode=1 MinMemoryNode=0 MinTmpDiskNode=96M Features=(null)' ;;\n"
-                        "392) echo 'JobId=392 JobName=b MinCPUsNode=1 MinMemoryNode=0 MinTmpDiskNode=0 Features=(null)' ;;\n"
-                        "*) sleep 30 ;;\n"
-                        "esac\n")
-    scontrol.chmod(0o755)
+    """`quota = request`: the job's --tmp (one squeue query of the job); the default for a job
+    without --tmp, and when Slurm does not answer within quota_query_timeout."""
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\n"
+                      "echo \"$*\" >> " + str(tmp_path / "calls") + "\n"
+                      "case \"$2\" in\n"
+                      "--jobs=391) echo '96M N/A' ;;\n"
+                      "--jobs=392) echo '0 N/A' ;;\n"
+                      "*) sleep 30 ;;\n"
+                      "esac\n")
+    squeue.chmod(0o755)
     volume.configure({"jobs": {"quota": "request", "quota_default": "48M", "quota_query_timeout": "1"},
-                      "slurm": {"scontrol": str(scontrol)}})
+                      "slurm": {"squeue": str(squeue)}})
     asked, nothing = start_job(volume, hooks, 391), start_job(volume, hooks, 392)
     began = time.monotonic()
     slow = volume.hook("prolog", volume.job_env(393), hooks_dir=hooks)
@@ -221,20 +221,20 @@ def test_quota_request_follows_tmp_and_falls_back_to_the_default(volume, hooks, 
     assert groups[f"1/{subvolume_id(asked)}"][1] == str(96 * MIB)
     assert groups[f"1/{subvolume_id(nothing)}"][1] == str(48 * MIB)
     assert groups[f"1/{subvolume_id(volume.job_dir(393))}"][1] == str(48 * MIB)
-    assert (tmp_path / "calls").read_text().splitlines()[0] == "--oneliner show job 391"
+    assert (tmp_path / "calls").read_text().splitlines()[0] == "--noheader --jobs=391 --format=%d %b"
 
 
 def test_quota_request_follows_a_count_only_gres_when_configured(volume, hooks, tmp_path) -> None:
     """`quota_gres = tmpdisk:32M`: a job with --gres=tmpdisk:3 gets 96M, whatever its --tmp says;
     one without that GRES gets its --tmp."""
-    scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\n"
-                        "case \"$4\" in\n"
-                        "421) echo 'JobId=421 TresPerNode=gres:tmpdisk:3 MinTmpDiskNode=10M Features=(null)' ;;\n"
-                        "*) echo 'JobId=422 TresPerNode=gres:gpu:1 MinTmpDiskNode=40M Features=(null)' ;;\n"
-                        "esac\n")
-    scontrol.chmod(0o755)
-    volume.configure({"jobs": {"quota": "request", "quota_gres": "tmpdisk:32M"}, "slurm": {"scontrol": str(scontrol)}})
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\n"
+                      "case \"$2\" in\n"
+                      "--jobs=421) echo '10M gres:tmpdisk:3' ;;\n"
+                      "*) echo '40M gres:gpu:1' ;;\n"
+                      "esac\n")
+    squeue.chmod(0o755)
+    volume.configure({"jobs": {"quota": "request", "quota_gres": "tmpdisk:32M"}, "slurm": {"squeue": str(squeue)}})
     result = volume.hook("prolog", volume.job_env(421), hooks_dir=hooks)
     assert result.returncode == 0 and "--gres=tmpdisk:3" in result.stderr, result.stderr
     other = start_job(volume, hooks, 422)
