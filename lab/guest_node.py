@@ -19,6 +19,9 @@ STATE_DIRS = (Path("/var/lib/slurm-scratch"), Path("/run/slurm-scratch"))
 RUN_STATE = Path("/run/slurm-scratch")
 # LVM's and mdadm's own runtime state (pvs_online, vgs_online, map), lost at a real reboot.
 BOOT_CLEARED_RUN_DIRS = (Path("/run/lvm"), Path("/run/mdadm"))
+# Kept in /var/lib but tied to one boot: the I/O error check's kernel-log cursor and counts carry
+# the boot id, which a simulated reboot keeps (a real one changes it, and the check starts anew).
+BOOT_TIED_FILES = (Path("/var/lib/slurm-scratch/io-errors"),)
 VM_MARKER = Path("/etc/slurm-scratch-test-vm")
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 VOLUME_SOURCES = ("/dev/mapper/", "/dev/md", "/dev/nvme", "/dev/dm-")
@@ -131,6 +134,15 @@ def release_volumes() -> list[str]:
     return problems
 
 
+def clear_boot_state() -> None:
+    """What a new boot forgets: /run (the tool's, LVM's and mdadm's), and the files of /var/lib that
+    belong to the old boot."""
+    for directory in (RUN_STATE, *BOOT_CLEARED_RUN_DIRS):
+        clear_dir(directory)
+    for path in BOOT_TIED_FILES:
+        path.unlink(missing_ok=True)
+
+
 def reboot(rig: DiskRig, autoactivate: bool = True) -> None:
     """What a reboot does to the node: volumes stopped, disks gone and back with their data,
     /run emptied (the tool's state and LVM's and mdadm's), /var/lib kept.
@@ -141,8 +153,7 @@ def reboot(rig: DiskRig, autoactivate: bool = True) -> None:
     them (event_activation=0, an activation list, or a slow udev)."""
     release_volumes()
     rig.disconnect_all()
-    for directory in (RUN_STATE, *BOOT_CLEARED_RUN_DIRS):
-        clear_dir(directory)
+    clear_boot_state()
     rig.reconnect_all()
     sh("udevadm", "settle", "--timeout=60")
     if not autoactivate:

@@ -24,6 +24,32 @@ NODE_FILES = (Path("/etc/mdadm/mdadm.conf"), Path("/etc/fstab"),
               Path("/etc/lvm/devices/system.devices"))
 
 
+@pytest.fixture
+def slurm_stack(disks, tool_available):
+    """make(workdir, tool_settings, users) -> a prepared slurm_node.SlurmNode (daemons not
+    started) with `users` ((name, uid), ...) added; all its daemons are stopped by PID, its files
+    put back and its workdir removed after the test, before the disks go."""
+    from slurm_node import SlurmNode
+
+    made = []
+
+    def make(workdir: Path, settings: dict[str, dict[str, str]], users) -> SlurmNode:
+        stack = SlurmNode(workdir, settings)
+        made.append(stack)
+        stack.prepare()
+        for name, uid in users:
+            stack.add_user(name, uid)
+        return stack
+
+    yield make
+    problems = []
+    for stack in made:
+        problems += stack.stop()
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+    if problems:
+        pytest.fail(f"teardown: {problems}")
+
+
 @pytest.fixture(scope="session")
 def guest() -> None:
     if not node.in_test_vm():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from lab import guest_node as node
 from lab.nvme_disks import EC2_INSTANCE_STORE, sh
-from slurm_node import TOOL_CONF, SlurmNode, poll
+from slurm_node import TOOL_CONF, poll
 
 VM_TIMEOUT_S = 600
 
@@ -55,28 +54,6 @@ class Steps:
         self.last = now
 
 
-@pytest.fixture
-def slurm_stack(disks, tool_available):
-    """make(tool_settings) -> a prepared slurm_node.SlurmNode (daemons not started); all its
-    daemons are stopped by PID and its files put back after the test, before the disks go."""
-    made = []
-
-    def make(settings: dict[str, dict[str, str]]) -> SlurmNode:
-        stack = SlurmNode(WORKDIR, settings)
-        made.append(stack)
-        stack.prepare()
-        stack.add_user(USER, UID)
-        return stack
-
-    yield make
-    problems = []
-    for stack in made:
-        problems += stack.stop()
-    shutil.rmtree(WORKDIR, ignore_errors=True)
-    if problems:
-        pytest.fail(f"teardown: {problems}")
-
-
 # -- the steps of the story -------------------------------------------------------------------
 def boot_node(disks, make_stack, settings, steps: Steps):
     """Two EC2 instance-store disks, `setup` as at boot, then munged, slurmctld and slurmd."""
@@ -87,7 +64,7 @@ def boot_node(disks, make_stack, settings, steps: Steps):
         assert disk.by_id.exists(), f"udev made no {disk.by_id}"
         controller = disk.controller()
         assert (controller / "model").read_text().strip() == EC2_INSTANCE_STORE
-    stack = make_stack(settings)
+    stack = make_stack(WORKDIR, settings, [(USER, UID)])
     steps.done("2 EC2 instance-store disks, slurm.conf, tool config")
 
     boot = node.setup_ok(TOOL_CONF)
@@ -255,9 +232,8 @@ def test_a_pulled_disk_that_stays_gone_is_rebuilt_and_the_node_resumed(disks, sl
     stack.stop_slurmd()
     problems = node.release_volumes()
     assert not problems, problems
-    kept.disconnect()
-    for directory in (node.RUN_STATE, *node.BOOT_CLEARED_RUN_DIRS):
-        node.clear_dir(directory)
+    kept.disconnect()  # the kernel logs I/O errors of the disconnect: they belong to the old boot
+    node.clear_boot_state()
     kept.connect()
     node.release_volumes()  # what udev auto-activated from the one disk (a partial VG)
     rebuilt = node.setup_ok(TOOL_CONF)

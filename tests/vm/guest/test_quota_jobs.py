@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from lab import guest_node as node
 from lab.nvme_disks import EC2_INSTANCE_STORE
-from slurm_node import TOOL_CONF, SlurmNode, poll
+from slurm_node import TOOL_CONF, poll
 
 VM_TIMEOUT_S = 1200
 
@@ -37,28 +36,6 @@ echo "wrote=$(stat -c %s "$SCRATCH/data")"
 """
 
 
-@pytest.fixture
-def stack(disks, tool_available):
-    made = []
-
-    def make(filesystem: str) -> SlurmNode:
-        stack = SlurmNode(WORKDIR, {"volume": {"devices": "aws", "backend": "lvm", "filesystem": filesystem},
-                                    "jobs": {"quota": "64M", "quota_project_ids": "7100-7199"}})
-        made.append(stack)
-        stack.prepare()
-        for user, uid in (GREEDY, NEIGHBOUR):
-            stack.add_user(user, uid)
-        return stack
-
-    yield make
-    problems = []
-    for stack in made:
-        problems += stack.stop()
-    shutil.rmtree(WORKDIR, ignore_errors=True)
-    if problems:
-        pytest.fail(f"teardown: {problems}")
-
-
 def output(job_id: int, user: str) -> str:
     path = WORKDIR / "home" / user / f"slurm-{job_id}.out"
     return path.read_text() if path.exists() else "(no output file)"
@@ -66,9 +43,11 @@ def output(job_id: int, user: str) -> str:
 
 @pytest.mark.timeout(600)  # LVM, mkfs and three daemons under TCG, then two jobs
 @pytest.mark.parametrize("filesystem", ["ext4", "xfs"])
-def test_a_job_past_its_quota_fails_its_own_write_while_its_neighbour_finishes(disks, stack, filesystem):
+def test_a_job_past_its_quota_fails_its_own_write_while_its_neighbour_finishes(disks, slurm_stack, filesystem):
     disks.create(2, model=EC2_INSTANCE_STORE)
-    node_stack = stack(filesystem)
+    settings = {"volume": {"devices": "aws", "backend": "lvm", "filesystem": filesystem},
+                "jobs": {"quota": "64M", "quota_project_ids": "7100-7199"}}
+    node_stack = slurm_stack(WORKDIR, settings, (GREEDY, NEIGHBOUR))
     built = node.setup_ok(TOOL_CONF)
     assert "project quotas enforced" in built.stderr, node.describe(built)
     node_stack.start()
