@@ -62,6 +62,16 @@ class VolumeNotMounted(ScratchError):
     pass
 
 
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether `name` exists in the directory open on `dir_fd`, looked at with O_PATH: nothing is
+    opened or stat'ed through it (a FUSE mount a user put there is not asked), no symlink followed."""
+    try:
+        os.close(os.open(name, PATH_FLAGS, dir_fd=dir_fd))
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def open_root(mount_point: str, refusal: str | None = None, consult_mountinfo: bool = True) -> int:
     """A descriptor of the mounted volume's root; VolumeNotMounted(refusal) when nothing is mounted.
 

@@ -59,7 +59,7 @@ from slurm_scratch.layout import HOOK_FINDING as HOOK_FILE
 from slurm_scratch.layout import RELEASED_HOOK_FINDING as RELEASED_HOOK_FILE
 from slurm_scratch.record import Record
 from slurm_scratch.statefile import one_line as _one_line
-from slurm_scratch.statefile import read_fields, write_fields
+from slurm_scratch.statefile import number, read_fields, write_fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: a healthy node's check never needs the Slurm backend
@@ -151,18 +151,11 @@ def decide(desired: str | None, node: NodeState, prefix: str, hook_pending: bool
 # ---- local memory ---------------------------------------------------------------------------
 
 
-def _float(value: str | None) -> float:
-    try:
-        return float(value or 0)
-    except ValueError:
-        return 0.0
-
-
 def load_memory() -> Memory | None:
     fields = read_fields(STATE_FILE)
     if fields is None:
         return None
-    return Memory(finding=fields.get("finding", ""), drained=fields.get("drained", ""), confirmed=_float(fields.get("confirmed")))
+    return Memory(finding=fields.get("finding", ""), drained=fields.get("drained", ""), confirmed=number(fields.get("confirmed")))
 
 
 def save_memory(memory: Memory) -> None:
@@ -184,7 +177,7 @@ def _load_finding(path: str) -> HookFinding | None:
         return None
     if fields is None:
         return None
-    return HookFinding(time=_float(fields.get("time")), finding=fields.get("finding", ""), hook=fields.get("hook", ""), path=path)
+    return HookFinding(time=number(fields.get("time")), finding=fields.get("finding", ""), hook=fields.get("hook", ""), path=path)
 
 
 def load_hook_finding() -> HookFinding | None:

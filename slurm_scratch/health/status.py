@@ -18,7 +18,7 @@ import time
 from slurm_scratch.config import Config
 from slurm_scratch.errors import EXIT_FAILURE, EXIT_OK
 from slurm_scratch.volume import status as volume_status
-from slurm_scratch.volume.status import _size as size_text
+from slurm_scratch.volume.status import size_text
 
 
 def _ago(timestamp: float, now: float) -> str:

@@ -17,7 +17,7 @@ from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
 from slurm_scratch.jobs import pattern
 from slurm_scratch.jobs.job import JobContext
-from slurm_scratch.layout import DIR_FLAGS, LEVEL_PREFIX, NEW_PREFIX, PATH_FLAGS, SQUATTED_PREFIX, TRASH_NAME, VolumeNotMounted, open_root
+from slurm_scratch.layout import DIR_FLAGS, LEVEL_PREFIX, NEW_PREFIX, PATH_FLAGS, SQUATTED_PREFIX, TRASH_NAME, VolumeNotMounted, exists_at, open_root
 INTERMEDIATE_MODE = 0o755
 MAX_ATTEMPTS = 16  # re-decisions when a name changes under the Prolog (a racing user or Prolog)
 MAX_MOUNTS = 1024  # filesystems a user may have stacked on one name (fuse.conf's mount_max is 1000)
@@ -437,15 +437,14 @@ def retire(config: Config, job: JobContext) -> str | None:
         level, _, text = note.strip().partition(" ")
         (log.warning if level == "warning" else log.info)(f"epilog: {text}", job=job.job_id)
     verb, _, trashed = outcome.strip().partition(" ")
-    if verb == "retired" and "/" in trashed:  # kept (see retire.retire_entry)
+    if verb == "kept":
         from slurm_scratch.jobs.kept import report_time
 
         until = report_time(time.time() + config.jobs.keep_failed)
         log.info(f"epilog kept {path} as {config.volume.mount_point}/{trashed} until {until} (failed: {failed_by})", job=job.job_id, ms=timer.ms())
-        trash.spawn_reaper(config)  # for what keeping put into the trash (an older kept directory, a squatter's entry)
-        return trashed
-    if verb == "retired":
+    elif verb == "retired":
         log.info(f"epilog retired {path} to trash as {trashed}; starting the reaper", job=job.job_id, ms=timer.ms())
+    if verb in ("kept", "retired"):  # kept: for what keeping put into the trash (an older kept directory, a squatter's entry)
         trash.spawn_reaper(config)  # last: from here on this process's output goes to /dev/null
         return trashed
     if verb == "unmounted":
@@ -458,9 +457,10 @@ def retire(config: Config, job: JobContext) -> str | None:
 
 
 def _retire(config: Config, job: JobContext, deadline: float, keep_for: str | None = None) -> str:
-    """The Epilog's work on the volume (in the child): `retired NAME`, `absent`, `unmounted` or
-    `left`, then what the log should say, joined by NOTE_SEPARATOR. `keep_for`: the failed job's
-    user, whose directory goes to the kept area (jobs/kept)."""
+    """The Epilog's work on the volume (in the child): `retired NAME` (in the trash), `kept PATH`
+    (below the mount point), `absent`, `unmounted` or `left`, then what the log should say, joined
+    by NOTE_SEPARATOR. `keep_for`: the failed job's user, whose directory goes to the kept area
+    (jobs/kept)."""
     from slurm_scratch.jobs.retire import retire_entry
 
     notes: list[str] = []
@@ -483,26 +483,22 @@ def _retire(config: Config, job: JobContext, deadline: float, keep_for: str | No
         if parent_fd is None:
             return "absent"
         try:
-            if not _exists(parent_fd, components[-1]):
+            if not exists_at(parent_fd, components[-1]):
                 return "absent"
-            keep = None
+            keep, kept_at = None, []
             if keep_for is not None:
                 from slurm_scratch.jobs import kept
 
                 def keep(fd_path: int) -> str | None:
-                    return kept.keep(config, _Place, root_fd, parent_fd, fd_path, components[-1], path, keep_for, job.job_id, say)
+                    where = kept.keep(config, _Place, root_fd, parent_fd, fd_path, components[-1], path, keep_for, job.job_id, say)
+                    if where is not None:
+                        kept_at.append(where)
+                    return where
 
             trashed = retire_entry(config, root_fd, parent_fd, components[-1], path, job.uid, job.job_id, deadline=deadline, say=say, keep=keep)
         finally:
             os.close(parent_fd)
     finally:
         os.close(root_fd)
-    return NOTE_SEPARATOR.join([f"retired {trashed}" if trashed else "left", *notes])
-
-
-def _exists(parent_fd: int, name: str) -> bool:
-    try:
-        os.close(os.open(name, PATH_FLAGS, dir_fd=parent_fd))  # O_PATH: not stat'ed (a FUSE mount may be there)
-        return True
-    except FileNotFoundError:
-        return False
+    outcome = (f"kept {trashed}" if kept_at else f"retired {trashed}") if trashed else "left"
+    return NOTE_SEPARATOR.join([outcome, *notes])

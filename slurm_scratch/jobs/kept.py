@@ -25,7 +25,7 @@ import time
 
 from slurm_scratch.config import Config
 from slurm_scratch.errors import ScratchError
-from slurm_scratch.layout import DIR_FLAGS, KEPT_NAME, KEPT_XATTR, PATH_FLAGS
+from slurm_scratch.layout import DIR_FLAGS, KEPT_NAME, KEPT_XATTR, PATH_FLAGS, exists_at
 from slurm_scratch.record import Record
 
 
@@ -65,7 +65,7 @@ def keep(config: Config, place_type, root_fd: int, parent_fd: int, fd_path: int,
             finally:
                 os.close(area_fd)
             try:
-                if _exists(user_fd, name):
+                if exists_at(user_fd, name):
                     older = f"{KEPT_NAME}.{user[:64]}.{name[:160]}.{time.time_ns()}"
                     os.rename(name, older, src_dir_fd=user_fd, dst_dir_fd=place.trash_fd)
                     place.notes.append(f"an older kept {area}/{user}/{name} went to the trash")
@@ -80,14 +80,6 @@ def keep(config: Config, place_type, root_fd: int, parent_fd: int, fd_path: int,
         say("warning", f"{path} could not be kept ({getattr(exc, 'strerror', None) or exc}): it goes to the trash")
         return None
     return f"{KEPT_NAME}/{user}/{name}"
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.close(os.open(name, PATH_FLAGS, dir_fd=dir_fd))
-        return True
-    except FileNotFoundError:
-        return False
 
 
 # ---- listing, expiry and reclaim order ---------------------------------------------------------

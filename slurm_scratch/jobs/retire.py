@@ -105,8 +105,8 @@ def retire_entry(config: Config, root_fd: int, parent_fd: int, name: str, path: 
     """Rename parent/name into the trash; returns its name there, or None when nothing was moved.
 
     `keep(fd_path)` (a failed job's Epilog, with [jobs] keep_failed): a directory goes to the kept
-    area instead (jobs/kept.keep), and its path below the mount point is returned (it has a '/', a
-    name in the trash has none); into the trash when that fails. `end_holders=False`: processes
+    area instead (jobs/kept.keep), and what `keep` returned (its path below the mount point) is
+    returned; into the trash when that fails. `end_holders=False`: processes
     holding it are left alone (a kept directory's reader).
 
     `owner` set: the entry must belong to that uid (an Epilog retiring its own job's directory).

@@ -58,7 +58,7 @@ def collect(volume: VolumeConfig) -> dict:
     return report
 
 
-def _size(value: int) -> str:
+def size_text(value: int) -> str:
     number = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if number < 1024 or unit == "PiB":
@@ -76,11 +76,11 @@ def render(report: dict) -> str:
         lines.append(f"device:     {report['device']}" + (f" ({report['filesystem']})" if report.get("filesystem") else ""))
     if "size_bytes" in report:
         inodes = f" ({report['free_inodes']} of {report['inodes']} inodes free)" if report.get("inodes") else ""
-        lines.append(f"size:       {_size(report['size_bytes'])}, free {_size(report['free_bytes'])}{inodes}")
+        lines.append(f"size:       {size_text(report['size_bytes'])}, free {size_text(report['free_bytes'])}{inodes}")
     lines.append(f"devices:    {report.get('devices')} -> {report.get('selector', '?')}")
     for disk in report.get("disks", []):
         extra = "ours" if disk["ours"] else ("will be wiped: " + disk["signature"] if disk["will_wipe"] else (disk["signature"] or "blank"))
-        lines.append(f"  found     {disk['path']}  {_size(disk['size_bytes'])}  {disk['model'] or '-'}  {disk['serial'] or '-'}  [{extra}]")
+        lines.append(f"  found     {disk['path']}  {size_text(disk['size_bytes'])}  {disk['model'] or '-'}  {disk['serial'] or '-'}  [{extra}]")
     for disk in report.get("skipped", []):
         lines.append(f"  skipped   {disk['path']}  {disk['model'] or '-'}  {disk['serial'] or '-'}: {disk['reason']}")
     for disk in report.get("not_selected", []):
